@@ -1,0 +1,58 @@
+//! `afm`: distil a multi-agent system into one model.
+//!
+//! Each group of verbs lives in its own module and its own crate does the
+//! work; this file only wires them together.
+
+mod cmd_data;
+mod cmd_model;
+mod cmd_tasks;
+mod cmd_train;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "afm", version, about = "Distil a multi-agent system into one agent foundation model")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    #[command(flatten)]
+    Model(cmd_model::Cmd),
+    #[command(flatten)]
+    Data(cmd_data::Cmd),
+    #[command(flatten)]
+    Train(cmd_train::Cmd),
+    #[command(flatten)]
+    Tasks(cmd_tasks::Cmd),
+    /// Speed probes and benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Model speed probe (llama-bench style): training step and greedy decoding tokens/s.
+    Model(cmd_model::BenchModelArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Model(c) => cmd_model::run(c),
+        Cmd::Data(c) => cmd_data::run(c),
+        Cmd::Train(c) => cmd_train::run(c),
+        Cmd::Tasks(c) => cmd_tasks::run(c),
+        Cmd::Bench(BenchCmd::Model(a)) => cmd_model::bench_model(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("afm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Device selection, including loading libtorch's CUDA backend.
+
+use tch::Device;
+
+/// Parse `cpu`, `cuda`, `cuda:N` or `auto` into a tch device.
+///
+/// The torch wheel ships `libtorch_cuda.so`, but the linker drops it when
+/// nothing references its symbols (`--as-needed`), and then tch reports no
+/// CUDA (tch-rs #980/#907). Loading it explicitly before asking fixes that
+/// without link-order tricks.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            load_cuda_backend();
+            Ok(Device::cuda_if_available())
+        }
+        _ => {
+            let index = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| anyhow::anyhow!("bad device {name:?}: use cpu, cuda, cuda:N or auto"))?,
+                None => anyhow::bail!("bad device {name:?}: use cpu, cuda, cuda:N or auto"),
+            };
+            load_cuda_backend();
+            if !tch::Cuda::is_available() {
+                anyhow::bail!("--device {name}: CUDA is not available on this machine (libtorch_cuda could not be loaded or no GPU is visible)");
+            }
+            let n = tch::Cuda::device_count() as usize;
+            if index >= n {
+                anyhow::bail!("--device {name}: only {n} CUDA device(s) visible");
+            }
+            Ok(Device::Cuda(index))
+        }
+    }
+}
+
+/// dlopen `libtorch_cuda.so` (found through the rpath) so its CUDA hooks
+/// register. Harmless when the library is absent.
+pub fn load_cuda_backend() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        for lib in [c"libtorch_cuda.so"] {
+            libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_devices() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
+        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
+    }
+}

@@ -1,0 +1,2 @@
+//! afm-model (work in progress)
+pub mod device;

@@ -1,0 +1,1 @@
+//! afm-tasks (work in progress)

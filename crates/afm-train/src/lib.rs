@@ -1,0 +1,1 @@
+//! afm-train (work in progress)

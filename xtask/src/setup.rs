@@ -1,0 +1,167 @@
+//! libtorch set-up: one venv with `torch==2.13.0`, cached outside the checkout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The libtorch version tch 0.26 is built against.
+pub const TORCH_VERSION: &str = "2.13.0";
+
+/// Workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The cargo target directory this checkout builds into.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                root().join(d)
+            }
+        }
+        None => root().join("target"),
+    }
+}
+
+/// Directory holding the cached torch venv.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AFM_TORCH_HOME") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("afm");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("afm"),
+        None => root().join("target").join("afm-cache"),
+    }
+}
+
+/// The venv's python, for scripts that need torch/transformers (benches/compare_hf.py).
+pub fn venv_python() -> PathBuf {
+    cache_dir()
+        .join(format!("torch-{TORCH_VERSION}"))
+        .join("bin")
+        .join("python")
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+fn looks_like_libtorch(dir: &Path) -> bool {
+    dir.join("lib").is_dir() && dir.join("include").is_dir()
+}
+
+/// Install (once) and link libtorch. Returns the libtorch directory.
+pub fn setup() -> Result<PathBuf, String> {
+    let ours = root().join("target").join("libtorch");
+    let libtorch = match std::env::var_os("LIBTORCH").map(PathBuf::from) {
+        // A LIBTORCH set by the user (not the one .cargo/config.toml gives us).
+        Some(user) if user != ours && user != target_dir().join("libtorch") => {
+            if !looks_like_libtorch(&user) {
+                return Err(format!(
+                    "LIBTORCH={} has no lib/ and include/; unset it to let setup install torch {TORCH_VERSION}",
+                    user.display()
+                ));
+            }
+            eprintln!("xtask: using LIBTORCH={} from the environment", user.display());
+            user
+        }
+        _ => install_torch_venv()?,
+    };
+    for link_dir in [root().join("target"), target_dir()] {
+        link(&libtorch, &link_dir.join("libtorch"))?;
+    }
+    Ok(libtorch)
+}
+
+fn install_torch_venv() -> Result<PathBuf, String> {
+    let venv = cache_dir().join(format!("torch-{TORCH_VERSION}"));
+    let marker = venv.join(".afm-complete");
+    let python = venv.join("bin").join("python");
+    if !marker.exists() {
+        eprintln!(
+            "xtask: installing torch=={TORCH_VERSION} from PyPI into {} (once; about 5 GB)",
+            venv.display()
+        );
+        std::fs::create_dir_all(cache_dir())
+            .map_err(|e| format!("cannot create {}: {e}", cache_dir().display()))?;
+        if !python.exists() {
+            let base = std::env::var("AFM_PYTHON").unwrap_or_else(|_| "python3".to_string());
+            run(Command::new(&base).arg("-m").arg("venv").arg(&venv))?;
+        }
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            &format!("torch=={TORCH_VERSION}"),
+            "numpy",
+        ]))?;
+    }
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&marker);
+        return Err(format!(
+            "torch in {} does not import: {}",
+            venv.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let version = lines.next().unwrap_or_default().trim().to_string();
+    let dir = PathBuf::from(lines.next().unwrap_or_default().trim());
+    if !version.starts_with(TORCH_VERSION) {
+        return Err(format!(
+            "{} holds torch {version}, tch 0.26 needs {TORCH_VERSION}; delete the folder and rerun",
+            venv.display()
+        ));
+    }
+    if !looks_like_libtorch(&dir) {
+        return Err(format!("{} has no lib/ and include/", dir.display()));
+    }
+    std::fs::write(&marker, format!("{version}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    Ok(dir)
+}
+
+fn link(libtorch: &Path, at: &Path) -> Result<(), String> {
+    if std::fs::read_link(at).ok().as_deref() == Some(libtorch) {
+        return Ok(());
+    }
+    if let Some(parent) = at.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    if at.symlink_metadata().is_ok() {
+        std::fs::remove_file(at).map_err(|e| format!("cannot replace {}: {e}", at.display()))?;
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(libtorch, at)
+        .map_err(|e| format!("cannot link {} -> {}: {e}", at.display(), libtorch.display()))?;
+    #[cfg(not(unix))]
+    return Err("only unix-like systems are supported by xtask setup".into());
+    eprintln!("xtask: {} -> {}", at.display(), libtorch.display());
+    Ok(())
+}
