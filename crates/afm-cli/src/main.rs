@@ -3,6 +3,7 @@
 //! Each group of verbs lives in its own module and its own crate does the
 //! work; this file only wires them together.
 
+mod cmd_agents;
 mod cmd_data;
 mod cmd_model;
 mod cmd_tasks;
@@ -28,6 +29,8 @@ enum Cmd {
     Train(cmd_train::Cmd),
     #[command(flatten)]
     Tasks(cmd_tasks::Cmd),
+    #[command(flatten)]
+    Agents(cmd_agents::Cmd),
     /// Speed probes and benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Cmd::Data(c) => cmd_data::run(c),
         Cmd::Train(c) => cmd_train::run(c),
         Cmd::Tasks(c) => cmd_tasks::run(c),
+        Cmd::Agents(c) => cmd_agents::run(c),
         Cmd::Bench(BenchCmd::Model(a)) => cmd_model::bench_model(a),
     };
     match result {

@@ -1,0 +1,1 @@
+//! afm-agents (work in progress)
