@@ -22,7 +22,9 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
                 Some(rest) => rest
                     .strip_prefix(':')
                     .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| anyhow::anyhow!("bad device {name:?}: use cpu, cuda, cuda:N or auto"))?,
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("bad device {name:?}: use cpu, cuda, cuda:N or auto")
+                    })?,
                 None => anyhow::bail!("bad device {name:?}: use cpu, cuda, cuda:N or auto"),
             };
             load_cuda_backend();
@@ -43,9 +45,10 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 pub fn load_cuda_backend() {
     #[cfg(target_os = "linux")]
     unsafe {
-        for lib in [c"libtorch_cuda.so"] {
-            libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
-        }
+        libc::dlopen(
+            c"libtorch_cuda.so".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        );
     }
 }
 

@@ -1,0 +1,598 @@
+//! The whole GPT-2 in one file (nanoGPT style): embeddings (token +
+//! position + agent role), pre-LayerNorm blocks with causal (optionally
+//! block-diagonal) scaled-dot-product attention and a GELU-tanh MLP, a final
+//! LayerNorm and the LM head tied to the token embedding.
+//!
+//! Parameters carry Hugging Face GPT-2 names *and* layouts: linear weights
+//! are stored `[in, out]` like HF's `Conv1D`, so import/export is a rename of
+//! at most the `transformer.` prefix. The extra table `role_emb.weight`
+//! (`[n_roles, n_embd]`, zero-initialised) exists only when `n_roles > 0`.
+//!
+//! Mixed precision is explicit: master weights are f32; with
+//! [`Precision::Bf16`] the matmul weights and the activations entering
+//! matmuls/attention are cast to bf16, while the residual stream, LayerNorm,
+//! softmax-sensitive outputs and the returned logits stay f32.
+
+// `x = x + y` on purpose: tch's `+=` is in-place and would break autograd.
+#![allow(clippy::assign_op_pattern)]
+
+use crate::GptConfig;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Compute precision of the matmuls and attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 matmuls/attention, f32 master weights, LayerNorm and logits.
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind matmuls run in.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+
+    /// `Bf16` when `bf16` is true.
+    pub fn from_bf16(bf16: bool) -> Self {
+        if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
+/// Inputs of [`Gpt::forward`]. All tensors are i64 on the model's device.
+pub struct ForwardArgs<'a> {
+    /// `[B, T]` token ids.
+    pub tokens: &'a Tensor,
+    /// `[B, T]` role ids; `None` = all `ROLE_NONE`. Ignored when the model
+    /// has no role table (`n_roles == 0`).
+    pub roles: Option<&'a Tensor>,
+    /// `[B, T]` position ids; `None` = `0..T`, or restarting at every
+    /// document boundary when `docs` is given.
+    pub positions: Option<&'a Tensor>,
+    /// `[B, T]` document index per position (packed rows): attention is
+    /// causal *within* a document and never crosses documents. `None` =
+    /// plain causal.
+    pub docs: Option<&'a Tensor>,
+    /// `[N]` flat indices into `B*T`: the final LayerNorm and LM head run
+    /// only there and the logits are `[N, V]`.
+    pub select: Option<&'a Tensor>,
+}
+
+impl<'a> ForwardArgs<'a> {
+    /// Plain causal forward of `tokens`.
+    pub fn new(tokens: &'a Tensor) -> Self {
+        Self {
+            tokens,
+            roles: None,
+            positions: None,
+            docs: None,
+            select: None,
+        }
+    }
+}
+
+/// LayerNorm parameters.
+struct Ln {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// A linear layer stored HF-`Conv1D` style: `w` is `[in, out]`.
+struct Lin {
+    w: Tensor,
+    b: Tensor,
+}
+
+struct Block {
+    ln_1: Ln,
+    c_attn: Lin,
+    attn_proj: Lin,
+    ln_2: Ln,
+    c_fc: Lin,
+    mlp_proj: Lin,
+}
+
+/// The matmul weights in the compute precision (f32: shallow copies; bf16:
+/// casts). Built per forward when training (the cast is differentiable) and
+/// once per [`crate::Decoder`] when generating.
+pub struct Weights {
+    kind: Kind,
+    blocks: Vec<[Lin; 4]>,
+    /// The tied LM head, `[V, C]` (= `wte`).
+    head: Tensor,
+}
+
+/// Per-layer key/value cache for incremental decoding:
+/// `[batch, n_head, n_ctx, head_dim]` per layer, preallocated.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+/// Which rows a cached step feeds and how (built by the decoder).
+pub struct CachedStep<'a> {
+    /// `[R, L]` tokens (rows padded to the longest with any valid id).
+    pub tokens: &'a Tensor,
+    /// `[R, L]` role ids.
+    pub roles: &'a Tensor,
+    /// `[R, L]` positions (= cache slot of each token).
+    pub positions: &'a Tensor,
+    /// Batch row of each fed row, in order.
+    pub rows: &'a [usize],
+    /// Tokens already cached per fed row.
+    pub lens: &'a [usize],
+    /// New tokens per fed row (>= 1, <= L).
+    pub n_new: &'a [usize],
+    /// Batch size of the cache.
+    pub batch: usize,
+}
+
+/// GPT-2 with optional agent-role embeddings.
+pub struct Gpt {
+    config: GptConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    role_emb: Option<Tensor>,
+    h: Vec<Block>,
+    ln_f: Ln,
+}
+
+fn layer_norm(x: &Tensor, ln: &Ln, eps: f64) -> Tensor {
+    let c = ln.w.size()[0];
+    x.layer_norm([c], Some(&ln.w), Some(&ln.b), eps, true)
+}
+
+/// `x @ w + b` over the last dimension (one fused addmm).
+fn linear(x: &Tensor, l: &Lin) -> Tensor {
+    let mut shape = x.size();
+    let d_in = shape[shape.len() - 1];
+    let d_out = l.w.size()[1];
+    let y = l.b.addmm(&x.reshape([-1, d_in]), &l.w);
+    let last = shape.len() - 1;
+    shape[last] = d_out;
+    y.reshape(shape)
+}
+
+fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
+    if train && p > 0.0 {
+        x.dropout(p, true)
+    } else {
+        x
+    }
+}
+
+impl Gpt {
+    /// Create the parameters under `p`, initialised GPT-2 style from `seed`
+    /// (see [`Gpt::init_weights`]).
+    pub fn new(p: &nn::Path, config: &GptConfig, seed: u64) -> Gpt {
+        let gpt = Self::new_zeroed(p, config);
+        gpt.init_weights(seed);
+        gpt
+    }
+
+    /// Parameters created without random init (loaders overwrite them).
+    pub(crate) fn new_zeroed(p: &nn::Path, config: &GptConfig) -> Gpt {
+        let (c, v, l) = (
+            config.n_embd as i64,
+            config.vocab_size as i64,
+            config.n_layer,
+        );
+        let ln = |p: nn::Path| Ln {
+            w: p.ones("weight", &[c]),
+            b: p.zeros("bias", &[c]),
+        };
+        let lin = |p: nn::Path, d_in: i64, d_out: i64| Lin {
+            w: p.zeros("weight", &[d_in, d_out]),
+            b: p.zeros("bias", &[d_out]),
+        };
+        let wte = (p / "wte").zeros("weight", &[v, c]);
+        let wpe = (p / "wpe").zeros("weight", &[config.n_ctx as i64, c]);
+        let role_emb = (config.n_roles > 0)
+            .then(|| (p / "role_emb").zeros("weight", &[config.n_roles as i64, c]));
+        let h = (0..l)
+            .map(|i| {
+                let b = p / "h" / i;
+                Block {
+                    ln_1: ln(&b / "ln_1"),
+                    c_attn: lin(&b / "attn" / "c_attn", c, 3 * c),
+                    attn_proj: lin(&b / "attn" / "c_proj", c, c),
+                    ln_2: ln(&b / "ln_2"),
+                    c_fc: lin(&b / "mlp" / "c_fc", c, 4 * c),
+                    mlp_proj: lin(&b / "mlp" / "c_proj", 4 * c, c),
+                }
+            })
+            .collect();
+        let ln_f = ln(p / "ln_f");
+        Gpt {
+            config: config.clone(),
+            wte,
+            wpe,
+            role_emb,
+            h,
+            ln_f,
+        }
+    }
+
+    /// GPT-2's initialisation, deterministic in `seed` (own RNG, not
+    /// libtorch's global one): weights and embeddings N(0, 0.02), residual
+    /// projections N(0, 0.02/sqrt(2 n_layer)), biases 0, LayerNorm 1/0,
+    /// role table 0.
+    pub fn init_weights(&self, seed: u64) {
+        let _g = tch::no_grad_guard();
+        let mut rng = crate::rng::Rng::new(seed);
+        let proj_std = 0.02 / ((2 * self.config.n_layer) as f64).sqrt();
+        let mut fill = |t: &Tensor, std: f64| {
+            let v = rng.normals(t.numel(), std);
+            let src = Tensor::from_slice(&v)
+                .view(t.size().as_slice())
+                .to_device(t.device());
+            t.shallow_clone().copy_(&src);
+        };
+        fill(&self.wte, 0.02);
+        fill(&self.wpe, 0.02);
+        for b in &self.h {
+            fill(&b.c_attn.w, 0.02);
+            fill(&b.attn_proj.w, proj_std);
+            fill(&b.c_fc.w, 0.02);
+            fill(&b.mlp_proj.w, proj_std);
+            for l in [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj] {
+                let _ = l.b.shallow_clone().zero_();
+            }
+            for n in [&b.ln_1, &b.ln_2] {
+                let _ = n.w.shallow_clone().fill_(1.0);
+                let _ = n.b.shallow_clone().zero_();
+            }
+        }
+        let _ = self.ln_f.w.shallow_clone().fill_(1.0);
+        let _ = self.ln_f.b.shallow_clone().zero_();
+        if let Some(r) = &self.role_emb {
+            let _ = r.shallow_clone().zero_();
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// Device of the parameters.
+    pub fn device(&self) -> Device {
+        self.wte.device()
+    }
+
+    /// The token embedding / tied LM head `[V, C]`.
+    pub fn wte(&self) -> &Tensor {
+        &self.wte
+    }
+
+    /// The role table `[n_roles, C]`, if role embeddings are on.
+    pub fn role_emb(&self) -> Option<&Tensor> {
+        self.role_emb.as_ref()
+    }
+
+    pub(crate) fn set_config(&mut self, config: GptConfig) {
+        self.config = config;
+    }
+
+    /// The matmul weights in `precision` (see [`Weights`]).
+    pub fn weights(&self, precision: Precision) -> Weights {
+        let kind = precision.kind();
+        let cast = |t: &Tensor| {
+            if t.kind() == kind {
+                t.shallow_clone()
+            } else {
+                t.to_kind(kind)
+            }
+        };
+        let cl = |l: &Lin| Lin {
+            w: cast(&l.w),
+            b: cast(&l.b),
+        };
+        Weights {
+            kind,
+            blocks: self
+                .h
+                .iter()
+                .map(|b| {
+                    [
+                        cl(&b.c_attn),
+                        cl(&b.attn_proj),
+                        cl(&b.c_fc),
+                        cl(&b.mlp_proj),
+                    ]
+                })
+                .collect(),
+            head: cast(&self.wte),
+        }
+    }
+
+    /// Check shapes and id ranges of `a`; errors name the offending input.
+    pub fn check_args(&self, a: &ForwardArgs) -> anyhow::Result<()> {
+        let shape = a.tokens.size();
+        if shape.len() != 2 {
+            anyhow::bail!("forward: tokens must be [B, T], got {shape:?}");
+        }
+        let t = shape[1] as usize;
+        if t == 0 || shape[0] == 0 {
+            anyhow::bail!("forward: empty batch {shape:?}");
+        }
+        if t > self.config.n_ctx {
+            anyhow::bail!(
+                "forward: sequence length {t} exceeds the model context n_ctx = {}",
+                self.config.n_ctx
+            );
+        }
+        let in_range = |name: &str, x: &Tensor, hi: usize| -> anyhow::Result<()> {
+            if x.size() != shape {
+                anyhow::bail!("forward: {name} has shape {:?}, tokens {shape:?}", x.size());
+            }
+            if x.kind() != Kind::Int64 {
+                anyhow::bail!("forward: {name} must be int64, got {:?}", x.kind());
+            }
+            let lo = x.min().int64_value(&[]);
+            let top = x.max().int64_value(&[]);
+            if lo < 0 || top as u64 >= hi as u64 {
+                anyhow::bail!("forward: {name} ids must be in 0..{hi}, got {lo}..={top}");
+            }
+            Ok(())
+        };
+        in_range("tokens", a.tokens, self.config.vocab_size)?;
+        if let (Some(r), Some(_)) = (a.roles, &self.role_emb) {
+            in_range("roles", r, self.config.n_roles)?;
+        }
+        if let Some(p) = a.positions {
+            in_range("positions", p, self.config.n_ctx)?;
+        }
+        if let Some(d) = a.docs {
+            in_range("docs", d, usize::MAX)?;
+        }
+        if let Some(s) = a.select {
+            if s.dim() != 1 || s.kind() != Kind::Int64 {
+                anyhow::bail!("forward: select must be a 1-d int64 tensor");
+            }
+            let n = shape[0] as usize * t;
+            if s.numel() > 0 {
+                let (lo, hi) = (s.min().int64_value(&[]), s.max().int64_value(&[]));
+                if lo < 0 || hi as usize >= n {
+                    anyhow::bail!("forward: select indices must be in 0..{n}, got {lo}..={hi}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Gpt::forward`] after [`Gpt::check_args`]: bad inputs are errors.
+    pub fn try_forward(
+        &self,
+        a: &ForwardArgs,
+        precision: Precision,
+        train: bool,
+    ) -> anyhow::Result<Tensor> {
+        self.check_args(a)?;
+        Ok(self.forward(a, precision, train))
+    }
+
+    /// Logits (f32): `[B, T, V]`, or `[N, V]` at the `select`ed positions.
+    ///
+    /// Inputs are trusted (a malformed shape or an out-of-range id makes
+    /// libtorch throw, i.e. panic): use [`Gpt::try_forward`] on unchecked
+    /// data.
+    pub fn forward(&self, a: &ForwardArgs, precision: Precision, train: bool) -> Tensor {
+        let h = self.hidden(a, precision, train);
+        self.lm_head(&h, &self.weights(precision))
+    }
+
+    /// Final hidden states after `ln_f` (f32): `[B, T, C]`, or `[N, C]` at
+    /// the `select`ed positions. [`Gpt::lm_head`] turns them into logits;
+    /// training code may instead feed them to a fused chunked loss.
+    pub fn hidden(&self, a: &ForwardArgs, precision: Precision, train: bool) -> Tensor {
+        let w = self.weights(precision);
+        let (b, t) = a.tokens.size2().expect("tokens must be [B, T]");
+        let dev = a.tokens.device();
+        let derived;
+        let positions = match (a.positions, a.docs) {
+            (Some(p), _) => p,
+            (None, Some(d)) => {
+                derived = positions_from_docs(d);
+                &derived
+            }
+            (None, None) => {
+                derived = Tensor::arange(t, (Kind::Int64, dev));
+                &derived
+            }
+        };
+        let mut x = Tensor::embedding(&self.wte, a.tokens, -1, false, false)
+            + Tensor::embedding(&self.wpe, positions, -1, false, false);
+        if let (Some(table), Some(r)) = (&self.role_emb, a.roles) {
+            x = x + Tensor::embedding(table, r, -1, false, false);
+        }
+        let mut x = dropout(x, self.config.dropout, train);
+        let mask = a.docs.map(|d| {
+            let same = d.unsqueeze(2).eq_tensor(&d.unsqueeze(1)); // [B,T,T]
+            let causal = Tensor::ones([t, t], (Kind::Bool, dev)).tril(0);
+            same.logical_and(&causal).unsqueeze(1) // [B,1,T,T]
+        });
+        for (blk, bw) in self.h.iter().zip(&w.blocks) {
+            let y = self.attention(
+                &layer_norm(&x, &blk.ln_1, self.eps()).to_kind(w.kind),
+                bw,
+                mask.as_ref(),
+                train,
+            );
+            x = x + dropout(y.to_kind(Kind::Float), self.config.dropout, train);
+            let y = self.mlp(&layer_norm(&x, &blk.ln_2, self.eps()).to_kind(w.kind), bw);
+            x = x + dropout(y.to_kind(Kind::Float), self.config.dropout, train);
+        }
+        let x = match a.select {
+            Some(s) => x.reshape([b * t, -1]).index_select(0, s),
+            None => x,
+        };
+        layer_norm(&x, &self.ln_f, self.eps())
+    }
+
+    /// Tied LM head: f32 logits `[.., V]` of f32 hidden states `[.., C]`.
+    pub fn lm_head(&self, h: &Tensor, w: &Weights) -> Tensor {
+        h.to_kind(w.kind).matmul(&w.head.tr()).to_kind(Kind::Float)
+    }
+
+    fn eps(&self) -> f64 {
+        self.config.layer_norm_epsilon
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Tensor {
+        // [B, T, C] -> [B, H, T, D]
+        let (b, t, _) = x.size3().expect("[B,T,C]");
+        x.view([
+            b,
+            t,
+            self.config.n_head as i64,
+            self.config.head_dim() as i64,
+        ])
+        .transpose(1, 2)
+    }
+
+    fn qkv(&self, x: &Tensor, bw: &[Lin; 4]) -> (Tensor, Tensor, Tensor) {
+        let qkv = linear(x, &bw[0]);
+        let c = self.config.n_embd as i64;
+        let q = self.split_heads(&qkv.narrow(2, 0, c));
+        let k = self.split_heads(&qkv.narrow(2, c, c));
+        let v = self.split_heads(&qkv.narrow(2, 2 * c, c));
+        (q, k, v)
+    }
+
+    fn merge_heads(&self, y: &Tensor) -> Tensor {
+        let (b, _, t, _) = y.size4().expect("[B,H,T,D]");
+        y.transpose(1, 2).reshape([b, t, self.config.n_embd as i64])
+    }
+
+    fn attention(&self, x: &Tensor, bw: &[Lin; 4], mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (q, k, v) = self.qkv(x, bw);
+        let p = if train { self.config.dropout } else { 0.0 };
+        let y =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, mask.is_none(), None, false);
+        linear(&self.merge_heads(&y), &bw[1])
+    }
+
+    fn mlp(&self, x: &Tensor, bw: &[Lin; 4]) -> Tensor {
+        linear(&linear(x, &bw[2]).gelu("tanh"), &bw[3])
+    }
+
+    /// An empty KV cache for `batch` rows in the precision of `w`.
+    pub fn new_cache(&self, batch: usize, w: &Weights) -> KvCache {
+        let shape = [
+            batch as i64,
+            self.config.n_head as i64,
+            self.config.n_ctx as i64,
+            self.config.head_dim() as i64,
+        ];
+        let opts = (w.kind, self.device());
+        let mk = || {
+            (0..self.config.n_layer)
+                .map(|_| Tensor::zeros(shape, opts))
+                .collect()
+        };
+        KvCache { k: mk(), v: mk() }
+    }
+
+    /// One incremental step over the KV cache (no autograd): appends the
+    /// fed rows' tokens to the cache and returns f32 logits `[R, V]` of each
+    /// fed row's last new token. The caller guarantees
+    /// `lens[i] + n_new[i] <= n_ctx` and valid ids.
+    pub fn forward_cached(&self, s: &CachedStep, w: &Weights, cache: &mut KvCache) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let dev = self.device();
+        let (r, l) = s.tokens.size2().expect("[R, L]");
+        let mut x = Tensor::embedding(&self.wte, s.tokens, -1, false, false)
+            + Tensor::embedding(&self.wpe, s.positions, -1, false, false);
+        if let Some(table) = &self.role_emb {
+            x = x + Tensor::embedding(table, s.roles, -1, false, false);
+        }
+        let kmax = (0..s.rows.len())
+            .map(|i| s.lens[i] + s.n_new[i])
+            .max()
+            .unwrap_or(0) as i64;
+        let all_rows = s.rows.len() == s.batch && s.rows.iter().enumerate().all(|(i, &b)| i == b);
+        let same_len =
+            s.lens.iter().all(|&x| x == s.lens[0]) && s.n_new.iter().all(|&n| n as i64 == l);
+        // Mask: query i of fed row r sees cache slots j <= lens[r] + i.
+        let (mask, causal) = if same_len && l == 1 {
+            (None, false)
+        } else if same_len && s.lens[0] == 0 {
+            (None, true)
+        } else {
+            let lens: Vec<i64> = s.lens.iter().map(|&x| x as i64).collect();
+            let lens = Tensor::from_slice(&lens).to_device(dev).view([r, 1, 1]);
+            let qpos = lens + Tensor::arange(l, (Kind::Int64, dev)).view([1, l, 1]);
+            let kpos = Tensor::arange(kmax, (Kind::Int64, dev)).view([1, 1, kmax]);
+            (Some(kpos.le_tensor(&qpos).unsqueeze(1)), false) // [R,1,L,K]
+        };
+        let row_index = (!all_rows).then(|| {
+            let v: Vec<i64> = s.rows.iter().map(|&b| b as i64).collect();
+            Tensor::from_slice(&v).to_device(dev)
+        });
+        for (li, (blk, bw)) in self.h.iter().zip(&w.blocks).enumerate() {
+            let (q, k, v) = self.qkv(&layer_norm(&x, &blk.ln_1, self.eps()).to_kind(w.kind), bw);
+            for (i, &b) in s.rows.iter().enumerate() {
+                let (start, n) = (s.lens[i] as i64, s.n_new[i] as i64);
+                let dst = |c: &Tensor| c.get(b as i64).narrow(1, start, n);
+                dst(&cache.k[li]).copy_(&k.get(i as i64).narrow(1, 0, n));
+                dst(&cache.v[li]).copy_(&v.get(i as i64).narrow(1, 0, n));
+            }
+            let gather = |c: &Tensor| {
+                let c = c.narrow(2, 0, kmax);
+                match &row_index {
+                    Some(ix) => c.index_select(0, ix),
+                    None => c,
+                }
+            };
+            let (kc, vc) = (gather(&cache.k[li]), gather(&cache.v[li]));
+            let y = Tensor::scaled_dot_product_attention(
+                &q,
+                &kc,
+                &vc,
+                mask.as_ref(),
+                0.0,
+                causal,
+                None,
+                false,
+            );
+            let y = linear(&self.merge_heads(&y), &bw[1]);
+            x = x + y.to_kind(Kind::Float);
+            let y = self.mlp(&layer_norm(&x, &blk.ln_2, self.eps()).to_kind(w.kind), bw);
+            x = x + y.to_kind(Kind::Float);
+        }
+        let last: Vec<i64> = (0..s.rows.len())
+            .map(|i| i as i64 * l + s.n_new[i] as i64 - 1)
+            .collect();
+        let x = if l == 1 {
+            x.reshape([r, -1])
+        } else {
+            x.reshape([r * l, -1])
+                .index_select(0, &Tensor::from_slice(&last).to_device(dev))
+        };
+        self.lm_head(&layer_norm(&x, &self.ln_f, self.eps()), w)
+    }
+}
+
+/// Positions restarting at 0 at every change of document index along each row.
+pub fn positions_from_docs(docs: &Tensor) -> Tensor {
+    let (b, t) = docs.size2().expect("docs must be [B, T]");
+    let dev = docs.device();
+    let idx = Tensor::arange(t, (Kind::Int64, dev)).expand([b, t], false);
+    let first = Tensor::ones([b, 1], (Kind::Bool, dev));
+    let change = docs
+        .narrow(1, 1, t - 1)
+        .ne_tensor(&docs.narrow(1, 0, t - 1));
+    let start = Tensor::cat(&[first, change], 1);
+    let start_idx = (&idx * start.to_kind(Kind::Int64)).cummax(1).0;
+    idx - start_idx
+}

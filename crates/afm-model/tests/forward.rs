@@ -1,0 +1,192 @@
+//! Forward-pass behaviour of the tiny model: shapes, packed documents,
+//! `select`, role embeddings, bf16, argument checking.
+
+use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, Model, Precision};
+use afm_tokenizer::{RoleVocab, Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+fn tiny(seed: i64) -> Model {
+    let tok = Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap());
+    let cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+    Model::new(cfg, tok, Device::Cpu, seed).unwrap()
+}
+
+fn ids(v: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view([1, -1])
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn logits_shape_and_finite() {
+    let m = tiny(1);
+    let t = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+    let y = m.gpt.forward(&ForwardArgs::new(&t), Precision::F32, false);
+    assert_eq!(y.size(), vec![2, 3, m.config.vocab_size as i64]);
+    assert_eq!(y.kind(), Kind::Float);
+    assert!(bool::try_from(y.isfinite().all()).unwrap());
+}
+
+#[test]
+fn packed_row_equals_documents_alone() {
+    let m = tiny(2);
+    let a = [10i64, 20, 30, 40, 50];
+    let b = [7i64, 8, 9];
+    let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
+    let docs = ids(&[0, 0, 0, 0, 0, 1, 1, 1]);
+    let tokens = ids(&packed);
+    let args = ForwardArgs {
+        docs: Some(&docs),
+        ..ForwardArgs::new(&tokens)
+    };
+    let y = m.gpt.forward(&args, Precision::F32, false);
+    let ya = m
+        .gpt
+        .forward(&ForwardArgs::new(&ids(&a)), Precision::F32, false);
+    let yb = m
+        .gpt
+        .forward(&ForwardArgs::new(&ids(&b)), Precision::F32, false);
+    assert!(max_diff(&y.narrow(1, 0, 5), &ya) < 1e-4);
+    assert!(max_diff(&y.narrow(1, 5, 3), &yb) < 1e-4);
+    // Without the document mask the second document sees the first.
+    let plain = m
+        .gpt
+        .forward(&ForwardArgs::new(&tokens), Precision::F32, false);
+    assert!(max_diff(&plain.narrow(1, 5, 3), &yb) > 1e-3);
+}
+
+#[test]
+fn select_matches_full_logits() {
+    let m = tiny(3);
+    let t = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6, 7, 8]).view([2, 4]);
+    let sel = Tensor::from_slice(&[0i64, 3, 6]);
+    let full = m.gpt.forward(&ForwardArgs::new(&t), Precision::F32, false);
+    let args = ForwardArgs {
+        select: Some(&sel),
+        ..ForwardArgs::new(&t)
+    };
+    let y = m.gpt.forward(&args, Precision::F32, false);
+    assert_eq!(y.size(), vec![3, m.config.vocab_size as i64]);
+    let want = full.view([8, -1]).index_select(0, &sel);
+    assert!(max_diff(&y, &want) < 1e-5);
+}
+
+#[test]
+fn role_embeddings_start_at_zero_and_matter_when_trained() {
+    let m = tiny(4);
+    let t = ids(&[1, 2, 3, 4]);
+    let roles = ids(&[0, 2, 3, 1]);
+    let with_roles = ForwardArgs {
+        roles: Some(&roles),
+        ..ForwardArgs::new(&t)
+    };
+    let base = m.gpt.forward(&ForwardArgs::new(&t), Precision::F32, false);
+    let y = m.gpt.forward(&with_roles, Precision::F32, false);
+    assert_eq!(
+        max_diff(&base, &y),
+        0.0,
+        "zero-initialised role table changes nothing"
+    );
+    let _g = tch::no_grad_guard();
+    let _ = m.gpt.role_emb().unwrap().shallow_clone().normal_(0.0, 0.5);
+    let y = m.gpt.forward(&with_roles, Precision::F32, false);
+    assert!(max_diff(&base, &y) > 1e-3);
+}
+
+#[test]
+fn bf16_close_to_f32_and_differentiable() {
+    let m = tiny(5);
+    let t = ids(&[5, 6, 7, 8, 9, 10]);
+    let a = m.gpt.forward(&ForwardArgs::new(&t), Precision::F32, true);
+    let b = m.gpt.forward(&ForwardArgs::new(&t), Precision::Bf16, true);
+    assert_eq!(b.kind(), Kind::Float);
+    let d = max_diff(&a, &b);
+    assert!(d > 0.0 && d < 0.1, "bf16 vs f32 diff {d}");
+    b.sum(Kind::Float).backward();
+    for (name, p) in m.named_parameters() {
+        assert_eq!(p.kind(), Kind::Float, "{name} master weight stays f32");
+        if name.ends_with("c_attn.weight") {
+            assert!(
+                p.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name} has a gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let m = tiny(6);
+    let long = Tensor::zeros([1, m.config.n_ctx as i64 + 1], (Kind::Int64, Device::Cpu));
+    let e = m
+        .gpt
+        .try_forward(&ForwardArgs::new(&long), Precision::F32, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("n_ctx"), "{e}");
+    let bad = ids(&[m.config.vocab_size as i64]);
+    let e = m
+        .gpt
+        .try_forward(&ForwardArgs::new(&bad), Precision::F32, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("tokens"), "{e}");
+    let t = ids(&[1, 2]);
+    let roles = ids(&[0, 99]);
+    let a = ForwardArgs {
+        roles: Some(&roles),
+        ..ForwardArgs::new(&t)
+    };
+    assert!(m.gpt.try_forward(&a, Precision::F32, false).is_err());
+}
+
+#[test]
+fn parameter_names_and_weight_decay() {
+    let m = tiny(7);
+    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    for n in [
+        "wte.weight",
+        "wpe.weight",
+        "role_emb.weight",
+        "ln_f.weight",
+        "h.0.ln_1.weight",
+        "h.1.attn.c_attn.weight",
+        "h.1.attn.c_proj.bias",
+        "h.0.mlp.c_fc.weight",
+        "h.0.mlp.c_proj.weight",
+    ] {
+        assert!(names.iter().any(|x| x == n), "missing {n} in {names:?}");
+    }
+    assert_eq!(names.len(), 5 + 12 * 2);
+    assert!(weight_decay_applies("h.0.mlp.c_fc.weight"));
+    assert!(weight_decay_applies("h.3.attn.c_attn.weight"));
+    for n in [
+        "h.0.mlp.c_fc.bias",
+        "h.0.ln_1.weight",
+        "ln_f.weight",
+        "wte.weight",
+        "wpe.weight",
+        "role_emb.weight",
+    ] {
+        assert!(!weight_decay_applies(n), "{n}");
+    }
+    let n: i64 = m
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    assert_eq!(n as usize, m.config.n_params());
+}
+
+#[test]
+fn positions_restart_per_document() {
+    let docs = ids(&[0, 0, 0, 1, 1, 2]);
+    let p = afm_model::positions_from_docs(&docs);
+    assert_eq!(
+        Vec::<i64>::try_from(p.view([-1])).unwrap(),
+        vec![0, 1, 2, 0, 1, 0]
+    );
+}
