@@ -13,6 +13,7 @@
 
 mod config;
 pub mod device;
+mod generate;
 mod gpt;
 mod model;
 pub mod rng;
@@ -20,5 +21,6 @@ mod st;
 
 pub use config::GptConfig;
 pub use device::parse_device;
+pub use generate::{generate, Decoder, Generation, SamplingConfig};
 pub use gpt::{positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, Precision, Weights};
 pub use model::{weight_decay_applies, Model, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE};
