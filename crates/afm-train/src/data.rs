@@ -1,0 +1,332 @@
+//! Batches from prepared shards: the seeded epoch order (or the curriculum
+//! order), the data cursor saved with checkpoints, boundary loss weighting,
+//! and the tensors one forward pass needs.
+
+use crate::config::LossConfig;
+use afm_data::shards::Shards;
+use afm_tokenizer::{END, FIRST_ROLE_TOKEN, OBS};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// SplitMix64: the only random generator of the data order (so the order is
+/// the same on every platform and needs no dependency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), unbiased by rejection.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+}
+
+/// Order of the rows in `epoch`: a seeded Fisher-Yates shuffle, or the
+/// identity (curriculum order). A pure function of (seed, epoch, rows), so
+/// a resumed run rebuilds it from the cursor alone.
+pub fn epoch_order(rows: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    if shuffle {
+        let mut rng = SplitMix64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED);
+        for i in (1..rows).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+/// Where the train stream is: epoch and position in that epoch's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub pos: usize,
+}
+
+/// The endless train stream over a split, epoch after epoch.
+pub struct RowStream {
+    rows: usize,
+    seed: u64,
+    shuffle: bool,
+    order: Vec<usize>,
+    cursor: Cursor,
+}
+
+impl RowStream {
+    /// Start (or continue) at `cursor`.
+    pub fn new(rows: usize, seed: u64, shuffle: bool, cursor: Cursor) -> Self {
+        let order = epoch_order(rows, seed, cursor.epoch, shuffle);
+        Self {
+            rows,
+            seed,
+            shuffle,
+            order,
+            cursor,
+        }
+    }
+
+    /// The cursor (what the next row will be).
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Next `n` row ids; crosses into the next epoch when one runs out.
+    pub fn take(&mut self, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if self.cursor.pos >= self.rows {
+                self.cursor = Cursor {
+                    epoch: self.cursor.epoch + 1,
+                    pos: 0,
+                };
+                self.order = epoch_order(self.rows, self.seed, self.cursor.epoch, self.shuffle);
+            }
+            out.push(self.order[self.cursor.pos]);
+            self.cursor.pos += 1;
+        }
+        out
+    }
+}
+
+/// Loss weight of every position of a row after boundary weighting:
+/// targets that are markers (`<|agent:X|>`, `<|obs|>`, `<|end|>`) get
+/// `role_token_weight` times their weight, and the first `handoff_tokens`
+/// targets after an input `<|agent:X|>` (same document) get
+/// `handoff_weight` times. Positions with weight 0 stay 0.
+pub fn boundary_weights(
+    tokens: &[u32],
+    targets: &[u32],
+    weights: &[f32],
+    docs: &[u16],
+    l: &LossConfig,
+) -> Vec<f32> {
+    let mut w = weights.to_vec();
+    if l.role_token_weight != 1.0 {
+        for (i, &t) in targets.iter().enumerate() {
+            if w[i] != 0.0 && (t >= FIRST_ROLE_TOKEN || t == OBS || t == END) {
+                w[i] *= l.role_token_weight as f32;
+            }
+        }
+    }
+    if l.handoff_tokens > 0 && l.handoff_weight != 1.0 {
+        for (i, &t) in tokens.iter().enumerate() {
+            if t < FIRST_ROLE_TOKEN {
+                continue;
+            }
+            for j in i..(i + l.handoff_tokens).min(tokens.len()) {
+                if docs[j] != docs[i] {
+                    break;
+                }
+                if w[j] != 0.0 {
+                    w[j] *= l.handoff_weight as f32;
+                }
+            }
+        }
+    }
+    w
+}
+
+/// One micro-batch: model inputs for `B` rows plus the `N` loss positions.
+pub struct Batch {
+    /// Row ids in the split (for error messages).
+    pub rows: Vec<usize>,
+    /// `[B, T]` i64.
+    pub tokens: Tensor,
+    pub roles: Tensor,
+    pub positions: Tensor,
+    pub docs: Tensor,
+    /// `[N]` i64 flat indices into `B*T` of the positions with weight > 0.
+    pub select: Tensor,
+    /// `[N]` i64 targets at those positions.
+    pub targets: Tensor,
+    /// `[N]` f32 loss weights (after boundary weighting).
+    pub weights: Tensor,
+    /// Same as `weights`, on the CPU.
+    pub weights_host: Vec<f32>,
+    /// Owner role id of each selected position (CPU copy, for routing).
+    pub owners: Vec<u16>,
+    /// Same as `select`, on the CPU.
+    pub select_host: Vec<i64>,
+    /// Target ids at the selected positions (CPU copy).
+    pub targets_host: Vec<u32>,
+    /// Sum of `weights`.
+    pub weight_sum: f64,
+    /// Rows x row length.
+    pub n_positions: usize,
+    /// Positions per row.
+    pub row_len: usize,
+    /// CPU copies of the `[B*T]` inputs (teachers map ids from these).
+    pub tokens_host: Vec<i64>,
+    pub roles_host: Vec<i64>,
+    pub positions_host: Vec<i64>,
+    pub docs_host: Vec<i64>,
+}
+
+impl Batch {
+    /// Number of loss positions.
+    pub fn n_select(&self) -> usize {
+        self.select_host.len()
+    }
+}
+
+/// Build a micro-batch from rows of `shards`.
+pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Device) -> Batch {
+    let t = shards.index.row_len;
+    let b = rows.len();
+    let mut tokens = Vec::with_capacity(b * t);
+    let mut roles = Vec::with_capacity(b * t);
+    let mut positions = Vec::with_capacity(b * t);
+    let mut docs = Vec::with_capacity(b * t);
+    let mut select = Vec::new();
+    let mut targets = Vec::new();
+    let mut weights = Vec::new();
+    let mut owners = Vec::new();
+    for (bi, &r) in rows.iter().enumerate() {
+        let s = r * t..(r + 1) * t;
+        let w = boundary_weights(
+            &shards.tokens[s.clone()],
+            &shards.targets[s.clone()],
+            &shards.weights[s.clone()],
+            &shards.docs[s.clone()],
+            l,
+        );
+        tokens.extend(shards.tokens[s.clone()].iter().map(|&x| x as i64));
+        roles.extend(shards.roles[s.clone()].iter().map(|&x| x as i64));
+        positions.extend(shards.positions[s.clone()].iter().map(|&x| x as i64));
+        docs.extend(shards.docs[s.clone()].iter().map(|&x| x as i64));
+        for (i, &wi) in w.iter().enumerate() {
+            if wi > 0.0 {
+                select.push((bi * t + i) as i64);
+                targets.push(shards.targets[r * t + i]);
+                weights.push(wi);
+                owners.push(shards.owners[r * t + i]);
+            }
+        }
+    }
+    let shape = [b as i64, t as i64];
+    let to = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    let weight_sum: f64 = weights.iter().map(|&w| w as f64).sum();
+    Batch {
+        rows: rows.to_vec(),
+        tokens: to(&tokens),
+        roles: to(&roles),
+        positions: to(&positions),
+        docs: to(&docs),
+        select: Tensor::from_slice(&select).to_device(device),
+        targets: Tensor::from_slice(&targets.iter().map(|&x| x as i64).collect::<Vec<_>>())
+            .to_device(device),
+        weights: Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(device),
+        weights_host: weights,
+        owners,
+        select_host: select,
+        targets_host: targets,
+        weight_sum,
+        n_positions: b * t,
+        row_len: t,
+        tokens_host: tokens,
+        roles_host: roles,
+        positions_host: positions,
+        docs_host: docs,
+    }
+}
+
+/// Check that every id in the split fits the model and its role table.
+pub fn check_ids(shards: &Shards, split: &str, vocab_size: usize, n_roles: usize) -> anyhow::Result<()> {
+    if let Some(i) = shards.tokens.iter().position(|&x| x as usize >= vocab_size) {
+        anyhow::bail!(
+            "{split}.tokens.u32: position {i} has token {} but the model's vocab_size is {vocab_size}",
+            shards.tokens[i]
+        );
+    }
+    for (i, (&tg, &w)) in shards.targets.iter().zip(&shards.weights).enumerate() {
+        if w > 0.0 && tg as usize >= vocab_size {
+            anyhow::bail!(
+                "{split}.targets.u32: position {i} has target {tg} but the model's vocab_size is {vocab_size}"
+            );
+        }
+    }
+    if n_roles > 0 {
+        if let Some(i) = shards.roles.iter().position(|&x| x as usize >= n_roles) {
+            anyhow::bail!(
+                "{split}.roles.u16: position {i} has role {} but the model has {n_roles} role embeddings",
+                shards.roles[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_a_seeded_permutation() {
+        let a = epoch_order(100, 7, 0, true);
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(100, 7, 0, true));
+        assert_ne!(a, epoch_order(100, 7, 1, true));
+        assert_ne!(a, epoch_order(100, 8, 0, true));
+        assert_eq!(epoch_order(5, 7, 3, false), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn stream_resumes_from_cursor() {
+        let mut a = RowStream::new(7, 1, true, Cursor::default());
+        let first: Vec<usize> = (0..5).flat_map(|_| a.take(3)).collect();
+        let mut b = RowStream::new(7, 1, true, Cursor::default());
+        let mut got = b.take(3);
+        got.extend(b.take(3));
+        let c = b.cursor();
+        assert_eq!(c, Cursor { epoch: 0, pos: 6 });
+        let mut b2 = RowStream::new(7, 1, true, c);
+        for _ in 0..3 {
+            got.extend(b2.take(3));
+        }
+        assert_eq!(first, got);
+        // Every epoch sees every row once.
+        let mut e0 = first[..7].to_vec();
+        e0.sort();
+        assert_eq!(e0, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn boundary_weighting() {
+        let coder = FIRST_ROLE_TOKEN + 1;
+        // inputs:  task a  <coder> b  c  d  <end>
+        let tokens = [1, 2, coder, 3, 4, 5, END];
+        let targets = [2, coder, 3, 4, 5, END, 0];
+        let weights = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+        let docs = [0u16; 7];
+        let l = LossConfig {
+            role_token_weight: 3.0,
+            handoff_tokens: 2,
+            handoff_weight: 2.0,
+            ..Default::default()
+        };
+        let w = boundary_weights(&tokens, &targets, &weights, &docs, &l);
+        assert_eq!(w, vec![0.0, 3.0, 2.0, 2.0, 1.0, 3.0, 0.0]);
+        // Off by default.
+        let w = boundary_weights(&tokens, &targets, &weights, &docs, &LossConfig::default());
+        assert_eq!(w, weights.to_vec());
+        // Hand-off weighting stops at a document boundary.
+        let docs = [0u16, 0, 0, 1, 1, 1, 1];
+        let w = boundary_weights(&tokens, &targets, &weights, &docs, &l);
+        assert_eq!(w, vec![0.0, 3.0, 2.0, 1.0, 1.0, 3.0, 0.0]);
+    }
+}

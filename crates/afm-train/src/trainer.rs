@@ -1,0 +1,680 @@
+//! The training loop: [`train`] and its building blocks ([`batch_loss`],
+//! [`evaluate`]).
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{FinalWeights, LossConfig, TrainConfig};
+use crate::data::{check_ids, make_batch, Batch, Cursor, RowStream};
+use crate::loss::{cross_entropy_per_token, divergence_per_token};
+use crate::metrics::{AgentEval, Metrics, Record};
+use crate::optim::{lr_at, AdamW};
+use crate::teacher::Teachers;
+use afm_data::shards::Shards;
+use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, Model, Precision};
+use afm_tokenizer::{Tokenizer, ROLE_NONE, ROLE_OBS};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// All `max_steps` (or epochs) done.
+    MaxSteps,
+    /// The wall-clock budget ran out.
+    TimeBudget,
+    /// Validation loss stopped improving for `patience` evaluations.
+    EarlyStopping,
+}
+
+/// What [`train`] returns (also written to `RUN/summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimiser steps done (all invocations).
+    pub steps: usize,
+    pub stop: StopReason,
+    /// Validation loss at the last step (None without a val split).
+    pub final_val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Validation loss per owning agent at the last evaluation.
+    pub per_agent_val_loss: BTreeMap<String, f64>,
+    /// Training throughput of this invocation (input positions per second).
+    pub tokens_per_s: f64,
+    /// Wall-clock seconds of this invocation.
+    pub wall_secs: f64,
+    /// `RUN/final` (Model::save layout).
+    pub checkpoint: PathBuf,
+    /// The best step checkpoint, if any.
+    pub best_checkpoint: Option<PathBuf>,
+}
+
+/// Label of an owner role id in per-agent metrics.
+pub fn owner_label(tok: &Tokenizer, role: u16) -> String {
+    match role as u32 {
+        ROLE_NONE => "none".into(),
+        ROLE_OBS => "obs".into(),
+        r => tok
+            .roles()
+            .agent_of_role(r)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("role{r}")),
+    }
+}
+
+/// Loss of one micro-batch, normalised by `weight_total` (the sum of loss
+/// weights over every micro-batch of the step).
+pub struct LossParts {
+    /// Scalar with grad (a constant 0 when the batch has no loss position).
+    pub loss: Tensor,
+    /// `sum w * CE` over the batch.
+    pub ce_sum: f64,
+    /// `sum w * D` over positions with a teacher, and their weight.
+    pub kl_sum: f64,
+    pub kl_weight: f64,
+}
+
+/// The model inputs of a batch.
+pub fn forward_args(b: &Batch) -> ForwardArgs<'_> {
+    ForwardArgs {
+        tokens: &b.tokens,
+        roles: Some(&b.roles),
+        positions: Some(&b.positions),
+        docs: Some(&b.docs),
+        select: Some(&b.select),
+    }
+}
+
+/// Loss of one micro-batch (see [`crate::loss`] for the formula). The LM
+/// head runs only at the loss positions; each teacher runs only on the
+/// rows and positions its agent owns.
+pub fn batch_loss(
+    model: &Model,
+    teachers: &Teachers,
+    batch: &Batch,
+    l: &LossConfig,
+    precision: Precision,
+    train: bool,
+    weight_total: f64,
+) -> anyhow::Result<LossParts> {
+    let n = batch.n_select();
+    if n == 0 || weight_total <= 0.0 {
+        return Ok(LossParts {
+            loss: Tensor::from(0f32),
+            ce_sum: 0.0,
+            kl_sum: 0.0,
+            kl_weight: 0.0,
+        });
+    }
+    let logits = model.gpt.forward(&forward_args(batch), precision, train);
+    let ce = cross_entropy_per_token(&logits, &batch.targets);
+    let wce = &ce * &batch.weights;
+    let ce_sum = wce.detach().sum(Kind::Double).double_value(&[]);
+    let groups = teachers.route(&batch.owners);
+    if groups.is_empty() {
+        return Ok(LossParts {
+            loss: wce.sum(Kind::Float) / weight_total,
+            ce_sum,
+            kl_sum: 0.0,
+            kl_weight: 0.0,
+        });
+    }
+    let device = logits.device();
+    let mut coef = vec![1f32; n];
+    let mut kl_terms = Vec::new();
+    let mut kl_sum = 0.0;
+    let mut kl_weight = 0.0;
+    for (ti, pos) in &groups {
+        for &k in pos {
+            coef[k] = l.alpha as f32;
+            kl_weight += batch.weights_host[k] as f64;
+        }
+        let t = &teachers.list[*ti];
+        let idx = Tensor::from_slice(&pos.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device);
+        let t_logits = t.logits(batch, pos, &model.tokenizer, precision)?;
+        let s_logits = logits.index_select(0, &idx);
+        let d = divergence_per_token(&s_logits, &t_logits, l.divergence, l.temperature, l.jsd_beta);
+        let wd = (d * batch.weights.index_select(0, &idx)).sum(Kind::Float);
+        kl_sum += wd.detach().double_value(&[]);
+        kl_terms.push(wd);
+    }
+    let coef = Tensor::from_slice(&coef).to_device(device);
+    let mut total = (wce * coef).sum(Kind::Float);
+    for k in kl_terms {
+        total = total + k * l.beta;
+    }
+    Ok(LossParts {
+        loss: total / weight_total,
+        ce_sum,
+        kl_sum,
+        kl_weight,
+    })
+}
+
+/// Validation numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalResult {
+    /// Weighted mean CE over all loss positions (data weights, no boundary
+    /// weighting).
+    pub loss: f64,
+    /// Token accuracy (argmax == target) over loss positions.
+    pub acc: f64,
+    pub tokens: usize,
+    pub per_agent: BTreeMap<String, AgentEval>,
+}
+
+/// Evaluate on `shards` (the first `max_batches` batches; 0 = all).
+pub fn evaluate(
+    model: &Model,
+    shards: &Shards,
+    labels: &Tokenizer,
+    batch_size: usize,
+    max_batches: usize,
+    precision: Precision,
+) -> EvalResult {
+    let plain = LossConfig::default();
+    let device = model.device();
+    let mut tot = (0.0f64, 0.0f64, 0usize, 0usize); // w*ce, w, correct, n
+    let mut per: BTreeMap<u16, (f64, f64, usize, usize)> = BTreeMap::new();
+    let rows: Vec<usize> = (0..shards.rows()).collect();
+    for (bi, chunk) in rows.chunks(batch_size).enumerate() {
+        if max_batches > 0 && bi >= max_batches {
+            break;
+        }
+        let b = make_batch(shards, chunk, &plain, device);
+        if b.n_select() == 0 {
+            continue;
+        }
+        let (ce, correct) = tch::no_grad(|| {
+            let logits = model.gpt.forward(&forward_args(&b), precision, false);
+            let ce = cross_entropy_per_token(&logits, &b.targets);
+            let correct = logits.argmax(-1, false).eq_tensor(&b.targets);
+            (ce, correct)
+        });
+        let ce = Vec::<f32>::try_from(&ce.to_device(Device::Cpu)).unwrap_or_default();
+        let correct = Vec::<bool>::try_from(&correct.to_device(Device::Cpu)).unwrap_or_default();
+        for k in 0..b.n_select() {
+            let w = b.weights_host[k] as f64;
+            let c = ce[k] as f64;
+            let e = per.entry(b.owners[k]).or_default();
+            for acc in [&mut tot, e] {
+                acc.0 += w * c;
+                acc.1 += w;
+                acc.2 += correct[k] as usize;
+                acc.3 += 1;
+            }
+        }
+    }
+    let mean = |a: &(f64, f64, usize, usize)| {
+        (
+            if a.1 > 0.0 { a.0 / a.1 } else { f64::NAN },
+            if a.3 > 0 { a.2 as f64 / a.3 as f64 } else { f64::NAN },
+        )
+    };
+    let (loss, acc) = mean(&tot);
+    let per_agent = per
+        .iter()
+        .map(|(&o, a)| {
+            let (loss, acc) = mean(a);
+            (owner_label(labels, o), AgentEval { loss, acc, tokens: a.3 })
+        })
+        .collect();
+    EvalResult {
+        loss,
+        acc,
+        tokens: tot.3,
+        per_agent,
+    }
+}
+
+/// Fields that may differ between a run and its resumption.
+const RUN_CONTROL: [&str; 5] = ["resume", "time_budget", "progress", "plots", "device"];
+
+/// The config a resumed run uses: the saved one, with this invocation's
+/// run-control fields. A training field given with a value different from
+/// both the saved one and the default is an error (it would silently break
+/// the resumed run).
+fn merge_resume_config(saved: &TrainConfig, now: &TrainConfig, ckpt: &Path) -> anyhow::Result<TrainConfig> {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) if prefix.is_empty() || prefix == "optim" || prefix == "loss" => {
+                for (k, x) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flat(&key, x, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    let tv = |c: &TrainConfig| -> anyhow::Result<BTreeMap<String, toml::Value>> {
+        let mut m = BTreeMap::new();
+        flat("", &toml::Value::try_from(c)?, &mut m);
+        Ok(m)
+    };
+    let (s, n, d) = (tv(saved)?, tv(now)?, tv(&TrainConfig::default())?);
+    let mut bad = Vec::new();
+    for (k, v) in &n {
+        if RUN_CONTROL.contains(&k.as_str()) || k == "init" || k == "preset" {
+            continue;
+        }
+        if s.get(k) != Some(v) && d.get(k) != Some(v) {
+            bad.push(format!("{k} = {v} (checkpoint: {})", s.get(k).map(|x| x.to_string()).unwrap_or("unset".into())));
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "--resume from {}: these settings differ from the checkpoint's config: {}. Resume with the same settings (or start a new run)",
+            ckpt.display(),
+            bad.join("; ")
+        );
+    }
+    let mut c = saved.clone();
+    c.resume = true;
+    c.time_budget = now.time_budget.clone();
+    c.progress = now.progress;
+    c.plots = now.plots;
+    c.device = now.device.clone();
+    Ok(c)
+}
+
+fn read_vocab(data: &Path) -> anyhow::Result<Tokenizer> {
+    let p = data.join("vocab.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Tokenizer::from_json(&text).with_context(|| format!("{}", p.display()))
+}
+
+/// Build the student: fresh from a preset, or `init` extended to the data's
+/// vocabulary.
+fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyhow::Result<Model> {
+    if let Some(init) = &cfg.init {
+        let mut m = Model::load(init, device).with_context(|| format!("--init {}", init.display()))?;
+        m.extend_vocab(data_tok.clone()).with_context(|| {
+            format!(
+                "--init {}: its agents {:?} must be a prefix of the data's {:?}",
+                init.display(),
+                m.tokenizer.roles().agents(),
+                data_tok.roles().agents()
+            )
+        })?;
+        return Ok(m);
+    }
+    let name = cfg.preset.as_deref().context("no model: give `init` or `preset`")?;
+    let mut gc = GptConfig::preset(name, data_tok.n_vocab(), data_tok.roles().n_roles())?;
+    gc.dropout = cfg.dropout;
+    Model::new(gc, data_tok.clone(), device, cfg.seed as i64)
+}
+
+fn fmt_rows(rows: &[usize]) -> String {
+    let mut s: Vec<String> = rows.iter().take(16).map(|r| r.to_string()).collect();
+    if rows.len() > 16 {
+        s.push("...".into());
+    }
+    s.join(",")
+}
+
+/// Run training as configured. See the crate docs for the files written.
+pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
+    cfg_in.validate()?;
+    let started = Instant::now();
+    let run = cfg_in.out.clone();
+    std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+    checkpoint::clean_stale(&run);
+
+    // Resume: the latest complete checkpoint and its config.
+    let resume_from = if cfg_in.resume {
+        let all = checkpoint::list(&run)?;
+        match all.last() {
+            Some((_, d)) => Some(d.clone()),
+            None => bail!(
+                "--resume: no checkpoint in {} (start without --resume)",
+                checkpoint::checkpoints_dir(&run).display()
+            ),
+        }
+    } else {
+        if !checkpoint::list(&run)?.is_empty() {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or use a new --out",
+                run.display()
+            );
+        }
+        None
+    };
+    let (cfg, state0) = match &resume_from {
+        Some(dir) => {
+            let (state, saved) = checkpoint::read_meta(dir)?;
+            (merge_resume_config(&saved, cfg_in, dir)?, Some(state))
+        }
+        None => (cfg_in.clone(), None),
+    };
+    let budget = cfg.time_budget_secs()?;
+    let device = afm_model::parse_device(&cfg.device)?;
+    let precision = Precision::from_bf16(cfg.bf16);
+
+    // Data.
+    let data_tok = read_vocab(&cfg.data)?;
+    let train_set = Shards::open(&cfg.data, "train").context("opening the train split")?;
+    if train_set.rows() == 0 {
+        bail!("{}: the train split has no rows", cfg.data.display());
+    }
+    let val_set = if Shards::exists(&cfg.data, "val") {
+        let v = Shards::open(&cfg.data, "val").context("opening the val split")?;
+        (v.rows() > 0).then_some(v)
+    } else {
+        None
+    };
+
+    // Model.
+    let model = match &resume_from {
+        Some(dir) => Model::load(dir, device).with_context(|| format!("--resume: loading {}", dir.display()))?,
+        None => build_model(&cfg, &data_tok, device)?,
+    };
+    if model.tokenizer.roles().agents() != data_tok.roles().agents() {
+        bail!(
+            "the model's agents {:?} differ from the data's {:?}",
+            model.tokenizer.roles().agents(),
+            data_tok.roles().agents()
+        );
+    }
+    let row_len = train_set.index.row_len;
+    if row_len > model.config.n_ctx {
+        bail!(
+            "{}: rows are {row_len} tokens but the model context is {} (prepare the data with a shorter row length)",
+            cfg.data.display(),
+            model.config.n_ctx
+        );
+    }
+    check_ids(&train_set, "train", model.config.vocab_size, model.config.n_roles)?;
+    if let Some(v) = &val_set {
+        if v.index.row_len > model.config.n_ctx {
+            bail!("val rows are {} tokens, more than the model context {}", v.index.row_len, model.config.n_ctx);
+        }
+        check_ids(v, "val", model.config.vocab_size, model.config.n_roles)?;
+    }
+    let teachers = Teachers::load(&cfg.teachers, &model.tokenizer, model.config.vocab_size, device)?;
+
+    // Optimiser and state.
+    let mut opt = AdamW::new(model.named_parameters(), &cfg.optim, weight_decay_applies);
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let total_steps = if cfg.max_steps > 0 {
+        cfg.max_steps
+    } else {
+        (cfg.epochs * train_set.rows()).div_ceil(per_step).max(1)
+    };
+    let mut state = match (&resume_from, state0) {
+        (Some(dir), Some(s)) => {
+            opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+            if s.total_steps != total_steps {
+                bail!("--resume: the checkpoint's run has {} steps, this one {total_steps}", s.total_steps);
+            }
+            s
+        }
+        _ => TrainerState {
+            step: 0,
+            total_steps,
+            cursor: Cursor::default(),
+            seed: cfg.seed,
+            tokens_seen: 0,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            train_secs: 0.0,
+        },
+    };
+    let mut metrics = Metrics::open(&run, resume_from.as_ref().map(|_| state.step))?;
+    std::fs::write(run.join("train_config.toml"), cfg.to_toml()?)
+        .with_context(|| format!("writing {}", run.join("train_config.toml").display()))?;
+
+    let shuffle = !train_set.index.curriculum;
+    let mut stream = RowStream::new(train_set.rows(), cfg.seed, shuffle, state.cursor);
+    let pb = if cfg.progress {
+        indicatif::ProgressBar::new(total_steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(state.step as u64);
+
+    let mut last_eval: Option<EvalResult> = None;
+    let mut last_eval_step = None;
+    let mut stop = StopReason::MaxSteps;
+    let loop_start = Instant::now();
+    let mut positions_this_run = 0u64;
+    let (mut win_t, mut win_pos) = (Instant::now(), 0u64);
+    let (mut win_loss, mut win_ce, mut win_kl, mut win_w, mut win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
+
+    let do_eval = |model: &Model| -> Option<EvalResult> {
+        val_set
+            .as_ref()
+            .map(|v| evaluate(model, v, &data_tok, cfg.batch_size, cfg.eval_batches, precision))
+    };
+
+    while state.step < total_steps {
+        if let Some(b) = budget {
+            if started.elapsed().as_secs_f64() >= b {
+                stop = StopReason::TimeBudget;
+                break;
+            }
+        }
+        let step = state.step;
+        // The RNG state is a function of the step: resumed runs match.
+        tch::manual_seed((cfg.seed as i64).wrapping_add(step as i64));
+        let cursor_before = stream.cursor();
+        let batches: Vec<Batch> = (0..cfg.grad_accum)
+            .map(|_| {
+                let rows = stream.take(cfg.batch_size);
+                make_batch(&train_set, &rows, &cfg.loss, device)
+            })
+            .collect();
+        let weight_total: f64 = batches.iter().map(|b| b.weight_sum).sum();
+        let mut loss_sum = 0.0;
+        let (mut ce_sum, mut kl_sum, mut kl_w) = (0.0, 0.0, 0.0);
+        for b in &batches {
+            let parts = batch_loss(&model, &teachers, b, &cfg.loss, precision, true, weight_total)?;
+            let lv = parts.loss.detach().double_value(&[]);
+            if !lv.is_finite() {
+                bail!(
+                    "loss is {lv} at step {} (data rows {}; epoch {}, position {} of the permutation); the last good checkpoint is kept in {}",
+                    step + 1,
+                    fmt_rows(&b.rows),
+                    cursor_before.epoch,
+                    cursor_before.pos,
+                    checkpoint::checkpoints_dir(&run).display()
+                );
+            }
+            if parts.loss.requires_grad() {
+                parts.loss.backward();
+            }
+            loss_sum += lv;
+            ce_sum += parts.ce_sum;
+            kl_sum += parts.kl_sum;
+            kl_w += parts.kl_weight;
+            positions_this_run += b.n_positions as u64;
+            win_pos += b.n_positions as u64;
+            state.tokens_seen += b.n_positions as u64;
+        }
+        let gnorm = opt.clip_grad_norm(cfg.optim.grad_clip);
+        if !gnorm.is_finite() {
+            let rows: Vec<usize> = batches.iter().flat_map(|b| b.rows.iter().copied()).collect();
+            bail!(
+                "gradient norm is {gnorm} at step {} (data rows {}; epoch {}, position {}); the last good checkpoint is kept in {}",
+                step + 1,
+                fmt_rows(&rows),
+                cursor_before.epoch,
+                cursor_before.pos,
+                checkpoint::checkpoints_dir(&run).display()
+            );
+        }
+        let lr = lr_at(&cfg.optim, step, total_steps);
+        if weight_total > 0.0 {
+            opt.step(lr);
+        }
+        opt.zero_grad();
+        state.step += 1;
+        state.cursor = stream.cursor();
+        win_loss += loss_sum;
+        win_ce += ce_sum;
+        win_kl += kl_sum;
+        win_w += weight_total;
+        win_klw += kl_w;
+        pb.set_position(state.step as u64);
+
+        if state.step % cfg.log_interval == 0 || state.step == total_steps {
+            let n_steps = (state.step - 1) % cfg.log_interval + 1;
+            let secs = win_t.elapsed().as_secs_f64().max(1e-9);
+            let tps = win_pos as f64 / secs;
+            let loss = win_loss / n_steps as f64;
+            metrics.push(Record::Train {
+                step: state.step,
+                lr,
+                loss,
+                ce: if win_w > 0.0 { win_ce / win_w } else { 0.0 },
+                kl: (!teachers.is_empty()).then(|| if win_klw > 0.0 { win_kl / win_klw } else { 0.0 }),
+                grad_norm: gnorm,
+                tokens_per_s: tps,
+                tokens: state.tokens_seen,
+                elapsed_s: state.train_secs + loop_start.elapsed().as_secs_f64(),
+            })?;
+            pb.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
+            (win_t, win_pos) = (Instant::now(), 0);
+            (win_loss, win_ce, win_kl, win_w, win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        }
+
+        let eval_due = cfg.eval_interval > 0 && state.step % cfg.eval_interval == 0;
+        let mut improved = false;
+        if eval_due {
+            if let Some(e) = do_eval(&model) {
+                improved = record_eval(&mut metrics, &mut state, &e, cfg.min_delta)?;
+                pb.println(format!(
+                    "step {}: val loss {:.4}  acc {:.3}{}",
+                    state.step,
+                    e.loss,
+                    e.acc,
+                    if improved { "  (best)" } else { "" }
+                ));
+                last_eval = Some(e);
+                last_eval_step = Some(state.step);
+                if cfg.plots {
+                    if let Err(err) = metrics.plot(&run) {
+                        pb.println(format!("warning: plots not drawn: {err:#}"));
+                    }
+                }
+            }
+        }
+        let ckpt_due = eval_due || (cfg.checkpoint_interval > 0 && state.step % cfg.checkpoint_interval == 0);
+        if ckpt_due && state.step < total_steps {
+            save_checkpoint(&run, &model, &opt, &mut state, &cfg, loop_start)?;
+            if improved {
+                write_best(&run, &state)?;
+            }
+        }
+        if cfg.patience > 0 && eval_due && state.evals_since_best >= cfg.patience {
+            stop = StopReason::EarlyStopping;
+            break;
+        }
+    }
+    pb.finish_and_clear();
+
+    // Final evaluation and checkpoint (so a time-budget stop can resume).
+    if last_eval_step != Some(state.step) {
+        if let Some(e) = do_eval(&model) {
+            let improved = record_eval(&mut metrics, &mut state, &e, cfg.min_delta)?;
+            last_eval = Some(e);
+            if improved {
+                state.best_step = Some(state.step);
+            }
+        }
+    }
+    let last_ckpt = save_checkpoint(&run, &model, &opt, &mut state, &cfg, loop_start)?;
+    if state.best_step == Some(state.step) {
+        write_best(&run, &state)?;
+    }
+    checkpoint::prune(&run, cfg.keep_last, state.best_step)?;
+    let best_checkpoint = state.best_step.map(|s| checkpoint::step_dir(&run, s)).filter(|d| d.is_dir());
+    let final_dir = run.join("final");
+    match (cfg.final_weights, &best_checkpoint) {
+        (FinalWeights::Best, Some(best)) if best != &last_ckpt => {
+            Model::load(best, Device::Cpu)?.save(&final_dir)?;
+        }
+        _ => model.save(&final_dir)?,
+    }
+    if cfg.plots {
+        if let Err(err) = metrics.plot(&run) {
+            eprintln!("warning: plots not drawn: {err:#}");
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let summary = TrainSummary {
+        steps: state.step,
+        stop,
+        final_val_loss: last_eval.as_ref().map(|e| e.loss),
+        best_val_loss: state.best_val_loss,
+        best_step: state.best_step,
+        per_agent_val_loss: last_eval
+            .as_ref()
+            .map(|e| e.per_agent.iter().map(|(k, v)| (k.clone(), v.loss)).collect())
+            .unwrap_or_default(),
+        tokens_per_s: positions_this_run as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        wall_secs: wall,
+        checkpoint: final_dir,
+        best_checkpoint,
+    };
+    std::fs::write(run.join("summary.json"), serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", run.join("summary.json").display()))?;
+    Ok(summary)
+}
+
+/// Log an evaluation and update best/patience. Returns true on improvement.
+fn record_eval(metrics: &mut Metrics, state: &mut TrainerState, e: &EvalResult, min_delta: f64) -> anyhow::Result<bool> {
+    metrics.push(Record::Eval {
+        step: state.step,
+        val_loss: e.loss,
+        val_acc: e.acc,
+        val_tokens: e.tokens,
+        per_agent: e.per_agent.clone(),
+    })?;
+    let improved = e.loss.is_finite() && state.best_val_loss.is_none_or(|b| e.loss < b - min_delta);
+    if improved {
+        state.best_val_loss = Some(e.loss);
+        state.best_step = Some(state.step);
+        state.evals_since_best = 0;
+    } else {
+        state.evals_since_best += 1;
+    }
+    Ok(improved)
+}
+
+fn save_checkpoint(
+    run: &Path,
+    model: &Model,
+    opt: &AdamW,
+    state: &mut TrainerState,
+    cfg: &TrainConfig,
+    loop_start: Instant,
+) -> anyhow::Result<PathBuf> {
+    let mut s = state.clone();
+    s.train_secs += loop_start.elapsed().as_secs_f64();
+    let dir = checkpoint::save(run, model, opt, &s, cfg)?;
+    checkpoint::prune(run, cfg.keep_last, state.best_step)?;
+    Ok(dir)
+}
+
+fn write_best(run: &Path, state: &TrainerState) -> anyhow::Result<()> {
+    let (Some(step), Some(loss)) = (state.best_step, state.best_val_loss) else {
+        return Ok(());
+    };
+    let v = serde_json::json!({
+        "step": step,
+        "val_loss": loss,
+        "checkpoint": checkpoint::step_dir(run, step),
+    });
+    let p = run.join("best.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))
+}
