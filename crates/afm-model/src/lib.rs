@@ -15,6 +15,7 @@ mod config;
 pub mod device;
 mod generate;
 mod gpt;
+pub mod hf;
 mod model;
 pub mod rng;
 mod st;
