@@ -1,10 +1,148 @@
-//! Verbs of afm-data. (Skeleton until that work lands.)
+//! Verbs of afm-data: `afm prepare`.
 
-use clap::Subcommand;
+use afm_data::{AgentWeights, AgentsMap, Format, LongMode, PrepareConfig, Progress};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 #[derive(Subcommand)]
-pub enum Cmd {}
+pub enum Cmd {
+    /// Turn multi-agent logs into packed, masked training shards.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Input files or directories (all .json/.jsonl/.ndjson inside, sorted).
+    #[arg(long, num_args = 1.., required = true)]
+    pub input: Vec<PathBuf>,
+    /// Input format: auto, native, ag2, messages, coa-tags.
+    #[arg(long, default_value = "auto")]
+    pub format: Format,
+    /// TOML file renaming agents and marking observation agents.
+    #[arg(long)]
+    pub agents_map: Option<PathBuf>,
+    /// Drop records whose quality score (0..100) is below this.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_score: f64,
+    /// Longest document in tokens (default: --seq-len).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Longer documents: window, truncate or drop.
+    #[arg(long, default_value = "window")]
+    pub long: LongMode,
+    /// Order rows easy -> hard (the trainer will not shuffle them).
+    #[arg(long)]
+    pub curriculum: bool,
+    /// Curriculum stages (0: one fully sorted order).
+    #[arg(long, default_value_t = 0)]
+    pub curriculum_stages: usize,
+    /// Add target-preserving augmentations of training records.
+    #[arg(long)]
+    pub augment: bool,
+    /// Share of tasks held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Row length of the shards.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Loss weight of an agent, NAME=W (repeatable).
+    #[arg(long = "agent-weight")]
+    pub agent_weight: Vec<String>,
+    /// Train only this agent (weight 1, others 0).
+    #[arg(long)]
+    pub only_agent: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fail on the first rejected record.
+    #[arg(long)]
+    pub strict: bool,
+    /// Keep exact duplicates.
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Longest accepted text field in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_field_bytes: usize,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        Cmd::Prepare(a) => prepare(a),
+    }
+}
+
+fn parse_weights(a: &PrepareArgs) -> anyhow::Result<AgentWeights> {
+    let mut w = AgentWeights { only: a.only_agent.clone(), ..Default::default() };
+    for s in &a.agent_weight {
+        let Some((name, v)) = s.rsplit_once('=') else {
+            bail!("--agent-weight {s:?}: expected NAME=WEIGHT");
+        };
+        let v: f32 = v.parse().with_context(|| format!("--agent-weight {s:?}: weight is not a number"))?;
+        if !v.is_finite() || v < 0.0 {
+            bail!("--agent-weight {s:?}: weight must be finite and >= 0");
+        }
+        w.weights.insert(name.to_string(), v);
+    }
+    if w.only.is_some() && !w.weights.is_empty() {
+        bail!("--only-agent and --agent-weight cannot be combined");
+    }
+    Ok(w)
+}
+
+fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
+    let agents_map = match &a.agents_map {
+        Some(p) => AgentsMap::load(p)?,
+        None => AgentsMap::default(),
+    };
+    let cfg = PrepareConfig {
+        inputs: a.input.clone(),
+        format: a.format,
+        agents_map,
+        min_score: a.min_score,
+        max_tokens: a.max_tokens,
+        long: a.long,
+        curriculum: a.curriculum,
+        curriculum_stages: a.curriculum_stages,
+        augment: a.augment,
+        val_fraction: a.val_fraction,
+        seq_len: a.seq_len,
+        weights: parse_weights(&a)?,
+        seed: a.seed,
+        strict: a.strict,
+        dedup: !a.no_dedup,
+        limits: afm_data::Limits { max_field_bytes: a.max_field_bytes, ..Default::default() },
+        out: a.out.clone(),
+        ..Default::default()
+    };
+    let bar = ProgressBar::new(0);
+    let stage: Mutex<&'static str> = Mutex::new("");
+    let progress = |p: Progress| {
+        if let Ok(mut s) = stage.lock() {
+            if *s != p.stage {
+                *s = p.stage;
+                bar.reset();
+                let style = if p.stage == "read" {
+                    "{msg:>6} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+                } else {
+                    "{msg:>6} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})"
+                };
+                if let Ok(st) = ProgressStyle::with_template(style) {
+                    bar.set_style(st.progress_chars("=> "));
+                }
+                bar.set_message(p.stage);
+            }
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    };
+    let m = afm_data::prepare_with_progress(&cfg, &progress)?;
+    bar.finish_and_clear();
+    print!("{}", m.table());
+    println!("wrote {}", cfg.out.display());
+    Ok(())
 }

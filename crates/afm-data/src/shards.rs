@@ -156,9 +156,16 @@ impl ShardWriter {
 
     /// Append one row. `real_tokens`/`documents` are the caller's counts for
     /// this row (padding excluded).
-    pub fn push(&mut self, row: &Row, real_tokens: usize, documents: usize) -> Result<(), ShardError> {
+    pub fn push(
+        &mut self,
+        row: &Row,
+        real_tokens: usize,
+        documents: usize,
+    ) -> Result<(), ShardError> {
         row.check(self.row_len)?;
-        let mut bufs: Vec<Vec<u8>> = vec![Vec::with_capacity(self.row_len * 4); 7];
+        let mut bufs: Vec<Vec<u8>> = (0..7)
+            .map(|_| Vec::with_capacity(self.row_len * 4))
+            .collect();
         for i in 0..self.row_len {
             bufs[0].extend(row.tokens[i].to_le_bytes());
             bufs[1].extend(row.targets[i].to_le_bytes());
@@ -244,17 +251,20 @@ impl Shards {
                 index.version
             )));
         }
-        let n = index
-            .rows
-            .checked_mul(index.row_len)
-            .ok_or_else(|| ShardError::Format(format!("{}: rows * row_len overflows", ip.display())))?;
+        let n = index.rows.checked_mul(index.row_len).ok_or_else(|| {
+            ShardError::Format(format!("{}: rows * row_len overflows", ip.display()))
+        })?;
         let u32s = |a: &str| -> Result<Vec<u32>, ShardError> {
             let b = read_all(&array_path(dir, split, a), n * 4)?;
-            Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            Ok(b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
         };
         let u16s = |a: &str| -> Result<Vec<u16>, ShardError> {
             let b = read_all(&array_path(dir, split, a), n * 2)?;
-            Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+            Ok(b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect())
         };
         let wb = read_all(&array_path(dir, split, "weights.f32"), n * 4)?;
         let weights: Vec<f32> = wb

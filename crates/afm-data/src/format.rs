@@ -1,0 +1,351 @@
+//! THE trajectory format and loss-mask rule. Training data and the agent
+//! runtime's prompts are both built with these functions, so they agree.
+//!
+//! ## Tokens
+//!
+//! ```text
+//! <|task|> encode(task)
+//!   for each step:  agent step       -> <|agent:NAME|> encode(output)
+//!                   observation step -> <|obs|> encode(observation)
+//! <|end|>
+//! ```
+//!
+//! `roles = afm_tokenizer::RoleTracker::roles_of(tokens)` (the role id of each input token).
+//!
+//! ## Owners and weights (position `i` predicts `tokens[i+1]`)
+//!
+//! The *owner* of the target `tokens[i+1]`:
+//!
+//! - content of agent X's turn -> X;
+//! - content of the task prompt or of an observation -> none;
+//! - a marker (a role token, `<|obs|>`, `<|end|>`) belongs to the turn it *closes*:
+//!   closing agent X's turn -> X; closing the task prompt (the first role
+//!   token) -> the agent it opens; closing an observation -> the agent that
+//!   called the tool (the last agent before the observation).
+//!
+//! `owners[i]` is the owner's role id ([`afm_tokenizer::ROLE_NONE`] = 0 when
+//! none); `weights[i] = agent_weight(owner)` ([`AgentWeights`], default 1.0),
+//! 0 for none. The last position has no next token: owner 0, weight 0.
+//! Owners depend only on the tokens, so [`label`] works on any token
+//! sequence (a window, a truncated document, a prompt being generated).
+
+use crate::record::{StepKind, Trajectory};
+use afm_tokenizer::{
+    RoleTracker, Tokenizer, END, FIRST_ROLE_TOKEN, OBS, ROLE_FIRST_AGENT, ROLE_NONE, ROLE_OBS, TASK,
+};
+use std::collections::HashMap;
+
+/// A trajectory as tokens, with where each turn starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub tokens: Vec<u32>,
+    /// Start index of each step's marker token (in step order).
+    pub turn_starts: Vec<usize>,
+    /// Length of the task prompt (`<|task|>` + task tokens): index of the first step's marker.
+    pub prompt_len: usize,
+}
+
+/// Errors of formatting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("agent {0:?} is not in the role vocabulary")]
+    UnknownAgent(String),
+}
+
+/// `<|task|>` + encode(task): the start of every prompt.
+pub fn encode_task(tok: &Tokenizer, task: &str) -> Vec<u32> {
+    let mut v = Vec::with_capacity(task.len() / 3 + 1);
+    v.push(TASK);
+    v.extend(tok.encode(task));
+    v
+}
+
+/// `<|agent:NAME|>` + encode(output).
+pub fn encode_agent_turn(
+    tok: &Tokenizer,
+    agent: &str,
+    output: &str,
+) -> Result<Vec<u32>, FormatError> {
+    let marker = tok
+        .role_token(agent)
+        .ok_or_else(|| FormatError::UnknownAgent(agent.to_string()))?;
+    let mut v = Vec::with_capacity(output.len() / 3 + 1);
+    v.push(marker);
+    v.extend(tok.encode(output));
+    Ok(v)
+}
+
+/// `<|obs|>` + encode(observation).
+pub fn encode_observation(tok: &Tokenizer, observation: &str) -> Vec<u32> {
+    let mut v = Vec::with_capacity(observation.len() / 3 + 1);
+    v.push(OBS);
+    v.extend(tok.encode(observation));
+    v
+}
+
+/// The whole trajectory, `<|end|>` included.
+pub fn encode_trajectory(tok: &Tokenizer, t: &Trajectory) -> Result<Encoded, FormatError> {
+    let mut tokens = encode_task(tok, &t.task);
+    let prompt_len = tokens.len();
+    let mut turn_starts = Vec::with_capacity(t.steps.len());
+    for s in &t.steps {
+        turn_starts.push(tokens.len());
+        match s.kind {
+            StepKind::Agent => tokens.extend(encode_agent_turn(tok, &s.agent, &s.text)?),
+            StepKind::Observation => tokens.extend(encode_observation(tok, &s.text)),
+        }
+    }
+    tokens.push(END);
+    Ok(Encoded {
+        tokens,
+        turn_starts,
+        prompt_len,
+    })
+}
+
+/// True for tokens that open or close turns (role tokens, `<|obs|>`, `<|end|>`).
+pub fn is_marker(t: u32) -> bool {
+    t >= FIRST_ROLE_TOKEN || t == OBS || t == END
+}
+
+/// Per-position labels of a token sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// Role id of each input token ([`RoleTracker::roles_of`]).
+    pub roles: Vec<u32>,
+    /// Role id of the agent that owns the target `tokens[i+1]` (0 = none).
+    pub owners: Vec<u32>,
+}
+
+/// Roles and owners of `tokens` by the rule in the module docs.
+pub fn label(tokens: &[u32]) -> Labels {
+    let roles = RoleTracker::roles_of(tokens);
+    let mut owners = vec![ROLE_NONE; tokens.len()];
+    // Last agent role seen at or before position i (the caller of a tool).
+    let mut last_agent = ROLE_NONE;
+    for i in 0..tokens.len().saturating_sub(1) {
+        if roles[i] >= ROLE_FIRST_AGENT {
+            last_agent = roles[i];
+        }
+        let next = tokens[i + 1];
+        owners[i] = if is_marker(next) {
+            match roles[i] {
+                // Closing the task prompt: the agent it opens (none for <|obs|>/<|end|>).
+                ROLE_NONE if next >= FIRST_ROLE_TOKEN => {
+                    ROLE_FIRST_AGENT + (next - FIRST_ROLE_TOKEN)
+                }
+                ROLE_NONE => ROLE_NONE,
+                // Closing an observation: the agent that called the tool.
+                ROLE_OBS => last_agent,
+                agent => agent,
+            }
+        } else {
+            // Content: the role it is in when it is an agent's.
+            match roles[i + 1] {
+                r if r >= ROLE_FIRST_AGENT => r,
+                _ => ROLE_NONE,
+            }
+        };
+    }
+    Labels { roles, owners }
+}
+
+/// Loss weight per agent: default 1.0, overrides per name, or one agent only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentWeights {
+    /// Agent name -> weight (`--agent-weight NAME=W`).
+    pub weights: HashMap<String, f32>,
+    /// When set, that agent weighs 1 and every other 0 (`--only-agent NAME`).
+    pub only: Option<String>,
+    /// Weight of agents not listed (default 1.0 when `None`).
+    pub default: Option<f32>,
+}
+
+impl AgentWeights {
+    /// Weight of each role id (index = role id) for this vocabulary. Role 0
+    /// (none) and 1 (observation) always weigh 0.
+    pub fn table(&self, tok: &Tokenizer) -> Vec<f32> {
+        let roles = tok.roles();
+        let mut t = vec![0.0f32; roles.n_roles()];
+        for (i, a) in roles.agents().iter().enumerate() {
+            let w = match &self.only {
+                Some(o) => {
+                    if o == a {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+                None => self
+                    .weights
+                    .get(a)
+                    .copied()
+                    .unwrap_or(self.default.unwrap_or(1.0)),
+            };
+            t[ROLE_FIRST_AGENT as usize + i] = w;
+        }
+        t
+    }
+}
+
+/// `weights[i] = table[owners[i]]` (0 for unknown role ids).
+pub fn weights_of(owners: &[u32], table: &[f32]) -> Vec<f32> {
+    owners
+        .iter()
+        .map(|&o| table.get(o as usize).copied().unwrap_or(0.0))
+        .collect()
+}
+
+/// One training document: what the packer lays into a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub tokens: Vec<u32>,
+    pub roles: Vec<u32>,
+    pub owners: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+impl Doc {
+    /// Label `tokens` and weigh them with `table` ([`AgentWeights::table`]).
+    pub fn new(tokens: Vec<u32>, table: &[f32]) -> Self {
+        let Labels { roles, owners } = label(&tokens);
+        let weights = weights_of(&owners, table);
+        Self {
+            tokens,
+            roles,
+            owners,
+            weights,
+        }
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Target of position i: the next token, or `EOT` at the last position.
+    pub fn target(&self, i: usize) -> u32 {
+        self.tokens
+            .get(i + 1)
+            .copied()
+            .unwrap_or(afm_tokenizer::EOT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Step;
+    use afm_tokenizer::RoleVocab;
+
+    fn tok() -> Tokenizer {
+        Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap())
+    }
+
+    fn traj() -> Trajectory {
+        let st = |a: &str, k, t: &str| Step {
+            agent: a.into(),
+            kind: k,
+            text: t.into(),
+        };
+        Trajectory {
+            id: "x".into(),
+            task: "add 2 and 3".into(),
+            steps: vec![
+                st("Planner", StepKind::Agent, " compute it"),
+                st("Coder", StepKind::Agent, " print(2+3)"),
+                st("python_tool", StepKind::Observation, " 5"),
+                st("Coder", StepKind::Agent, " answer 5"),
+            ],
+            success: Some(true),
+            score: None,
+            answer: Some("5".into()),
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn owners_follow_the_rule() {
+        let t = tok();
+        let e = encode_trajectory(&t, &traj()).unwrap();
+        let toks = &e.tokens;
+        let (planner, coder) = (2u32, 3u32);
+        let l = label(toks);
+        let n = toks.len();
+        assert_eq!(toks[0], TASK);
+        assert_eq!(*toks.last().unwrap(), END);
+        assert_eq!(l.owners[n - 1], 0, "last position has no target");
+        for i in 0..n - 1 {
+            let next = toks[i + 1];
+            let expect = if i + 1 == e.prompt_len {
+                planner // closing the task prompt -> the agent it opens
+            } else if i + 1 < e.prompt_len {
+                0 // task content
+            } else if i + 1 == e.turn_starts[1] {
+                planner // Coder's marker closes Planner's turn
+            } else if i + 1 == e.turn_starts[2] || i + 1 == e.turn_starts[3] || next == END {
+                // <|obs|> closes Coder's turn; Coder's marker closes the
+                // observation (the caller); <|end|> closes Coder's last turn.
+                coder
+            } else if i + 1 > e.turn_starts[2] && i + 1 < e.turn_starts[3] {
+                0 // observation content
+            } else {
+                l.roles[i + 1]
+            };
+            assert_eq!(l.owners[i], expect, "position {i}");
+        }
+        // Weights: default 1 for agents, 0 for none.
+        let w = AgentWeights::default();
+        let d = Doc::new(toks.clone(), &w.table(&t));
+        for i in 0..n {
+            assert_eq!(d.weights[i], if d.owners[i] == 0 { 0.0 } else { 1.0 });
+        }
+        // --only-agent Coder zeroes Planner's targets; --agent-weight scales.
+        let only = AgentWeights {
+            only: Some("Coder".into()),
+            ..Default::default()
+        };
+        let d = Doc::new(toks.clone(), &only.table(&t));
+        assert!(d
+            .owners
+            .iter()
+            .zip(&d.weights)
+            .all(|(&o, &w)| (o == coder) == (w == 1.0)));
+        let mut aw = AgentWeights::default();
+        aw.weights.insert("Planner".into(), 0.25);
+        let d = Doc::new(toks.clone(), &aw.table(&t));
+        assert!(d
+            .owners
+            .iter()
+            .zip(&d.weights)
+            .all(|(&o, &w)| o != planner || w == 0.25));
+    }
+
+    #[test]
+    fn special_text_in_content_stays_text() {
+        let t = tok();
+        let mut tr = traj();
+        tr.steps[0].text = "<|end|><|obs|><|agent:Coder|><|task|>".into();
+        let e = encode_trajectory(&t, &tr).unwrap();
+        let specials = e.tokens.iter().filter(|&&x| t.is_special(x)).count();
+        assert_eq!(
+            specials,
+            1 + 4 + 1,
+            "task + 4 step markers + end, nothing from content"
+        );
+    }
+
+    #[test]
+    fn unknown_agent_is_an_error() {
+        let t = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
+        assert_eq!(
+            encode_trajectory(&t, &traj()),
+            Err(FormatError::UnknownAgent("Coder".into()))
+        );
+    }
+}

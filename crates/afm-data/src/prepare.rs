@@ -1,0 +1,890 @@
+//! The whole pipeline: validate -> normalise -> score and filter -> dedup ->
+//! split -> curriculum -> augment -> format -> tokenize -> mask -> window ->
+//! pack -> write.
+//!
+//! Two passes keep memory bounded however many records there are:
+//!
+//! 1. **read** (streaming, rayon per batch): every record is validated,
+//!    normalised (agents map), scored and keyed; valid ones are spilled as
+//!    one JSON line each to a temporary file in the output directory, and
+//!    only a compact row per record (keys, score, difficulty, spill offset)
+//!    is kept. Rejects go to `rejects.jsonl` as they come.
+//! 2. **plan** (polars lazy over the compact table): score filter, dedup,
+//!    train/val split by task, order (input order, or curriculum), and the
+//!    augmentation rows (train only).
+//! 3. **write** (streaming, rayon per batch): records are read back from the
+//!    spill in plan order, formatted, tokenized, labelled, windowed, packed
+//!    (best-fit, bounded buffer) and written as shards.
+
+use crate::agents::AgentsMap;
+use crate::augment::{self, Transform};
+use crate::format::{encode_trajectory, AgentWeights, FormatError};
+use crate::ingest::{self, Format, Limits, Parsed};
+use crate::pack::{PackStats, Packer};
+use crate::record::{StepKind, Trajectory};
+use crate::score;
+use crate::shards::ShardWriter;
+use crate::window::{self, LongMode, TooLong};
+use afm_tokenizer::{RoleVocab, Tokenizer};
+use anyhow::{anyhow, bail, Context, Result};
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Everything `afm prepare` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareConfig {
+    /// Files or directories (all `.json`/`.jsonl`/`.ndjson` inside, sorted).
+    pub inputs: Vec<PathBuf>,
+    pub format: Format,
+    /// Agent renames and observation agents.
+    #[serde(skip)]
+    pub agents_map: AgentsMap,
+    /// Records with a quality score below this are filtered (0 keeps all).
+    pub min_score: f64,
+    /// Longest document; `None` = `seq_len`.
+    pub max_tokens: Option<usize>,
+    pub long: LongMode,
+    pub curriculum: bool,
+    /// Curriculum stages (0 = one fully sorted easy -> hard order).
+    pub curriculum_stages: usize,
+    pub augment: bool,
+    /// Share of tasks held out for validation.
+    pub val_fraction: f64,
+    /// Row length of the shards.
+    pub seq_len: usize,
+    /// Per-agent loss weights.
+    #[serde(skip)]
+    pub weights: AgentWeights,
+    pub seed: u64,
+    /// Fail on the first rejected record.
+    pub strict: bool,
+    /// Drop exact duplicates (normalised task + trajectory).
+    pub dedup: bool,
+    pub limits: Limits,
+    /// Documents buffered by the packer.
+    pub pack_buffer: usize,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+impl Default for PrepareConfig {
+    fn default() -> Self {
+        Self {
+            inputs: Vec::new(),
+            format: Format::Auto,
+            agents_map: AgentsMap::default(),
+            min_score: 0.0,
+            max_tokens: None,
+            long: LongMode::Window,
+            curriculum: false,
+            curriculum_stages: 0,
+            augment: false,
+            val_fraction: 0.05,
+            seq_len: 256,
+            weights: AgentWeights::default(),
+            seed: 0,
+            strict: false,
+            dedup: true,
+            limits: Limits::default(),
+            pack_buffer: 8192,
+            out: PathBuf::from("prepared"),
+        }
+    }
+}
+
+/// Counts of one split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitStats {
+    /// Trajectories (augmented ones included).
+    pub records: usize,
+    /// Distinct tasks.
+    pub tasks: usize,
+    pub documents: usize,
+    pub rows: usize,
+    pub real_tokens: usize,
+    pub loss_tokens: usize,
+    pub padding: usize,
+    pub efficiency: f64,
+}
+
+/// Per-agent counts: targets owned and targets with loss weight.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    pub turns: usize,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub files: Vec<String>,
+    /// Input records seen (= kept + filtered + rejected).
+    pub total: usize,
+    pub kept: usize,
+    pub filtered: BTreeMap<String, usize>,
+    pub rejected: BTreeMap<String, usize>,
+    /// Augmented records written, by transform kind (and skipped ones as `skipped:*`).
+    pub augmented: BTreeMap<String, usize>,
+    /// Agents in role order (the role vocabulary).
+    pub roles: Vec<String>,
+    pub n_vocab: usize,
+    pub n_roles: usize,
+    pub train: SplitStats,
+    pub val: SplitStats,
+    /// Real tokens over both splits.
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    /// Real tokens / all positions, both splits.
+    pub packing_efficiency: f64,
+    /// Documents that were windowed / truncated.
+    pub windowed: usize,
+    pub truncated: usize,
+    /// Extra documents made by windowing.
+    pub extra_windows: usize,
+    pub per_agent: BTreeMap<String, AgentStats>,
+    pub config: PrepareConfig,
+}
+
+impl Manifest {
+    /// The stats table printed at the end of `afm prepare`.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
+        s += &format!(
+            "records  total {}  kept {}  filtered {}  rejected {}\n",
+            self.total,
+            self.kept,
+            self.filtered.values().sum::<usize>(),
+            self.rejected.values().sum::<usize>()
+        );
+        for (k, v) in &self.filtered {
+            s += &format!("  filtered {k:<28} {v}\n");
+        }
+        for (k, v) in &self.rejected {
+            s += &format!("  rejected {k:<28} {v}\n");
+        }
+        for (k, v) in &self.augmented {
+            s += &format!("  augmented {k:<27} {v}\n");
+        }
+        s += &format!(
+            "{:<6} {:>8} {:>7} {:>8} {:>7} {:>12} {:>12} {:>8}\n",
+            "split", "records", "tasks", "docs", "rows", "tokens", "loss", "packing"
+        );
+        for (n, st) in [("train", &self.train), ("val", &self.val)] {
+            s += &format!(
+                "{n:<6} {:>8} {:>7} {:>8} {:>7} {:>12} {:>12} {:>7.2}%\n",
+                st.records,
+                st.tasks,
+                st.documents,
+                st.rows,
+                st.real_tokens,
+                st.loss_tokens,
+                100.0 * st.efficiency
+            );
+        }
+        s += &format!(
+            "windowed {} (+{} windows), truncated {}; vocab {} tokens, {} agents\n",
+            self.windowed,
+            self.extra_windows,
+            self.truncated,
+            self.n_vocab,
+            self.roles.len()
+        );
+        s += &format!(
+            "{:<32} {:>7} {:>12} {:>12} {:>6}\n",
+            "agent", "turns", "tokens", "loss", "share"
+        );
+        for (a, st) in &self.per_agent {
+            s += &format!(
+                "{a:<32} {:>7} {:>12} {:>12} {:>5.1}%\n",
+                st.turns,
+                st.tokens,
+                st.loss_tokens,
+                pct(st.loss_tokens, self.loss_tokens)
+            );
+        }
+        s
+    }
+}
+
+/// Progress of a run: `stage` is `read` (bytes) or `write` (records).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub stage: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Run the pipeline with no progress reporting.
+pub fn prepare(cfg: &PrepareConfig) -> Result<Manifest> {
+    prepare_with_progress(cfg, &|_| {})
+}
+
+/// One row of the compact per-record table.
+struct Rec {
+    offset: u64,
+    len: u32,
+    task_key: u64,
+    content_key: u64,
+    score: f64,
+    worst: u32,
+    difficulty: f64,
+    renamable: bool,
+    /// `<|task|>` + task tokens.
+    prompt_len: u32,
+    agents: Box<[u16]>,
+}
+
+/// Removes the spill file however the run ends.
+struct SpillGuard(PathBuf);
+impl Drop for SpillGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Normalise a parsed record: apply the agents map and re-check agent names.
+pub fn normalise(
+    mut t: Trajectory,
+    map: &AgentsMap,
+) -> std::result::Result<Trajectory, ingest::Invalid> {
+    for (i, s) in t.steps.iter_mut().enumerate() {
+        map.apply(s);
+        if s.kind == StepKind::Agent {
+            if let Err(e) = RoleVocab::new().insert(&s.agent) {
+                return Err(ingest::Invalid {
+                    reason: ingest::RejectReason::BadAgentName,
+                    message: format!("step[{i}] after the agents map: {e}"),
+                });
+            }
+        }
+    }
+    Ok(t)
+}
+
+#[derive(Serialize)]
+struct RejectLine<'a> {
+    file: String,
+    line: Option<usize>,
+    record: usize,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// Run the pipeline, reporting progress.
+pub fn prepare_with_progress(
+    cfg: &PrepareConfig,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Manifest> {
+    if cfg.seq_len < 8 || cfg.seq_len > u16::MAX as usize {
+        bail!("--seq-len {} must be in 8..=65535", cfg.seq_len);
+    }
+    let max_tokens = cfg.max_tokens.unwrap_or(cfg.seq_len);
+    if max_tokens > cfg.seq_len || max_tokens < 8 {
+        bail!(
+            "--max-tokens {max_tokens} must be in 8..=seq-len ({})",
+            cfg.seq_len
+        );
+    }
+    if !(0.0..1.0).contains(&cfg.val_fraction) {
+        bail!("--val-fraction {} must be in [0, 1)", cfg.val_fraction);
+    }
+    let files = ingest::expand_inputs(&cfg.inputs)?;
+    if files.is_empty() {
+        bail!(
+            "no input files (.json, .jsonl, .ndjson) in {:?}",
+            cfg.inputs
+        );
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let total_bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+
+    // ---- pass 1: read, validate, normalise, score, spill ----
+    let spill_path = cfg.out.join(".prepare.spill.jsonl");
+    let _guard = SpillGuard(spill_path.clone());
+    let mut spill = BufWriter::new(
+        File::create(&spill_path).with_context(|| format!("creating {}", spill_path.display()))?,
+    );
+    let rejects_path = cfg.out.join("rejects.jsonl");
+    let mut rejects = BufWriter::new(
+        File::create(&rejects_path)
+            .with_context(|| format!("creating {}", rejects_path.display()))?,
+    );
+    let mut m = Manifest {
+        version: 1,
+        config: cfg.clone(),
+        ..Default::default()
+    };
+    m.files = files.iter().map(|f| f.display().to_string()).collect();
+    let mut recs: Vec<Rec> = Vec::new();
+    let mut pre_vocab: Vec<String> = Vec::new();
+    let mut pre_index: HashMap<String, u16> = HashMap::new();
+    let mut offset = 0u64;
+    let mut bytes_before = 0u64;
+    let mut fatal: Option<anyhow::Error> = None;
+    let count_tok = Tokenizer::gpt2();
+    for file in &files {
+        let file_bytes = std::fs::metadata(file).map(|x| x.len()).unwrap_or(0);
+        ingest::for_each_batch(
+            file,
+            cfg.format,
+            &cfg.limits,
+            4096,
+            |batch: Vec<Parsed>, done| {
+                if fatal.is_some() {
+                    return;
+                }
+                progress(Progress {
+                    stage: "read",
+                    done: bytes_before + done,
+                    total: total_bytes,
+                });
+                // Per record in parallel: normalise, score, key, serialise.
+                type Ok1 = (String, Trajectory, score::Quality, u64, u64, f64, bool, u32);
+                let work: Vec<(ingest::Location, std::result::Result<Ok1, ingest::Invalid>)> =
+                    batch
+                        .into_par_iter()
+                        .map(|p| {
+                            let r = p
+                                .result
+                                .and_then(|t| normalise(t, &cfg.agents_map))
+                                .and_then(|t| {
+                                    let q = score::quality(&t);
+                                    let tokens = if cfg.curriculum {
+                                        count_tok.encode(&t.task).len()
+                                            + t.steps
+                                                .iter()
+                                                .map(|s| 1 + count_tok.encode(&s.text).len())
+                                                .sum::<usize>()
+                                            + 2
+                                    } else {
+                                        0
+                                    };
+                                    let d =
+                                        score::difficulty(tokens, t.agent_turns(), t.tool_calls());
+                                    let line =
+                                        serde_json::to_string(&t).map_err(|e| ingest::Invalid {
+                                            reason: ingest::RejectReason::WrongType,
+                                            message: format!("cannot re-serialise: {e}"),
+                                        })?;
+                                    let ren = cfg.augment && !augment::renamable(&t).is_empty();
+                                    let pl = 1 + count_tok.encode(&t.task).len() as u32;
+                                    Ok((
+                                        line,
+                                        t.clone(),
+                                        q,
+                                        score::task_key(&t.task),
+                                        score::content_key(&t),
+                                        d,
+                                        ren,
+                                        pl,
+                                    ))
+                                });
+                            (p.loc, r)
+                        })
+                        .collect();
+                for (loc, r) in work {
+                    m.total += 1;
+                    match r {
+                        Err(inv) => {
+                            let key = inv.reason.key();
+                            if cfg.strict {
+                                fatal = Some(anyhow!("{loc}: rejected ({key}): {}", inv.message));
+                                return;
+                            }
+                            *m.rejected.entry(key.to_string()).or_default() += 1;
+                            let line = RejectLine {
+                                file: loc.file.display().to_string(),
+                                line: loc.line,
+                                record: loc.record,
+                                reason: key,
+                                message: &inv.message,
+                            };
+                            let res = serde_json::to_writer(&mut rejects, &line)
+                                .map_err(anyhow::Error::from)
+                                .and_then(|_| {
+                                    rejects.write_all(b"\n").map_err(anyhow::Error::from)
+                                });
+                            if let Err(e) = res {
+                                fatal =
+                                    Some(e.context(format!("writing {}", rejects_path.display())));
+                                return;
+                            }
+                        }
+                        Ok((line, t, q, tk, ck, d, ren, pl)) => {
+                            let mut agents = Vec::new();
+                            for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
+                                let id = match pre_index.get(&s.agent) {
+                                    Some(&i) => i,
+                                    None => {
+                                        if pre_vocab.len() >= u16::MAX as usize {
+                                            fatal = Some(anyhow!(
+                                                "more than 65535 distinct agent names"
+                                            ));
+                                            return;
+                                        }
+                                        pre_vocab.push(s.agent.clone());
+                                        pre_index
+                                            .insert(s.agent.clone(), (pre_vocab.len() - 1) as u16);
+                                        (pre_vocab.len() - 1) as u16
+                                    }
+                                };
+                                if !agents.contains(&id) {
+                                    agents.push(id);
+                                }
+                            }
+                            if let Err(e) = spill
+                                .write_all(line.as_bytes())
+                                .and_then(|_| spill.write_all(b"\n"))
+                            {
+                                fatal = Some(
+                                    anyhow::Error::from(e)
+                                        .context(format!("writing {}", spill_path.display())),
+                                );
+                                return;
+                            }
+                            recs.push(Rec {
+                                offset,
+                                len: line.len() as u32,
+                                task_key: tk,
+                                content_key: ck,
+                                score: q.total(),
+                                worst: q.worst_part() as u32,
+                                difficulty: d,
+                                renamable: ren,
+                                prompt_len: pl,
+                                agents: agents.into_boxed_slice(),
+                            });
+                            offset += line.len() as u64 + 1;
+                        }
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = fatal.take() {
+            return Err(e);
+        }
+        bytes_before += file_bytes;
+    }
+    spill.flush().context("flushing the spill file")?;
+    drop(spill);
+    rejects
+        .flush()
+        .with_context(|| format!("writing {}", rejects_path.display()))?;
+
+    // ---- plan: polars lazy over the compact table ----
+    let plan = plan(cfg, max_tokens, &recs, &mut m).context("planning (polars)")?;
+
+    // Role vocabulary: agents of kept records, first seen in input order.
+    let mut kept_recs: Vec<u32> = plan
+        .iter()
+        .filter(|p| p.transform.is_none())
+        .map(|p| p.rec)
+        .collect();
+    kept_recs.sort_unstable();
+    let mut roles = RoleVocab::new();
+    for &r in &kept_recs {
+        for &a in recs[r as usize].agents.iter() {
+            roles.insert(&pre_vocab[a as usize])?;
+        }
+    }
+    let tok = Tokenizer::new(roles);
+    for name in cfg.weights.weights.keys().chain(cfg.weights.only.iter()) {
+        if tok.roles().index_of(name).is_none() {
+            bail!(
+                "agent {name:?} (in --agent-weight/--only-agent) is not in the data; agents: {:?}",
+                tok.roles().agents()
+            );
+        }
+    }
+    let table = cfg.weights.table(&tok);
+    m.roles = tok.roles().agents().to_vec();
+    m.n_vocab = tok.n_vocab();
+    m.n_roles = tok.roles().n_roles();
+    std::fs::write(cfg.out.join("vocab.json"), tok.to_json()).context("writing vocab.json")?;
+
+    // ---- pass 2: format, tokenize, mask, window, pack, write ----
+    let val_tasks: HashSet<u64> = plan
+        .iter()
+        .filter(|p| p.val)
+        .map(|p| recs[p.rec as usize].task_key)
+        .collect();
+    let spill_file =
+        File::open(&spill_path).with_context(|| format!("opening {}", spill_path.display()))?;
+    let mut writers = [
+        ShardWriter::create(&cfg.out, "train", cfg.seq_len)?,
+        ShardWriter::create(&cfg.out, "val", cfg.seq_len)?,
+    ];
+    for w in writers.iter_mut() {
+        w.set_curriculum(cfg.curriculum);
+    }
+    let mut packers = [
+        Packer::new(cfg.seq_len, cfg.pack_buffer),
+        Packer::new(cfg.seq_len, cfg.pack_buffer),
+    ];
+    let mut split_tasks: [HashSet<u64>; 2] = [HashSet::new(), HashSet::new()];
+    let mut split_records = [0usize; 2];
+    let mut kept = 0usize;
+    let mut agent_stats: Vec<AgentStats> = vec![AgentStats::default(); tok.roles().n_roles()];
+    let mut aug_log = BufWriter::new(
+        File::create(cfg.out.join("augmented.jsonl")).context("creating augmented.jsonl")?,
+    );
+    let total_plan = plan.len() as u64;
+    enum Out {
+        Docs(Vec<window::Window>, bool, bool, u64),
+        Filtered(&'static str),
+        AugSkipped(&'static str),
+    }
+    for (ci, chunk) in plan.chunks(2048).enumerate() {
+        progress(Progress {
+            stage: "write",
+            done: (ci * 2048) as u64,
+            total: total_plan,
+        });
+        let outs: Vec<Result<Out>> = chunk
+            .par_iter()
+            .map(|p| -> Result<Out> {
+                let r = &recs[p.rec as usize];
+                let mut buf = vec![0u8; r.len as usize];
+                spill_file
+                    .read_exact_at(&mut buf, r.offset)
+                    .context("reading the spill file")?;
+                let src: Trajectory =
+                    serde_json::from_slice(&buf).context("decoding the spill file")?;
+                let t = match p.transform {
+                    None => src,
+                    Some(tr) => match augment::apply(&src, tr) {
+                        None => return Ok(Out::AugSkipped("skipped:noop")),
+                        Some(a) => {
+                            if val_tasks.contains(&score::task_key(&a.task)) {
+                                return Ok(Out::AugSkipped("skipped:would_leak"));
+                            }
+                            a
+                        }
+                    },
+                };
+                let enc = match encode_trajectory(&tok, &t) {
+                    Ok(e) => e,
+                    Err(FormatError::UnknownAgent(a)) => {
+                        bail!("internal: agent {a:?} missing from the vocabulary")
+                    }
+                };
+                let long = enc.tokens.len() > max_tokens;
+                match window::fit(&enc, &table, max_tokens, cfg.long) {
+                    Ok(ws) => {
+                        if ws.iter().all(|w| w.doc.weights.iter().all(|&x| x == 0.0)) {
+                            return Ok(if p.transform.is_some() {
+                                Out::AugSkipped("skipped:no_loss_tokens")
+                            } else {
+                                Out::Filtered("no_loss_tokens")
+                            });
+                        }
+                        Ok(Out::Docs(
+                            ws,
+                            long,
+                            cfg.long == LongMode::Truncate && long,
+                            score::task_key(&t.task),
+                        ))
+                    }
+                    Err(TooLong::Dropped) => Ok(if p.transform.is_some() {
+                        Out::AugSkipped("skipped:too_long")
+                    } else {
+                        Out::Filtered("too_long")
+                    }),
+                    Err(TooLong::PromptTooLong) => Ok(if p.transform.is_some() {
+                        Out::AugSkipped("skipped:prompt_too_long")
+                    } else {
+                        Out::Filtered("prompt_too_long")
+                    }),
+                }
+            })
+            .collect();
+        for (p, o) in chunk.iter().zip(outs) {
+            let s = p.val as usize;
+            match o? {
+                Out::Filtered(why) => *m.filtered.entry(why.into()).or_default() += 1,
+                Out::AugSkipped(why) => *m.augmented.entry(why.into()).or_default() += 1,
+                Out::Docs(ws, long, trunc, tk) => {
+                    if let Some(tr) = p.transform {
+                        *m.augmented.entry(tr.kind().into()).or_default() += 1;
+                        serde_json::to_writer(
+                            &mut aug_log,
+                            &serde_json::json!({"source_record": p.rec, "transform": tr.name(), "split": "train"}),
+                        )?;
+                        aug_log.write_all(b"\n")?;
+                    } else {
+                        kept += 1;
+                    }
+                    split_records[s] += 1;
+                    split_tasks[s].insert(tk);
+                    if long {
+                        if trunc {
+                            m.truncated += 1;
+                        } else {
+                            m.windowed += 1;
+                            m.extra_windows += ws.len() - 1;
+                        }
+                    }
+                    for w in ws {
+                        for (i, &o) in w.doc.owners.iter().enumerate().skip(w.new_from) {
+                            if o >= afm_tokenizer::ROLE_FIRST_AGENT && i + 1 < w.doc.len() {
+                                let st = &mut agent_stats[o as usize];
+                                st.tokens += 1;
+                                if w.doc.weights[i] > 0.0 {
+                                    st.loss_tokens += 1;
+                                }
+                            }
+                        }
+                        for (i, &tkn) in w.doc.tokens.iter().enumerate() {
+                            let opens = w.doc.roles[i];
+                            if tkn >= afm_tokenizer::FIRST_ROLE_TOKEN
+                                && w.doc.owners[i] == opens
+                                && w.doc.weights[i] > 0.0
+                            {
+                                agent_stats[opens as usize].turns += 1;
+                            }
+                        }
+                        let (packer, writer) = (&mut packers[s], &mut writers[s]);
+                        packer.push(w.doc, &mut |pk: crate::pack::Packed| {
+                            writer.push(&pk.row, pk.real_tokens, pk.documents)
+                        })?;
+                    }
+                }
+            }
+        }
+    }
+    aug_log.flush()?;
+    progress(Progress {
+        stage: "write",
+        done: total_plan,
+        total: total_plan,
+    });
+    let [p_train, p_val] = packers;
+    let [mut w_train, mut w_val] = writers;
+    let st_train = p_train.finish(&mut |pk: crate::pack::Packed| {
+        w_train.push(&pk.row, pk.real_tokens, pk.documents)
+    })?;
+    let st_val = p_val
+        .finish(&mut |pk: crate::pack::Packed| w_val.push(&pk.row, pk.real_tokens, pk.documents))?;
+    let i_train = w_train.finish()?;
+    let i_val = w_val.finish()?;
+    let split = |st: PackStats, loss: usize, s: usize| SplitStats {
+        records: split_records[s],
+        tasks: split_tasks[s].len(),
+        documents: st.documents,
+        rows: st.rows,
+        real_tokens: st.real_tokens,
+        loss_tokens: loss,
+        padding: st.padding,
+        efficiency: st.efficiency(),
+    };
+    m.train = split(st_train, i_train.loss_tokens, 0);
+    m.val = split(st_val, i_val.loss_tokens, 1);
+    m.kept = kept;
+    m.tokens = st_train.real_tokens + st_val.real_tokens;
+    m.loss_tokens = i_train.loss_tokens + i_val.loss_tokens;
+    let all = m.tokens + st_train.padding + st_val.padding;
+    m.packing_efficiency = if all == 0 {
+        0.0
+    } else {
+        m.tokens as f64 / all as f64
+    };
+    for (i, a) in tok.roles().agents().iter().enumerate() {
+        m.per_agent.insert(
+            a.clone(),
+            agent_stats[afm_tokenizer::ROLE_FIRST_AGENT as usize + i].clone(),
+        );
+    }
+    let filtered: usize = m.filtered.values().sum();
+    let rejected: usize = m.rejected.values().sum();
+    if m.total != m.kept + filtered + rejected {
+        bail!("internal accounting error: total {} != kept {} + filtered {filtered} + rejected {rejected}", m.total, m.kept);
+    }
+    let text = serde_json::to_string_pretty(&m)?;
+    std::fs::write(cfg.out.join("manifest.json"), text).context("writing manifest.json")?;
+    Ok(m)
+}
+
+/// One planned output record.
+#[derive(Debug, Clone, Copy)]
+struct PlanRow {
+    rec: u32,
+    val: bool,
+    transform: Option<Transform>,
+}
+
+const SPLIT_BUCKETS: u64 = 1_000_000;
+
+fn plan(
+    cfg: &PrepareConfig,
+    max_tokens: usize,
+    recs: &[Rec],
+    m: &mut Manifest,
+) -> Result<Vec<PlanRow>> {
+    let n = recs.len();
+    let df = df!(
+        "rec" => (0..n as u32).collect::<Vec<u32>>(),
+        "content_key" => recs.iter().map(|r| r.content_key).collect::<Vec<u64>>(),
+        "bucket" => recs.iter().map(|r| (r.task_key % SPLIT_BUCKETS) as u32).collect::<Vec<u32>>(),
+        "score" => recs.iter().map(|r| r.score).collect::<Vec<f64>>(),
+        "worst" => recs.iter().map(|r| r.worst).collect::<Vec<u32>>(),
+        "difficulty" => recs.iter().map(|r| r.difficulty).collect::<Vec<f64>>(),
+        "renamable" => recs.iter().map(|r| r.renamable).collect::<Vec<bool>>(),
+        "prompt_len" => recs.iter().map(|r| r.prompt_len).collect::<Vec<u32>>(),
+    )?;
+    let lf = df.lazy();
+    // Score filter, counted by the part that lost the most points.
+    let low = lf
+        .clone()
+        .filter(col("score").lt(lit(cfg.min_score)))
+        .group_by([col("worst")])
+        .agg([len().alias("n")])
+        .collect()?;
+    let worst = low.column("worst")?.u32()?.clone();
+    let counts = low.column("n")?.idx()?.clone();
+    for (w, c) in (0..worst.len()).map(|i| (worst.get(i), counts.get(i))) {
+        if let (Some(w), Some(c)) = (w, c) {
+            let name = score::PARTS
+                .get(w as usize)
+                .map(|p| p.0)
+                .unwrap_or("unknown");
+            *m.filtered.entry(format!("low_score:{name}")).or_default() += c as usize;
+        }
+    }
+    let passed = lf.filter(col("score").gt_eq(lit(cfg.min_score)));
+    // A window keeps the task prompt: it needs room for at least 4 more tokens.
+    let passed = if cfg.long == LongMode::Window {
+        let limit = max_tokens.saturating_sub(4) as u32;
+        let n_long = passed
+            .clone()
+            .filter(col("prompt_len").gt(lit(limit)))
+            .select([len().alias("n")])
+            .collect()?
+            .column("n")?
+            .idx()?
+            .get(0)
+            .unwrap_or(0) as usize;
+        if n_long > 0 {
+            m.filtered.insert("prompt_too_long".into(), n_long);
+        }
+        passed.filter(col("prompt_len").lt_eq(lit(limit)))
+    } else {
+        passed
+    };
+    let n_passed = passed
+        .clone()
+        .select([len().alias("n")])
+        .collect()?
+        .column("n")?
+        .idx()?
+        .get(0)
+        .unwrap_or(0) as usize;
+    let uniq = if cfg.dedup {
+        passed.unique_stable_generic(Some(vec![col("content_key")]), UniqueKeepStrategy::First)
+    } else {
+        passed
+    };
+    let threshold = (cfg.val_fraction * SPLIT_BUCKETS as f64).round() as u32;
+    let split = uniq.with_column(col("bucket").lt(lit(threshold)).alias("val"));
+    let sort_by: Vec<&str> = if cfg.curriculum {
+        vec!["val", "difficulty", "rec"]
+    } else {
+        vec!["val", "rec"]
+    };
+    let ordered = split
+        .sort(sort_by, SortMultipleOptions::default())
+        .collect()?;
+    if ordered.height() < n_passed {
+        m.filtered
+            .insert("duplicate".into(), n_passed - ordered.height());
+    }
+    let rec_ca = ordered.column("rec")?.u32()?;
+    let recs_col: Vec<u32> = (0..rec_ca.len()).filter_map(|i| rec_ca.get(i)).collect();
+    let val_ca = ordered.column("val")?.bool()?;
+    let val_col: Vec<bool> = (0..val_ca.len())
+        .map(|i| val_ca.get(i).unwrap_or(false))
+        .collect();
+    let ren_ca = ordered.column("renamable")?.bool()?;
+    let ren_col: Vec<bool> = (0..ren_ca.len())
+        .map(|i| ren_ca.get(i).unwrap_or(false))
+        .collect();
+    let mut rows: Vec<PlanRow> =
+        Vec::with_capacity(recs_col.len() * if cfg.augment { 3 } else { 1 });
+    // Curriculum stages: quantile buckets by difficulty, seeded order inside each.
+    let mut base: Vec<(u32, bool, bool)> = recs_col
+        .into_iter()
+        .zip(val_col)
+        .zip(ren_col)
+        .map(|((r, v), x)| (r, v, x))
+        .collect();
+    if cfg.curriculum && cfg.curriculum_stages > 1 {
+        for val in [false, true] {
+            let idx: Vec<usize> = (0..base.len()).filter(|&i| base[i].1 == val).collect();
+            let k = idx.len();
+            let mut staged: Vec<(usize, u64, (u32, bool, bool))> = idx
+                .iter()
+                .enumerate()
+                .map(|(rank, &i)| {
+                    (
+                        rank * cfg.curriculum_stages / k.max(1),
+                        score::fnv1a(&base[i].0.to_le_bytes(), cfg.seed),
+                        base[i],
+                    )
+                })
+                .collect();
+            staged.sort_by_key(|x| (x.0, x.1));
+            for (slot, x) in idx.iter().zip(staged) {
+                base[*slot] = x.2;
+            }
+        }
+    }
+    for (rec, val, ren) in base {
+        rows.push(PlanRow {
+            rec,
+            val,
+            transform: None,
+        });
+        if cfg.augment && !val {
+            let k = (score::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
+                % augment::TEMPLATES.len() as u64) as u8;
+            rows.push(PlanRow {
+                rec,
+                val,
+                transform: Some(Transform::Template(k)),
+            });
+            if ren {
+                rows.push(PlanRow {
+                    rec,
+                    val,
+                    transform: Some(Transform::Rename(cfg.seed)),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Read `dir/manifest.json`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let p = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
