@@ -1,10 +1,187 @@
-//! Verbs of afm-tasks. (Skeleton until that work lands.)
+//! Verbs of afm-tasks: `afm tasks generate` (verifiable task files) and
+//! `afm agents run --scripted` (scripted reference trajectories).
 
-use clap::Subcommand;
+use afm_tasks::{
+    generate, load_tasks, save_tasks, save_trajectories, solve, AgentConfig, Trajectory,
+};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
-pub enum Cmd {}
+pub enum Cmd {
+    /// Verifiable tasks (generate the train/test task files).
+    #[command(subcommand)]
+    Tasks(TasksCmd),
+    /// Run agents on task files and write native trajectories.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TasksCmd {
+    /// Generate `train.jsonl` and `test.jsonl` (the fixed held-out split) into `--out`.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Generator seed (same seed and counts: byte-identical files).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of train tasks.
+    #[arg(long, default_value_t = 4000)]
+    pub train: usize,
+    /// Number of held-out test tasks.
+    #[arg(long, default_value_t = 200)]
+    pub test: usize,
+    /// Output directory.
+    #[arg(long, default_value = "datasets/tasks")]
+    pub out: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum AgentsCmd {
+    /// Run agents on a task file (`--scripted`: the rule-based reference agents).
+    Run(AgentsRunArgs),
+}
+
+/// Arguments of `afm agents run`. The mode flag selects who plays the
+/// agents; only `--scripted` exists so far (`--mas` will join it).
+#[derive(Args)]
+pub struct AgentsRunArgs {
+    /// Use the scripted rule-based Planner, Coder and Reviewer.
+    #[arg(long)]
+    pub scripted: bool,
+    /// Task file (JSONL of tasks, e.g. datasets/tasks/train.jsonl).
+    #[arg(long)]
+    pub tasks: PathBuf,
+    /// Output JSONL of native trajectories.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Probability of a plausible wrong plan.
+    #[arg(long, default_value_t = 0.0)]
+    pub plan_error_rate: f64,
+    /// Probability of a plausible mistake in each Coder attempt.
+    #[arg(long, default_value_t = 0.0)]
+    pub code_error_rate: f64,
+    /// Probability that the Reviewer accepts a wrong observation.
+    #[arg(long, default_value_t = 0.0)]
+    pub review_miss_rate: f64,
+    /// Probability that the Reviewer miscopies a right observation.
+    #[arg(long, default_value_t = 0.0)]
+    pub answer_error_rate: f64,
+    /// Coder attempts at most.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: usize,
+    /// Seed of the agents' mistakes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        Cmd::Tasks(TasksCmd::Generate(a)) => tasks_generate(a),
+        Cmd::Agents(AgentsCmd::Run(a)) => agents_run(a),
+    }
+}
+
+fn tasks_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let (train, test) = generate(a.seed, a.train, a.test)?;
+    let tp = a.out.join("train.jsonl");
+    let sp = a.out.join("test.jsonl");
+    save_tasks(&tp, &train)?;
+    save_tasks(&sp, &test)?;
+    eprintln!(
+        "wrote {} train tasks to {} and {} test tasks to {}",
+        train.len(),
+        tp.display(),
+        test.len(),
+        sp.display()
+    );
+    Ok(())
+}
+
+fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
+    if !a.scripted {
+        anyhow::bail!("choose who plays the agents: only --scripted is available");
+    }
+    let cfg = AgentConfig {
+        plan_error_rate: a.plan_error_rate,
+        code_error_rate: a.code_error_rate,
+        review_miss_rate: a.review_miss_rate,
+        answer_error_rate: a.answer_error_rate,
+        max_attempts: a.max_attempts,
+        seed: a.seed,
+        ..AgentConfig::default()
+    };
+    cfg.validate()?;
+    let tasks = load_tasks(&a.tasks)?;
+    let bar = indicatif::ProgressBar::new(tasks.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut trajs = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        let tr = solve(t, &cfg).with_context(|| {
+            format!(
+                "{}:{}: task {} has no reference solution (family {:?}, op {:?})",
+                a.tasks.display(),
+                i + 1,
+                t.id,
+                t.family,
+                t.op
+            )
+        })?;
+        trajs.push(tr);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    save_trajectories(&a.out, &trajs)?;
+    eprintln!("wrote {} trajectories to {}", trajs.len(), a.out.display());
+    eprint!("{}", summary(&trajs));
+    Ok(())
+}
+
+/// Outcome counts and the token-length distribution of whole trajectories
+/// as afm-data formats them: `<|task|>` + task + per turn a role marker (or
+/// `<|obs|>`) + text, + `<|end|>`.
+fn summary(trajs: &[Trajectory]) -> String {
+    let tok = afm_tokenizer::Tokenizer::gpt2();
+    let mut lens: Vec<usize> = trajs
+        .iter()
+        .map(|t| {
+            2 + tok.encode(&t.task).len()
+                + t.trajectory
+                    .iter()
+                    .map(|s| 1 + tok.encode(s.text()).len())
+                    .sum::<usize>()
+        })
+        .collect();
+    lens.sort_unstable();
+    let n = trajs.len().max(1);
+    let pct = |p: f64| {
+        lens.get(((lens.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let ok = trajs.iter().filter(|t| t.success).count();
+    let mut by_agent = std::collections::BTreeMap::new();
+    for t in trajs {
+        if let Some(a) = &t.meta.erred_agent {
+            *by_agent.entry(a.clone()).or_insert(0usize) += 1;
+        }
+    }
+    let retried = trajs.iter().filter(|t| t.meta.attempts > 1).count();
+    format!(
+        "success {ok}/{} ({:.1}%), retried {retried}, failures by agent {by_agent:?}\n\
+         tokens per trajectory (incl. markers): p50 {} p95 {} max {} (mean {:.1})\n",
+        trajs.len(),
+        100.0 * ok as f64 / n as f64,
+        pct(0.5),
+        pct(0.95),
+        lens.last().copied().unwrap_or(0),
+        lens.iter().sum::<usize>() as f64 / n as f64,
+    )
 }

@@ -1,1 +1,33 @@
-//! afm-tasks (work in progress)
+//! afm-tasks: verifiable tasks, the tool (a safe, bounded expression
+//! language interpreter), and scripted reference agents whose trajectories
+//! are afm's default training data.
+//!
+//! - [`lang`]: the tool. [`run_program`] parses and evaluates one program
+//!   under [`Limits`] (fuel, value size, nesting depth, source length);
+//!   [`observation_text`] renders the result as the tool observation.
+//! - [`tasks`]: [`Task`], the families/levels catalogue, the deterministic
+//!   generator ([`generate`]), the fixed held-out split ([`Task::split`]),
+//!   [`verify`], and JSONL task files ([`load_tasks`], [`save_tasks`]).
+//! - [`agents`]: scripted Planner, Coder, Reviewer ([`solve`]) with
+//!   configurable mistakes ([`AgentConfig`]), the native trajectory format
+//!   ([`Trajectory`]), [`extract_answer`], role instructions, the agent
+//!   order, and the augmentation hook [`perturb_and_solve`].
+//!
+//! No tch dependency: this crate sits upstream of data, model and agents.
+//! See the crate README for the language reference.
+
+pub mod agents;
+pub mod lang;
+pub mod rng;
+pub mod tasks;
+
+pub use agents::{
+    default_dataset_config, extract_answer, load_trajectories, perturb_and_solve, role_instruction,
+    save_trajectories, solve, AgentConfig, Mistake, TrajMeta, Trajectory, Turn, AGENT_ORDER,
+    ANSWER_MARKER, CODER, DEFAULT_DATASET_SEED, INTERPRETER, LM_AGENTS, PLANNER, REVIEWER,
+    REVISE_MARKER, SYNTAX_SLIP_SHARE,
+};
+pub use lang::{observation_text, run_program, run_to_observation, Limits, ToolError, Value};
+pub use tasks::{
+    generate, load_tasks, parse_tasks, save_tasks, solution, verify, Solution, Split, Task,
+};
