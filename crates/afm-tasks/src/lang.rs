@@ -290,16 +290,16 @@ enum Tok {
     Eof,
 }
 
-/// A lexed token with its 1-based character column and byte span.
+/// A lexed token with its 1-based character column.
 #[derive(Debug, Clone)]
 struct Lexeme {
     tok: Tok,
     col: usize,
 }
 
-const SYMBOLS: [&str; 22] = [
+const SYMBOLS: [&str; 19] = [
     "**", "//", "==", "!=", "<=", ">=", "=>", "(", ")", "[", "]", ",", "+", "-", "*", "%", "<",
-    ">", "=", "!", "{", "}",
+    ">", "=",
 ];
 
 fn lex(src: &str) -> Result<Vec<Lexeme>, ToolError> {
@@ -378,14 +378,14 @@ fn lex(src: &str) -> Result<Vec<Lexeme>, ToolError> {
         }
         let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
         match SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
-            Some(s) if *s != "!" && *s != "{" && *s != "}" => {
+            Some(s) => {
                 i += s.chars().count();
                 out.push(Lexeme {
                     tok: Tok::Sym(s),
                     col,
                 });
             }
-            _ => return Err(perr(col, format!("unexpected character {c:?}"))),
+            None => return Err(perr(col, format!("unexpected character {c:?}"))),
         }
     }
     out.push(Lexeme {
@@ -588,22 +588,17 @@ impl Parser {
     }
 
     fn cmp(&mut self) -> Result<Expr, ToolError> {
+        const CMP: [&str; 6] = ["==", "!=", "<=", ">=", "<", ">"];
         let l = self.add()?;
-        for op in ["==", "!=", "<=", ">=", "<", ">"] {
-            if self.is_sym(op) {
-                self.bump();
-                let r = self.add()?;
-                if ["==", "!=", "<=", ">=", "<", ">"]
-                    .iter()
-                    .any(|o| self.is_sym(o))
-                {
-                    return Err(self.err("comparisons cannot be chained"));
-                }
-                let op = SYMBOLS.iter().find(|s| **s == op).copied().unwrap_or("==");
-                return Ok(Expr::Binary(op, Box::new(l), Box::new(r)));
-            }
+        let Some(op) = CMP.iter().copied().find(|o| self.is_sym(o)) else {
+            return Ok(l);
+        };
+        self.bump();
+        let r = self.add()?;
+        if CMP.iter().any(|o| self.is_sym(o)) {
+            return Err(self.err("comparisons cannot be chained"));
         }
-        Ok(l)
+        Ok(Expr::Binary(op, Box::new(l), Box::new(r)))
     }
 
     fn add(&mut self) -> Result<Expr, ToolError> {
@@ -1619,6 +1614,83 @@ mod tests {
                 Err(ToolError::SourceTooLong { .. })
             ));
         }
+    }
+
+    #[test]
+    fn random_token_soup_never_panics() {
+        // Programs glued from random tokens: every one must end in a value
+        // or a ToolError (a panic fails the test).
+        const TOKS: [&str; 40] = [
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            "x",
+            "y",
+            "=>",
+            "let",
+            "=",
+            "in",
+            "if",
+            "then",
+            "else",
+            "0",
+            "1",
+            "-3",
+            "99999999999",
+            "\"ab\"",
+            "\"\"",
+            "+",
+            "-",
+            "*",
+            "//",
+            "%",
+            "**",
+            "==",
+            "<",
+            "and",
+            "not",
+            "sum",
+            "map",
+            "filter",
+            "range",
+            "max",
+            "sorted",
+            "count",
+            "reversed",
+            "str",
+            "lcm",
+        ];
+        let mut rng = crate::rng::Rng::new(5);
+        let lim = Limits::default();
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..20_000 {
+            let n = 1 + rng.below(12);
+            let src: Vec<&str> = (0..n).map(|_| *rng.pick(&TOKS)).collect();
+            match run_program(&src.join(" "), &lim) {
+                Ok(v) => {
+                    ok += 1;
+                    let _ = observation_text(&Ok(v), &lim);
+                }
+                Err(e) => {
+                    err += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+        assert!(ok > 100 && err > 100, "{ok} {err}");
+    }
+
+    #[test]
+    fn gcd_lcm_edge_cases() {
+        assert_eq!(run("lcm(0, 5)"), "0");
+        assert_eq!(run("gcd(0, 0)"), "0");
+        assert_eq!(run("gcd(-12, 18)"), "6");
+        assert_eq!(
+            run("lcm(9223372036854775807, 2)"),
+            "error: integer overflow"
+        );
     }
 
     #[test]

@@ -13,6 +13,15 @@
 //!   ([`Trajectory`]), [`extract_answer`], role instructions, the agent
 //!   order, and the augmentation hook [`perturb_and_solve`].
 //!
+//! ```
+//! use afm_tasks::{extract_answer, generate, solve, verify, AgentConfig, Limits};
+//! assert_eq!(afm_tasks::run_to_observation("sum([3, 1, 4])", &Limits::default()), "8");
+//! let (train, _test) = generate(1, 5, 0).unwrap();
+//! let tr = solve(&train[0], &AgentConfig::default()).unwrap();
+//! let answer = extract_answer(tr.trajectory.last().unwrap().text()).unwrap();
+//! assert!(verify(&train[0], &answer) && tr.success);
+//! ```
+//!
 //! No tch dependency: this crate sits upstream of data, model and agents.
 //! See the crate README for the language reference.
 
