@@ -577,7 +577,7 @@ pub fn convert(
         Format::CoaTags => coa(o, limits, default_id),
         Format::Auto => unreachable!("resolved above"),
     }?;
-    finish(t, limits)
+    finish(t, limits, fmt)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -1032,7 +1032,7 @@ fn next_open_tag(s: &str) -> Option<(usize, &str, usize)> {
 }
 
 /// Checks shared by every format: non-empty steps, field sizes, NUL bytes, agent names.
-fn finish(t: Trajectory, limits: &Limits) -> Result<Trajectory, Invalid> {
+fn finish(t: Trajectory, limits: &Limits, fmt: Format) -> Result<Trajectory, Invalid> {
     if t.task.trim().is_empty() {
         return Err(Invalid::new(RejectReason::MissingTask, "the task is empty"));
     }
@@ -1067,8 +1067,13 @@ fn finish(t: Trajectory, limits: &Limits) -> Result<Trajectory, Invalid> {
         check("answer", a)?;
     }
     for (i, s) in t.steps.iter().enumerate() {
-        check(&format!("step[{i}].text"), &s.text)?;
-        check(&format!("step[{i}].agent"), &s.agent)?;
+        let field = match (fmt, s.kind) {
+            (Format::Native, StepKind::Agent) => format!("trajectory[{i}].output"),
+            (Format::Native, StepKind::Observation) => format!("trajectory[{i}].observation"),
+            _ => format!("step {i} ({}) text", s.agent),
+        };
+        check(&field, &s.text)?;
+        check(&format!("step {i} agent name"), &s.agent)?;
         if let Err(e) = afm_tokenizer::RoleVocab::new().insert(&s.agent) {
             return Err(Invalid::new(
                 RejectReason::BadAgentName,

@@ -8,7 +8,10 @@ use std::path::Path;
 pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     pub fn below(&mut self, n: u64) -> u64 {
@@ -20,7 +23,9 @@ impl Lcg {
 pub fn native_record(id: usize, task_id: usize, rng: &mut Lcg) -> serde_json::Value {
     let a = rng.below(100);
     let b = rng.below(100);
-    let mut traj = vec![serde_json::json!({"agent": "Planner", "output": format!("Add the two numbers {a} and {b}, then report the sum.")})];
+    let mut traj = vec![
+        serde_json::json!({"agent": "Planner", "output": format!("Add the two numbers {a} and {b}, then report the sum.")}),
+    ];
     for k in 0..(1 + rng.below(3)) {
         traj.push(serde_json::json!({"agent": "Coder", "output": format!("x{k} = {a} + {b}\nprint(x{k})")}));
         traj.push(serde_json::json!({"agent": "python", "observation": format!("{}", a + b)}));
