@@ -1,10 +1,297 @@
-//! Verbs of afm-agents: run, eval. (Skeleton until that work lands.)
+//! Verbs of afm-agents: `afm eval` (AFM or MAS on a task file) and
+//! `afm run` (one task, the chain printed agent by agent).
 
-use clap::Subcommand;
+use afm_agents::eval::{evaluate, load_reference, EvalReport};
+use afm_agents::mas::Mas;
+use afm_agents::trajectory::write_jsonl;
+use afm_agents::{afm, RunOptions, TaskRun};
+use afm_model::{parse_device, Model};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
-pub enum Cmd {}
+pub enum Cmd {
+    /// Evaluate the AFM (`--checkpoint`) or the multi-agent baseline
+    /// (`--mas Planner=CKPT,Coder=CKPT,Reviewer=CKPT`) on a task file.
+    Eval(EvalArgs),
+    /// Run one task and print the chain agent by agent.
+    Run(RunArgs),
+}
+
+/// Who plays the agents, and how to decode.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// AFM checkpoint directory (one model plays every agent).
+    #[arg(long, conflicts_with = "mas")]
+    pub checkpoint: Option<PathBuf>,
+    /// The MAS: one checkpoint per agent, `Planner=DIR,Coder=DIR,Reviewer=DIR`.
+    #[arg(long)]
+    pub mas: Option<String>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Decode in bf16 (f32 otherwise).
+    #[arg(long)]
+    pub bf16: bool,
+    /// Sampling temperature (0 = greedy, the default).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Keep only the k most likely tokens when sampling.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// AFM: most tokens sampled per task; MAS: per agent turn.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Most interpreter calls per task.
+    #[arg(long, default_value_t = 4)]
+    pub max_tool_calls: usize,
+    /// MAS: most Coder retries the Reviewer may ask for.
+    #[arg(long, default_value_t = 2)]
+    pub max_retries: usize,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Task file (JSONL, e.g. datasets/tasks/test.jsonl).
+    #[arg(long)]
+    pub tasks: PathBuf,
+    /// Tasks decoded together.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Evaluate only the first N tasks.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print one JSON object (the report) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the runs (trajectories + accounting) as JSONL.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Reference run (a previous `--out` file, or any JSONL/JSON of
+    /// `{"id","answer"}` records) for final-answer agreement.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The task text.
+    #[arg(long)]
+    pub task: String,
+    /// The expected answer, to verify the final answer against.
+    #[arg(long)]
+    pub answer: Option<String>,
+    /// Print the run as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        Cmd::Eval(a) => eval(a),
+        Cmd::Run(a) => run_one(a),
+    }
+}
+
+/// The loaded system: one AFM model or the MAS.
+enum System {
+    Afm(Box<Model>),
+    Mas(Mas),
+}
+
+impl ModelArgs {
+    fn options(&self, batch: usize) -> RunOptions {
+        RunOptions {
+            batch,
+            max_new_tokens: self.max_new_tokens,
+            max_tool_calls: self.max_tool_calls,
+            max_retries: self.max_retries,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            bf16: self.bf16,
+            ..RunOptions::default()
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<System> {
+        let device = parse_device(&self.device)?;
+        match (&self.checkpoint, &self.mas) {
+            (Some(dir), None) => Ok(System::Afm(Box::new(
+                Model::load(dir, device)
+                    .with_context(|| format!("loading checkpoint {}", dir.display()))?,
+            ))),
+            (None, Some(spec)) => Ok(System::Mas(Mas::load(&Mas::parse_spec(spec)?, device)?)),
+            _ => bail!("give --checkpoint DIR (AFM) or --mas Planner=DIR,Coder=DIR,Reviewer=DIR"),
+        }
+    }
+}
+
+impl System {
+    fn run(
+        &self,
+        tasks: &[afm_tasks::Task],
+        opts: &RunOptions,
+        on_done: &mut dyn FnMut(&TaskRun),
+    ) -> anyhow::Result<Vec<TaskRun>> {
+        match self {
+            System::Afm(m) => afm::run_batch_progress(m, tasks, opts, on_done),
+            System::Mas(m) => m.run_batch_progress(tasks, opts, on_done),
+        }
+    }
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut tasks = afm_tasks::load_tasks(&a.tasks)?;
+    if let Some(n) = a.limit {
+        tasks.truncate(n);
+    }
+    if tasks.is_empty() {
+        bail!("{}: no tasks to evaluate", a.tasks.display());
+    }
+    let reference = a.compare.as_deref().map(load_reference).transpose()?;
+    let system = a.model.load()?;
+    let opts = a.model.options(a.batch);
+
+    let bar = ProgressBar::new(tasks.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut ok = 0usize;
+    let mut done = 0usize;
+    let runs = system.run(&tasks, &opts, &mut |r| {
+        done += 1;
+        ok += usize::from(r.success);
+        bar.inc(1);
+        bar.set_message(format!("success {ok}/{done}"));
+    })?;
+    bar.finish_and_clear();
+
+    if let Some(out) = &a.out {
+        write_jsonl(&runs, out)?;
+    }
+    let report = evaluate(&runs, reference.as_deref());
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+        if let Some(out) = &a.out {
+            println!("runs written to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_report(r: &EvalReport) {
+    println!(
+        "{} on {} tasks (batch {}): success {}/{} = {:.3}",
+        r.runtime, r.tasks, r.batch_size, r.successes, r.tasks, r.success_rate
+    );
+    if let (Some(agree), Some(n)) = (r.answer_agreement, r.compared) {
+        println!("answer agreement with the reference: {agree:.3} over {n} common tasks");
+    }
+    println!(
+        "tokens: prefill {} ({:.1}/task), decode {} ({:.1}/task); calls {} ({:.2}/task); tool calls {} ({} ok)",
+        r.tokens_prefill,
+        r.tokens_prefill_per_task,
+        r.tokens_decode,
+        r.tokens_decode_per_task,
+        r.calls,
+        r.calls_per_task,
+        r.tool_calls,
+        r.tool_successes
+    );
+    println!(
+        "latency per task (amortised over the batch): p50 {:.1} ms, p95 {:.1} ms, mean {:.1} ms; wall {:.0} ms",
+        r.latency_ms_p50, r.latency_ms_p95, r.latency_ms_mean, r.wall_ms
+    );
+    for (agent, v) in &r.validity {
+        println!(
+            "  {agent:<12} valid {}/{} = {:.3}",
+            v.valid, v.turns, v.rate
+        );
+    }
+    for (why, n) in &r.failures {
+        println!("  failed: {why}: {n}");
+    }
+}
+
+fn run_one(a: RunArgs) -> anyhow::Result<()> {
+    if a.task.trim().is_empty() {
+        bail!("--task is empty");
+    }
+    let system = a.model.load()?;
+    let task = afm_tasks::Task {
+        id: "cli".into(),
+        family: String::new(),
+        op: String::new(),
+        level: 1,
+        prompt: a.task.clone(),
+        inputs: serde_json::Value::Null,
+        answer: a.answer.clone().unwrap_or_default(),
+    };
+    let runs = system.run(
+        std::slice::from_ref(&task),
+        &a.model.options(1),
+        &mut |_| {},
+    )?;
+    let Some(run) = runs.first() else {
+        bail!("the runtime returned no run");
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+        return Ok(());
+    }
+    println!("[task] {}", run.task);
+    if let Some(u) = &run.unattributed {
+        println!("[no agent] {u}");
+    }
+    for t in &run.trajectory {
+        match (&t.output, &t.observation) {
+            (Some(o), _) => println!("[{}] {o}", t.agent),
+            (None, Some(o)) => println!("[{} -> observation] {o}", t.agent),
+            (None, None) => println!("[{}]", t.agent),
+        }
+    }
+    match &run.answer {
+        Some(ans) => println!("answer: {ans}"),
+        None => println!("answer: (none)"),
+    }
+    if a.answer.is_some() {
+        println!("correct: {}", run.success);
+    }
+    if let Some(f) = &run.failure {
+        println!("failed: {f}");
+    }
+    let s = &run.stats;
+    println!(
+        "{}: prefill {} tokens, decode {} tokens, {} model call(s), {} tool call(s) ({} ok), {:.1} ms",
+        run.runtime,
+        s.tokens_prefill,
+        s.tokens_decode,
+        s.calls,
+        s.tool_calls,
+        s.tool_successes,
+        s.latency_ms
+    );
+    Ok(())
 }

@@ -1,0 +1,186 @@
+//! Both runtimes on real `tiny` models (random weights, CPU): batched
+//! decoding equals one-at-a-time decoding under greedy, the MAS runs end to
+//! end, and a tool call's observation goes through the real KV-cache
+//! decoder.
+
+mod common;
+use afm_agents::lm::{Lm, Policy, Session};
+use afm_agents::mas::Mas;
+use afm_agents::model_lm::ModelLm;
+use afm_agents::{afm, RunOptions};
+use afm_model::{GptConfig, Model, Precision, SamplingConfig};
+use afm_tokenizer::Tokenizer;
+use common::*;
+use tch::Device;
+
+fn tiny(seed: i64) -> Model {
+    let t = tok();
+    let cfg = GptConfig::preset("tiny", t.n_vocab(), t.roles().n_roles()).unwrap();
+    Model::new(cfg, t, Device::Cpu, seed).unwrap()
+}
+
+#[test]
+fn afm_batched_equals_sequential_greedy() {
+    let model = tiny(1);
+    let tasks = tasks(5);
+    let opts = RunOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let one = afm::run_batch(&model, &tasks, &opts).unwrap();
+    let three = afm::run_batch(
+        &model,
+        &tasks,
+        &RunOptions {
+            batch: 3,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    for r in &one {
+        assert_eq!(r.stats.calls, 1);
+        assert_eq!(
+            r.stats.tokens_prefill,
+            1 + model.tokenizer.encode(&r.task).len()
+                + r.trajectory
+                    .iter()
+                    .filter_map(|x| x.observation.as_ref())
+                    .map(|o| model.tokenizer.encode(o).len())
+                    .sum::<usize>()
+        );
+        assert!(r.stats.tokens_decode >= 1 && r.stats.tokens_decode <= 24);
+    }
+    assert_eq!(strip_timing(one), strip_timing(three));
+}
+
+#[test]
+fn mas_runs_end_to_end_and_batches_equal_sequential() {
+    let mas = Mas::from_models(vec![
+        ("Planner".into(), tiny(1)),
+        ("Coder".into(), tiny(2)),
+        ("Reviewer".into(), tiny(3)),
+    ])
+    .unwrap();
+    let tasks = tasks(4);
+    let opts = RunOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let one = mas.run_batch(&tasks, &opts).unwrap();
+    let four = mas
+        .run_batch(
+            &tasks,
+            &RunOptions {
+                batch: 4,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+    for r in &one {
+        assert_eq!(r.runtime, "mas");
+        assert!(r.stats.calls >= 1);
+        // The first call alone prefills `<|task|>` + prompt + `<|agent:Planner|>`.
+        assert!(r.stats.tokens_prefill >= 2 + mas.models()[0].1.tokenizer.encode(&r.task).len());
+        assert!(!r.success || r.answer.is_some());
+    }
+    assert_eq!(strip_timing(one), strip_timing(four));
+    // A missing agent or an unknown one is an error, not a panic.
+    assert!(Mas::parse_spec("Planner=a,Coder=b").is_err());
+    assert!(Mas::parse_spec("Planner=a,Coder=b,Reviewer=c,Critic=d").is_err());
+    assert_eq!(
+        Mas::parse_spec("Planner=a, Coder=b ,Reviewer=c")
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+/// A real decoder whose choices are overridden by a policy: the runtime's
+/// feeds (prompt, sampled tokens, injected observations) all go through the
+/// real KV cache, so its row lengths check the accounting.
+struct Forced<'a> {
+    inner: ModelLm<'a>,
+    policy: Policy,
+}
+
+struct ForcedSession<'a> {
+    inner: Box<dyn Session + 'a>,
+    policy: Policy,
+    fed: Vec<Vec<u32>>,
+    queue: Vec<Vec<u32>>,
+}
+
+impl Lm for Forced<'_> {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
+    }
+    fn n_ctx(&self) -> usize {
+        self.inner.n_ctx()
+    }
+    fn start(&self, batch: usize) -> anyhow::Result<Box<dyn Session + '_>> {
+        Ok(Box::new(ForcedSession {
+            inner: self.inner.start(batch)?,
+            policy: self.policy.clone(),
+            fed: vec![vec![]; batch],
+            queue: vec![vec![]; batch],
+        }))
+    }
+}
+
+impl Session for ForcedSession<'_> {
+    fn feed(&mut self, rows: &[(usize, Vec<u32>)]) -> anyhow::Result<()> {
+        for (r, t) in rows {
+            self.fed[*r].extend(t);
+        }
+        self.inner.feed(rows)
+    }
+    fn sample(&mut self, rows: &[usize]) -> anyhow::Result<Vec<u32>> {
+        self.inner.sample(rows)?;
+        Ok(rows
+            .iter()
+            .map(|&r| {
+                if self.queue[r].is_empty() {
+                    let mut v = (self.policy)(&self.fed[r]);
+                    v.reverse();
+                    self.queue[r] = v;
+                }
+                self.queue[r].pop().unwrap()
+            })
+            .collect())
+    }
+    fn row_len(&self, row: usize) -> usize {
+        let n = self.inner.row_len(row);
+        assert_eq!(n, self.fed[row].len());
+        n
+    }
+}
+
+#[test]
+fn tool_call_through_the_real_decoder() {
+    let model = tiny(4);
+    let t = model.tokenizer.clone();
+    let tasks: Vec<_> = tasks(8)
+        .into_iter()
+        .filter(|x| t.encode(&x.prompt).len() < 40)
+        .take(3)
+        .collect();
+    assert!(!tasks.is_empty());
+    let lm = Forced {
+        inner: ModelLm::new(&model, Precision::F32, SamplingConfig::greedy()),
+        policy: afm_policy(t.clone(), solutions(&t, &tasks), false),
+    };
+    let runs = afm::run_batch_lm(
+        &lm,
+        &tasks,
+        &RunOptions {
+            batch: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for r in &runs {
+        assert!(r.success, "{r:?}");
+        assert_eq!(r.stats.tool_successes, 1);
+        assert_eq!(r.trajectory.len(), 4);
+    }
+}

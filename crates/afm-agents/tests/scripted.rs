@@ -1,0 +1,262 @@
+//! Mechanics of both runtimes with scripted models (no weights): tool calls
+//! run the real interpreter, observations are injected, answers are
+//! extracted and verified, and the accounting is exact.
+
+mod common;
+use afm_agents::env;
+use afm_agents::lm::ScriptedLm;
+use afm_agents::{afm, RunOptions};
+use common::*;
+
+#[test]
+fn afm_tool_call_injects_the_real_observation() {
+    let t = tok();
+    let tasks = tasks(3);
+    let lm = ScriptedLm::new(
+        t.clone(),
+        1024,
+        afm_policy(t.clone(), solutions(&t, &tasks), false),
+    );
+    let runs = afm::run_batch_lm(&lm, &tasks, &RunOptions::default()).unwrap();
+    for (run, task) in runs.iter().zip(&tasks) {
+        let sol = afm_tasks::solution(task).unwrap();
+        let obs = afm_tasks::run_to_observation(&sol.program, &afm_tasks::Limits::default());
+        let agents: Vec<&str> = run.trajectory.iter().map(|x| x.agent.as_str()).collect();
+        assert_eq!(
+            agents,
+            ["Planner", "Coder", "Interpreter", "Reviewer"],
+            "{run:?}"
+        );
+        assert_eq!(
+            run.trajectory[1].output.as_deref(),
+            Some(sol.program.as_str())
+        );
+        assert_eq!(run.trajectory[2].observation.as_deref(), Some(obs.as_str()));
+        // The Reviewer's answer was read from the injected observation.
+        assert_eq!(run.answer.as_deref(), Some(obs.as_str()));
+        assert!(run.success, "{run:?}");
+        assert!(env::verify(task, run.answer.as_deref().unwrap()));
+        assert_eq!(run.failure, None);
+        assert_eq!((run.stats.tool_calls, run.stats.tool_successes), (1, 1));
+        assert_eq!(run.validity["Coder"].valid, 1);
+        assert_eq!(run.validity["Reviewer"].valid, 1);
+        assert_eq!(run.validity["Interpreter"].valid, 1);
+    }
+}
+
+/// Exact accounting of one scripted chain, AFM and MAS.
+#[test]
+fn accounting_is_exact_and_mas_prefills_more() {
+    let t = tok();
+    let tasks = tasks(2);
+    let opts = RunOptions::default();
+    let lm = ScriptedLm::new(
+        t.clone(),
+        1024,
+        afm_policy(t.clone(), solutions(&t, &tasks), false),
+    );
+    let afm_runs = afm::run_batch_lm(&lm, &tasks, &opts).unwrap();
+    let mas_runs = run_mas(&scripted_mas(&t, &tasks, 1024, false), &tasks, &opts);
+    for ((a, m), task) in afm_runs.iter().zip(&mas_runs).zip(&tasks) {
+        let sol = afm_tasks::solution(task).unwrap();
+        let obs = afm_tasks::run_to_observation(&sol.program, &afm_tasks::Limits::default());
+        let review = format!("Checked. ANSWER: {obs}");
+        let p = 1 + t.encode(&task.prompt).len();
+        let (lp, lc, lo, lr) = (
+            t.encode(&sol.plan).len(),
+            t.encode(&sol.program).len(),
+            t.encode(&obs).len(),
+            t.encode(&review).len(),
+        );
+        // AFM: one call; prefill = prompt + observation text (its `<|obs|>`
+        // was sampled); decode = 3 role tokens + texts + `<|obs|>` + `<|end|>`.
+        assert_eq!(a.stats.calls, 1);
+        assert_eq!(a.stats.tokens_prefill, p + lo);
+        assert_eq!(a.stats.tokens_decode, 3 + lp + lc + lr + 2);
+        // MAS: one call per turn, each re-reading the whole context.
+        let c1 = p + 1;
+        let c2 = p + 1 + lp + 1;
+        let c3 = p + 1 + lp + 1 + lc + 1 + lo + 1;
+        assert_eq!(m.stats.calls, 3);
+        assert_eq!(m.stats.tokens_prefill, c1 + c2 + c3);
+        assert_eq!(m.stats.tokens_decode, lp + 1 + lc + 1 + lr + 1);
+        assert!(m.stats.tokens_prefill > a.stats.tokens_prefill);
+        // Same chain, same answer, same trajectory.
+        assert_eq!(a.trajectory, m.trajectory);
+        assert_eq!(a.answer, m.answer);
+        assert!(a.success && m.success);
+        assert_eq!(m.runtime, "mas");
+    }
+}
+
+#[test]
+fn reviewer_revision_sends_the_coder_back() {
+    let t = tok();
+    let tasks = tasks(2);
+    let opts = RunOptions::default();
+    let lm = ScriptedLm::new(
+        t.clone(),
+        1024,
+        afm_policy(t.clone(), solutions(&t, &tasks), true),
+    );
+    let afm_runs = afm::run_batch_lm(&lm, &tasks, &opts).unwrap();
+    let mas_runs = run_mas(&scripted_mas(&t, &tasks, 1024, true), &tasks, &opts);
+    for run in afm_runs.iter().chain(&mas_runs) {
+        let agents: Vec<&str> = run.trajectory.iter().map(|x| x.agent.as_str()).collect();
+        assert_eq!(
+            agents,
+            [
+                "Planner",
+                "Coder",
+                "Interpreter",
+                "Reviewer",
+                "Coder",
+                "Interpreter",
+                "Reviewer"
+            ],
+            "{run:?}"
+        );
+        assert!(run.trajectory[2]
+            .observation
+            .as_deref()
+            .unwrap()
+            .starts_with("error:"));
+        assert_eq!((run.stats.tool_calls, run.stats.tool_successes), (2, 1));
+        assert_eq!(run.validity["Coder"].turns, 2);
+        assert_eq!(run.validity["Coder"].valid, 1);
+        assert!(run.success, "{run:?}");
+    }
+    assert!(afm_runs.iter().all(|r| r.stats.calls == 1));
+    assert!(mas_runs.iter().all(|r| r.stats.calls == 5));
+    // With no retry allowed the MAS stops without an answer.
+    let strict = RunOptions {
+        max_retries: 0,
+        ..RunOptions::default()
+    };
+    for run in run_mas(&scripted_mas(&t, &tasks, 1024, true), &tasks, &strict) {
+        assert_eq!(run.failure.as_deref(), Some("no final answer"));
+        assert!(!run.success);
+        assert_eq!(run.stats.calls, 3);
+    }
+}
+
+#[test]
+fn limits_fail_the_task_not_the_run() {
+    let t = tok();
+    let tasks = tasks(3);
+    let sols = solutions(&t, &tasks);
+    let longest = tasks
+        .iter()
+        .map(|x| 1 + t.encode(&x.prompt).len())
+        .max()
+        .unwrap();
+    // Room for the prompt and a few tokens only.
+    let lm = ScriptedLm::new(
+        t.clone(),
+        longest + 3,
+        afm_policy(t.clone(), sols.clone(), false),
+    );
+    for run in afm::run_batch_lm(
+        &lm,
+        &tasks,
+        &RunOptions {
+            batch: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    {
+        assert_eq!(run.failure.as_deref(), Some("context full"), "{run:?}");
+        assert!(!run.success);
+    }
+    // A prompt longer than the context.
+    let lm = ScriptedLm::new(t.clone(), 2, afm_policy(t.clone(), sols.clone(), false));
+    let runs = afm::run_batch_lm(&lm, &tasks, &RunOptions::default()).unwrap();
+    assert!(runs
+        .iter()
+        .all(|r| r.failure.as_deref() == Some("context full") && r.stats.calls == 0));
+    let runs = run_mas(
+        &scripted_mas(&t, &tasks, longest + 3, false),
+        &tasks,
+        &RunOptions::default(),
+    );
+    assert!(
+        runs.iter()
+            .all(|r| r.failure.as_deref() == Some("context full")),
+        "{runs:?}"
+    );
+    // Decode budget.
+    let lm = ScriptedLm::new(t.clone(), 1024, afm_policy(t.clone(), sols, false));
+    let opts = RunOptions {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    for run in afm::run_batch_lm(&lm, &tasks, &opts).unwrap() {
+        assert_eq!(run.failure.as_deref(), Some("token budget"));
+        assert_eq!(run.stats.tokens_decode, 4);
+    }
+}
+
+#[test]
+fn scripted_batched_equals_sequential() {
+    let t = tok();
+    let tasks = tasks(5);
+    let lm = ScriptedLm::new(
+        t.clone(),
+        1024,
+        afm_policy(t.clone(), solutions(&t, &tasks), true),
+    );
+    let one = afm::run_batch_lm(&lm, &tasks, &RunOptions::default()).unwrap();
+    let three = afm::run_batch_lm(
+        &lm,
+        &tasks,
+        &RunOptions {
+            batch: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(three[0].stats.batch_size, 3);
+    assert_eq!(strip_timing(one), strip_timing(three));
+    let lms = scripted_mas(&t, &tasks, 1024, true);
+    let one = run_mas(&lms, &tasks, &RunOptions::default());
+    let four = run_mas(
+        &lms,
+        &tasks,
+        &RunOptions {
+            batch: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(strip_timing(one), strip_timing(four));
+}
+
+#[test]
+fn mas_trajectories_are_native_records() {
+    let t = tok();
+    let tasks = tasks(2);
+    let runs = run_mas(
+        &scripted_mas(&t, &tasks, 1024, false),
+        &tasks,
+        &RunOptions::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mas.jsonl");
+    let native: Vec<_> = runs
+        .iter()
+        .zip(&tasks)
+        .map(|(r, x)| r.to_native(x))
+        .collect();
+    afm_tasks::save_trajectories(&path, &native).unwrap();
+    let back = afm_tasks::load_trajectories(&path).unwrap();
+    assert_eq!(back, native);
+    assert!(back.iter().all(|x| x.success && x.meta.attempts == 1));
+    // Our own JSONL (with accounting) reads back as TaskRuns and as a reference.
+    let ours = dir.path().join("runs.jsonl");
+    afm_agents::trajectory::write_jsonl(&runs, &ours).unwrap();
+    let reference = afm_agents::eval::load_reference(&ours).unwrap();
+    let report = afm_agents::evaluate(&runs, Some(&reference));
+    assert_eq!(report.answer_agreement, Some(1.0));
+    assert_eq!(report.success_rate, 1.0);
+    assert_eq!(report.calls, 6);
+}
