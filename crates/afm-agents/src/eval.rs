@@ -5,8 +5,9 @@
 //! - `answer_agreement`: against a reference run (a previous eval's
 //!   trajectories, or any JSONL/JSON of `{"id","answer"}` records), the
 //!   fraction of task ids present in both whose final answers are equal
-//!   (compared after trimming whitespace; two missing answers count as
-//!   equal: both runs gave none).
+//!   (compared after trimming whitespace; `""` is no answer; two missing
+//!   answers count as equal: both runs gave none). 0 when no id is shared
+//!   (`compared` says how many were).
 //! - `tokens_prefill`, `tokens_decode`, `calls`, `tool_calls`,
 //!   `tool_successes`: totals over the runs (definitions in
 //!   [`crate::trajectory::RunStats`]), plus per-task means.
@@ -82,8 +83,9 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// A trimmed answer; empty counts as none (native records write `""`).
 fn norm(a: &Option<String>) -> Option<&str> {
-    a.as_deref().map(str::trim)
+    a.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Aggregate runs, optionally against reference answers.

@@ -11,6 +11,8 @@ use afm_agents::{afm, RunOptions};
 use afm_model::{GptConfig, Model, Precision, SamplingConfig};
 use afm_tokenizer::Tokenizer;
 use common::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tch::Device;
 
 fn tiny(seed: i64) -> Model {
@@ -101,10 +103,16 @@ fn mas_runs_end_to_end_and_batches_equal_sequential() {
 struct Forced<'a> {
     inner: ModelLm<'a>,
     policy: Policy,
+    /// What the real model would have chosen (greedy), per row context
+    /// start: checks the real decoder's logits under mixed feeds.
+    log: Log,
 }
+
+type Log = Arc<Mutex<HashMap<Vec<u32>, Vec<u32>>>>;
 
 struct ForcedSession<'a> {
     inner: Box<dyn Session + 'a>,
+    log: Log,
     policy: Policy,
     fed: Vec<Vec<u32>>,
     queue: Vec<Vec<u32>>,
@@ -120,6 +128,7 @@ impl Lm for Forced<'_> {
     fn start(&self, batch: usize) -> anyhow::Result<Box<dyn Session + '_>> {
         Ok(Box::new(ForcedSession {
             inner: self.inner.start(batch)?,
+            log: self.log.clone(),
             policy: self.policy.clone(),
             fed: vec![vec![]; batch],
             queue: vec![vec![]; batch],
@@ -135,7 +144,11 @@ impl Session for ForcedSession<'_> {
         self.inner.feed(rows)
     }
     fn sample(&mut self, rows: &[usize]) -> anyhow::Result<Vec<u32>> {
-        self.inner.sample(rows)?;
+        let real = self.inner.sample(rows)?;
+        let mut log = self.log.lock().unwrap();
+        for (&r, &x) in rows.iter().zip(&real) {
+            log.entry(prompt_of(&self.fed[r])).or_default().push(x);
+        }
         Ok(rows
             .iter()
             .map(|&r| {
@@ -165,22 +178,30 @@ fn tool_call_through_the_real_decoder() {
         .take(3)
         .collect();
     assert!(!tasks.is_empty());
-    let lm = Forced {
-        inner: ModelLm::new(&model, Precision::F32, SamplingConfig::greedy()),
-        policy: afm_policy(t.clone(), solutions(&t, &tasks), false),
-    };
-    let runs = afm::run_batch_lm(
-        &lm,
-        &tasks,
-        &RunOptions {
-            batch: 3,
+    let forced = |batch: usize| {
+        let lm = Forced {
+            inner: ModelLm::new(&model, Precision::F32, SamplingConfig::greedy()),
+            policy: afm_policy(t.clone(), solutions(&t, &tasks), true),
+            log: Log::default(),
+        };
+        let opts = RunOptions {
+            batch,
             ..Default::default()
-        },
-    )
-    .unwrap();
+        };
+        let runs = afm::run_batch_lm(&lm, &tasks, &opts).unwrap();
+        let log = lm.log.lock().unwrap().clone();
+        (runs, log)
+    };
+    let (runs, log3) = forced(3);
     for r in &runs {
         assert!(r.success, "{r:?}");
-        assert_eq!(r.stats.tool_successes, 1);
-        assert_eq!(r.trajectory.len(), 4);
+        assert_eq!((r.stats.tool_calls, r.stats.tool_successes), (2, 1));
+        assert_eq!(r.trajectory.len(), 7);
     }
+    // Rows get observations injected at different steps in the batch; the
+    // real model's greedy choices match running each task alone.
+    let (runs1, log1) = forced(1);
+    assert_eq!(strip_timing(runs), strip_timing(runs1));
+    assert_eq!(log3.len(), tasks.len());
+    assert_eq!(log3, log1);
 }

@@ -190,6 +190,11 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         write_jsonl(&runs, out)?;
     }
     let report = evaluate(&runs, reference.as_deref());
+    if report.compared == Some(0) {
+        eprintln!(
+            "afm: warning: no task id of the run is in the reference; agreement is 0 by definition"
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
