@@ -3,9 +3,13 @@
 //!
 //! - [`price`]: the cost model (per 1K input/output tokens and per call),
 //!   documented defaults, overridable in TOML.
-//! - [`stats`]: percentiles and summaries of measured samples.
+//! - [`stats`]: mean and spread over seeds (ablation).
+//! - [`compare`]: run the multi-agent system and the AFM on the same
+//!   held-out tasks with the same generation engine, interleaved, and turn
+//!   the runs into [`report::SystemMetrics`].
 //! - [`report`]: `report.json`, `report.md` and PNG charts.
 
+pub mod compare;
 pub mod price;
 pub mod report;
 pub mod stats;

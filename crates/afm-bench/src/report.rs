@@ -536,6 +536,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = sample();
         r.write(dir.path()).unwrap();
+        if let Some(keep) = std::env::var_os("AFM_KEEP_CHARTS") {
+            r.write(std::path::Path::new(&keep)).unwrap();
+        }
         let back: Report =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
                 .unwrap();
