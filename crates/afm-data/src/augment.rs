@@ -9,6 +9,11 @@
 //!   any observation (so tool outputs, which the rename could change, and
 //!   the final answer are byte-identical). Renaming is consistent across all
 //!   agent turns.
+//! - [`Transform::Resolve`]: for generated tasks whose `meta` says how to
+//!   re-solve them (`family`, `op`, `level`, `inputs`, `task_id`, `expected`,
+//!   as written by `afm-tasks`), perturb the inputs and solve again with
+//!   `afm_tasks::perturb_and_solve`: error-free scripted agents, answer
+//!   checked by the task's verifier; only train-split tasks are produced.
 //!
 //! Which records get which transform is chosen in the polars table of
 //! [`crate::prepare`] (train split only, so a held-out task never leaks);
@@ -34,6 +39,8 @@ pub enum Transform {
     Template(u8),
     /// Rename safe identifiers (seeded).
     Rename(u64),
+    /// Perturb a generated task's inputs and re-solve it with the verifier (seeded).
+    Resolve(u64),
 }
 
 impl Transform {
@@ -42,6 +49,7 @@ impl Transform {
         match self {
             Transform::Template(k) => format!("template{k}"),
             Transform::Rename(_) => "rename".into(),
+            Transform::Resolve(_) => "resolve".into(),
         }
     }
 
@@ -50,6 +58,7 @@ impl Transform {
         match self {
             Transform::Template(_) => "template",
             Transform::Rename(_) => "rename",
+            Transform::Resolve(_) => "resolve",
         }
     }
 }
@@ -160,10 +169,44 @@ fn replace_words(text: &str, map: &HashMap<&str, String>) -> String {
     out
 }
 
-/// Apply `tr` to a copy of `t`; `None` when it would change nothing.
+/// The `afm-tasks` task a generated record was made from, when its `meta`
+/// carries what re-solving needs.
+pub fn source_task(t: &Trajectory) -> Option<afm_tasks::Task> {
+    let m = t.meta.as_ref()?;
+    Some(afm_tasks::Task {
+        id: m.get("task_id")?.as_str()?.to_string(),
+        family: m.get("family")?.as_str()?.to_string(),
+        op: m.get("op")?.as_str()?.to_string(),
+        level: u8::try_from(m.get("level")?.as_u64()?).ok()?,
+        prompt: t.task.clone(),
+        inputs: m.get("inputs")?.clone(),
+        answer: m.get("expected")?.as_str()?.to_string(),
+    })
+}
+
+/// Apply `tr` to a copy of `t`; `None` when it would change nothing (or,
+/// for [`Transform::Resolve`], when no verified train-split variant exists).
 pub fn apply(t: &Trajectory, tr: Transform) -> Option<Trajectory> {
     let mut a = t.clone();
     match tr {
+        Transform::Resolve(seed) => {
+            let task = source_task(t)?;
+            let (_, solved) = afm_tasks::perturb_and_solve(
+                &task,
+                seed ^ crate::score::fnv1a(t.id.as_bytes(), 0),
+            )?;
+            let v = serde_json::to_value(&solved).ok()?;
+            a = crate::ingest::convert(
+                &v,
+                crate::ingest::Format::Native,
+                &crate::ingest::Limits::default(),
+                &t.id,
+            )
+            .ok()?;
+            if a.task == t.task {
+                return None;
+            }
+        }
         Transform::Template(k) => {
             let tpl = TEMPLATES.get(k as usize)?;
             a.task = tpl.replace("{task}", &t.task);
@@ -260,6 +303,24 @@ mod tests {
         let mut s2 = src.clone();
         s2.steps[1].text = "total: 6".into();
         assert_eq!(renamable(&s2), vec!["result".to_string()]);
+    }
+
+    #[test]
+    fn resolve_makes_a_new_verified_task() {
+        let task = afm_tasks::generate(5, 1, 0).unwrap().0.remove(0);
+        let tr = afm_tasks::solve(&task, &afm_tasks::AgentConfig::default()).unwrap();
+        let v = serde_json::to_value(&tr).unwrap();
+        let src =
+            crate::ingest::convert(&v, crate::ingest::Format::Native, &Default::default(), "x")
+                .unwrap();
+        assert_eq!(source_task(&src).unwrap().id, task.id);
+        let a = apply(&src, Transform::Resolve(1)).unwrap();
+        assert_ne!(a.task, src.task);
+        assert_eq!(a.success, Some(true));
+        assert_eq!(a.meta.as_ref().unwrap()["augment"]["transform"], "resolve");
+        assert_eq!(a.meta.as_ref().unwrap()["split"], "train");
+        // Records without re-solve metadata are not eligible.
+        assert!(apply(&t(), Transform::Resolve(1)).is_none());
     }
 
     #[test]

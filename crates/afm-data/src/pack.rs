@@ -166,7 +166,7 @@ fn fill_rows(seq_len: usize, docs: Vec<(u64, Doc)>) -> Vec<(usize, Vec<(u64, Doc
         buckets[l].push(d);
     }
     for b in buckets.iter_mut() {
-        b.sort_by(|a, b| b.0.cmp(&a.0)); // pop() yields the earliest
+        b.sort_by_key(|x| std::cmp::Reverse(x.0)); // pop() yields the earliest
     }
     let mut rows = Vec::new();
     let mut top = seq_len;

@@ -244,6 +244,9 @@ struct Rec {
     worst: u32,
     difficulty: f64,
     renamable: bool,
+    resolvable: bool,
+    /// `meta.split` says the task is held out: always validation.
+    held_out: bool,
     /// `<|task|>` + task tokens.
     prompt_len: u32,
     agents: Box<[u16]>,
@@ -358,7 +361,16 @@ pub fn prepare_with_progress(
                     total: total_bytes,
                 });
                 // Per record in parallel: normalise, score, key, serialise.
-                type Ok1 = (String, Trajectory, score::Quality, u64, u64, f64, bool, u32);
+                type Ok1 = (
+                    String,
+                    Trajectory,
+                    score::Quality,
+                    u64,
+                    u64,
+                    f64,
+                    [bool; 3],
+                    u32,
+                );
                 let work: Vec<(ingest::Location, std::result::Result<Ok1, ingest::Invalid>)> =
                     batch
                         .into_par_iter()
@@ -386,6 +398,8 @@ pub fn prepare_with_progress(
                                             message: format!("cannot re-serialise: {e}"),
                                         })?;
                                     let ren = cfg.augment && !augment::renamable(&t).is_empty();
+                                    let res = cfg.augment && augment::source_task(&t).is_some();
+                                    let held = held_out(&t);
                                     let pl = 1 + count_tok.encode(&t.task).len() as u32;
                                     Ok((
                                         line,
@@ -394,7 +408,7 @@ pub fn prepare_with_progress(
                                         score::task_key(&t.task),
                                         score::content_key(&t),
                                         d,
-                                        ren,
+                                        [ren, res, held],
                                         pl,
                                     ))
                                 });
@@ -429,7 +443,7 @@ pub fn prepare_with_progress(
                                 return;
                             }
                         }
-                        Ok((line, t, q, tk, ck, d, ren, pl)) => {
+                        Ok((line, t, q, tk, ck, d, [ren, res, held], pl)) => {
                             let mut agents = Vec::new();
                             for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
                                 let id = match pre_index.get(&s.agent) {
@@ -470,6 +484,8 @@ pub fn prepare_with_progress(
                                 worst: q.worst_part() as u32,
                                 difficulty: d,
                                 renamable: ren,
+                                resolvable: res,
+                                held_out: held,
                                 prompt_len: pl,
                                 agents: agents.into_boxed_slice(),
                             });
@@ -549,7 +565,7 @@ pub fn prepare_with_progress(
     );
     let total_plan = plan.len() as u64;
     enum Out {
-        Docs(Vec<window::Window>, bool, bool, u64),
+        Docs(Vec<window::Window>, bool, bool, u64, String),
         Filtered(&'static str),
         AugSkipped(&'static str),
     }
@@ -574,6 +590,9 @@ pub fn prepare_with_progress(
                     Some(tr) => match augment::apply(&src, tr) {
                         None => return Ok(Out::AugSkipped("skipped:noop")),
                         Some(a) => {
+                            let Ok(a) = normalise(a, &cfg.agents_map) else {
+                                return Ok(Out::AugSkipped("skipped:bad_agent_name"));
+                            };
                             if val_tasks.contains(&score::task_key(&a.task)) {
                                 return Ok(Out::AugSkipped("skipped:would_leak"));
                             }
@@ -583,6 +602,9 @@ pub fn prepare_with_progress(
                 };
                 let enc = match encode_trajectory(&tok, &t) {
                     Ok(e) => e,
+                    Err(FormatError::UnknownAgent(_)) if p.transform.is_some() => {
+                        return Ok(Out::AugSkipped("skipped:unknown_agent"));
+                    }
                     Err(FormatError::UnknownAgent(a)) => {
                         bail!("internal: agent {a:?} missing from the vocabulary")
                     }
@@ -602,6 +624,7 @@ pub fn prepare_with_progress(
                             long,
                             cfg.long == LongMode::Truncate && long,
                             score::task_key(&t.task),
+                            t.id.clone(),
                         ))
                     }
                     Err(TooLong::Dropped) => Ok(if p.transform.is_some() {
@@ -622,12 +645,17 @@ pub fn prepare_with_progress(
             match o? {
                 Out::Filtered(why) => *m.filtered.entry(why.into()).or_default() += 1,
                 Out::AugSkipped(why) => *m.augmented.entry(why.into()).or_default() += 1,
-                Out::Docs(ws, long, trunc, tk) => {
+                Out::Docs(ws, long, trunc, tk, id) => {
                     if let Some(tr) = p.transform {
                         *m.augmented.entry(tr.kind().into()).or_default() += 1;
                         serde_json::to_writer(
                             &mut aug_log,
-                            &serde_json::json!({"source_record": p.rec, "transform": tr.name(), "split": "train"}),
+                            &serde_json::json!({
+                                "id": id,
+                                "source": id.rsplit_once('+').map(|x| x.0).unwrap_or(&id),
+                                "transform": tr.name(),
+                                "split": "train"
+                            }),
                         )?;
                         aug_log.write_all(b"\n")?;
                     } else {
@@ -723,6 +751,18 @@ pub fn prepare_with_progress(
     Ok(m)
 }
 
+/// True when `meta.split` marks the record's task as held out
+/// (`test`, `val`, `validation`, `held_out`): it always goes to validation.
+pub fn held_out(t: &Trajectory) -> bool {
+    matches!(
+        t.meta
+            .as_ref()
+            .and_then(|m| m.get("split"))
+            .and_then(|s| s.as_str()),
+        Some("test" | "val" | "validation" | "held_out")
+    )
+}
+
 /// One planned output record.
 #[derive(Debug, Clone, Copy)]
 struct PlanRow {
@@ -748,6 +788,8 @@ fn plan(
         "worst" => recs.iter().map(|r| r.worst).collect::<Vec<u32>>(),
         "difficulty" => recs.iter().map(|r| r.difficulty).collect::<Vec<f64>>(),
         "renamable" => recs.iter().map(|r| r.renamable).collect::<Vec<bool>>(),
+        "resolvable" => recs.iter().map(|r| r.resolvable).collect::<Vec<bool>>(),
+        "held_out" => recs.iter().map(|r| r.held_out).collect::<Vec<bool>>(),
         "prompt_len" => recs.iter().map(|r| r.prompt_len).collect::<Vec<u32>>(),
     )?;
     let lf = df.lazy();
@@ -803,7 +845,12 @@ fn plan(
         passed
     };
     let threshold = (cfg.val_fraction * SPLIT_BUCKETS as f64).round() as u32;
-    let split = uniq.with_column(col("bucket").lt(lit(threshold)).alias("val"));
+    let split = uniq.with_column(
+        col("bucket")
+            .lt(lit(threshold))
+            .or(col("held_out"))
+            .alias("val"),
+    );
     let sort_by: Vec<&str> = if cfg.curriculum {
         vec!["val", "difficulty", "rec"]
     } else {
@@ -822,29 +869,19 @@ fn plan(
     let val_col: Vec<bool> = (0..val_ca.len())
         .map(|i| val_ca.get(i).unwrap_or(false))
         .collect();
-    let ren_ca = ordered.column("renamable")?.bool()?;
-    let ren_col: Vec<bool> = (0..ren_ca.len())
-        .map(|i| ren_ca.get(i).unwrap_or(false))
-        .collect();
-    let mut rows: Vec<PlanRow> =
-        Vec::with_capacity(recs_col.len() * if cfg.augment { 3 } else { 1 });
     // Curriculum stages: quantile buckets by difficulty, seeded order inside each.
-    let mut base: Vec<(u32, bool, bool)> = recs_col
-        .into_iter()
-        .zip(val_col)
-        .zip(ren_col)
-        .map(|((r, v), x)| (r, v, x))
-        .collect();
+    let mut base: Vec<(u32, bool)> = recs_col.into_iter().zip(val_col).collect();
     if cfg.curriculum && cfg.curriculum_stages > 1 {
         for val in [false, true] {
             let idx: Vec<usize> = (0..base.len()).filter(|&i| base[i].1 == val).collect();
             let k = idx.len();
-            let mut staged: Vec<(usize, u64, (u32, bool, bool))> = idx
+            let mut staged: Vec<(usize, u64, (u32, bool))> = idx
                 .iter()
                 .enumerate()
                 .map(|(rank, &i)| {
+                    let stage = rank * cfg.curriculum_stages / k.max(1);
                     (
-                        rank * cfg.curriculum_stages / k.max(1),
+                        stage,
                         score::fnv1a(&base[i].0.to_le_bytes(), cfg.seed),
                         base[i],
                     )
@@ -856,28 +893,80 @@ fn plan(
             }
         }
     }
-    for (rec, val, ren) in base {
+    if !cfg.augment {
+        return Ok(base
+            .into_iter()
+            .map(|(rec, val)| PlanRow {
+                rec,
+                val,
+                transform: None,
+            })
+            .collect());
+    }
+    // Augmentation rows (train only), as a polars query over the planned
+    // order: every train record gets a template rewording; records with
+    // renamable identifiers a rename; records with re-solve metadata a
+    // re-solved variant. Each follows its source in the order.
+    let planned = df!(
+        "pos" => (0..base.len() as u32).collect::<Vec<u32>>(),
+        "rec" => base.iter().map(|b| b.0).collect::<Vec<u32>>(),
+        "val" => base.iter().map(|b| b.1).collect::<Vec<bool>>(),
+    )?;
+    let flags = df!(
+        "rec" => (0..recs.len() as u32).collect::<Vec<u32>>(),
+        "renamable" => recs.iter().map(|r| r.renamable).collect::<Vec<bool>>(),
+        "resolvable" => recs.iter().map(|r| r.resolvable).collect::<Vec<bool>>(),
+    )?;
+    let p = planned.lazy().join(
+        flags.lazy(),
+        [col("rec")],
+        [col("rec")],
+        JoinArgs::new(JoinType::Left),
+    );
+    let kind = |k: u32| lit(k).cast(DataType::UInt32).alias("kind");
+    let parts = [
+        p.clone()
+            .select([col("pos"), col("rec"), col("val"), kind(0)]),
+        p.clone()
+            .filter(col("val").not())
+            .select([col("pos"), col("rec"), col("val"), kind(1)]),
+        p.clone()
+            .filter(col("val").not().and(col("renamable")))
+            .select([col("pos"), col("rec"), col("val"), kind(2)]),
+        p.filter(col("val").not().and(col("resolvable"))).select([
+            col("pos"),
+            col("rec"),
+            col("val"),
+            kind(3),
+        ]),
+    ];
+    let all = concat(parts, UnionArgs::default())?
+        .sort(["pos", "kind"], SortMultipleOptions::default())
+        .collect()?;
+    let rec_ca = all.column("rec")?.u32()?;
+    let val_ca = all.column("val")?.bool()?;
+    let kind_ca = all.column("kind")?.u32()?;
+    let mut rows = Vec::with_capacity(all.height());
+    for i in 0..all.height() {
+        let (Some(rec), Some(k)) = (rec_ca.get(i), kind_ca.get(i)) else {
+            continue;
+        };
+        let val = val_ca.get(i).unwrap_or(false);
+        let transform = match k {
+            0 => None,
+            1 => {
+                let t = score::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
+                    % augment::TEMPLATES.len() as u64;
+                Some(Transform::Template(t as u8))
+            }
+            2 => Some(Transform::Rename(cfg.seed)),
+            _ => Some(Transform::Resolve(cfg.seed)),
+        };
         rows.push(PlanRow {
             rec,
             val,
-            transform: None,
+            transform,
         });
-        if cfg.augment && !val {
-            let k = (score::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
-                % augment::TEMPLATES.len() as u64) as u8;
-            rows.push(PlanRow {
-                rec,
-                val,
-                transform: Some(Transform::Template(k)),
-            });
-            if ren {
-                rows.push(PlanRow {
-                    rec,
-                    val,
-                    transform: Some(Transform::Rename(cfg.seed)),
-                });
-            }
-        }
     }
     Ok(rows)
 }
