@@ -14,23 +14,23 @@
 //! Renames apply first; the observation rule then sees the new name.
 
 use crate::record::{Step, StepKind};
-use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Renames and observation classification of agents.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsMap {
     /// Old name -> new name.
     #[serde(default)]
-    pub rename: HashMap<String, String>,
+    pub rename: BTreeMap<String, String>,
     /// Agents whose steps are observations (in addition to the default rule).
     #[serde(default)]
-    pub observation: HashSet<String>,
+    pub observation: BTreeSet<String>,
     /// Agents that are never observations (overrides the default rule).
     #[serde(default)]
-    pub agent: HashSet<String>,
+    pub agent: BTreeSet<String>,
 }
 
 /// Substrings (case-insensitive) that make a name an observation source by default.

@@ -33,7 +33,7 @@ use crate::record::{StepKind, Trajectory};
 use afm_tokenizer::{
     RoleTracker, Tokenizer, END, FIRST_ROLE_TOKEN, OBS, ROLE_FIRST_AGENT, ROLE_NONE, ROLE_OBS, TASK,
 };
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// A trajectory as tokens, with where each turn starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,10 +151,10 @@ pub fn label(tokens: &[u32]) -> Labels {
 }
 
 /// Loss weight per agent: default 1.0, overrides per name, or one agent only.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AgentWeights {
     /// Agent name -> weight (`--agent-weight NAME=W`).
-    pub weights: HashMap<String, f32>,
+    pub weights: BTreeMap<String, f32>,
     /// When set, that agent weighs 1 and every other 0 (`--only-agent NAME`).
     pub only: Option<String>,
     /// Weight of agents not listed (default 1.0 when `None`).

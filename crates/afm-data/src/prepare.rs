@@ -43,7 +43,6 @@ pub struct PrepareConfig {
     pub inputs: Vec<PathBuf>,
     pub format: Format,
     /// Agent renames and observation agents.
-    #[serde(skip)]
     pub agents_map: AgentsMap,
     /// Records with a quality score below this are filtered (0 keeps all).
     pub min_score: f64,
@@ -59,7 +58,6 @@ pub struct PrepareConfig {
     /// Row length of the shards.
     pub seq_len: usize,
     /// Per-agent loss weights.
-    #[serde(skip)]
     pub weights: AgentWeights,
     pub seed: u64,
     /// Fail on the first rejected record.

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Tokenizer throughput: afm (tiktoken-rs + rayon, as `afm prepare` runs it)
+vs. a single-process tiktoken-python pass over the same texts, in one run.
+
+    ~/.cache/afm/torch-2.13.0/bin/pip install tiktoken     # once
+    ~/.cache/afm/torch-2.13.0/bin/python benches/compare_tiktoken.py
+
+Texts: every task and step text of datasets/scripted/train.jsonl (repeated
+to ~2M tokens), plus the Who&When logs when ../shared/datasets/who-and-when
+is beside the checkout. Both sides must produce the same token count
+(r50k_base). Exits 0 and prints a note when tiktoken is not installed.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def corpus():
+    texts = []
+    with open(os.path.join(ROOT, "datasets/scripted/train.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            texts.append(r["task"])
+            for s in r["trajectory"]:
+                texts.append(s.get("output", s.get("observation", "")))
+    texts = texts * 10
+    ww = os.path.join(ROOT, "../shared/datasets/who-and-when/Algorithm-Generated")
+    for p in sorted(glob.glob(os.path.join(ww, "*.json"))):
+        with open(p, encoding="utf-8") as f:
+            d = json.load(f)
+        texts.append(d["question"])
+        texts.extend(m.get("content") or "" for m in d["history"])
+    return texts
+
+
+def main():
+    try:
+        import tiktoken
+    except ImportError:
+        print("note: tiktoken is not installed in this Python; skipping the comparison "
+              "(pip install tiktoken)")
+        return 0
+    texts = corpus()
+    enc = tiktoken.get_encoding("r50k_base")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps(t) + "\n")
+        path = f.name
+    try:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "afm-data", "--example",
+                        "tokenize_throughput"], cwd=ROOT, check=True)
+        n = sum(len(enc.encode_ordinary(t)) for t in texts)  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            m = sum(len(enc.encode_ordinary(t)) for t in texts)
+            best = min(best, time.perf_counter() - t0)
+            assert m == n
+        py_single = n / best
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            m = sum(len(x) for x in enc.encode_ordinary_batch(texts))
+            best = min(best, time.perf_counter() - t0)
+        py_batch = n / best
+        exe = os.path.join(ROOT, "target/release/examples/tokenize_throughput")
+        out = subprocess.run([exe, path, "3"], check=True, capture_output=True, text=True).stdout
+        rs = json.loads(out.strip().splitlines()[-1])
+    finally:
+        os.unlink(path)
+    if rs["tokens"] != n:
+        print(f"token counts differ: afm {rs['tokens']} vs tiktoken {n}")
+        return 1
+    print(f"texts {len(texts)}, tokens {n}, cores {os.cpu_count()}, rayon threads {rs['threads']}")
+    print(f"tiktoken-python encode_ordinary, single process : {py_single/1e6:8.2f} M tokens/s")
+    print(f"tiktoken-python encode_ordinary_batch (threads) : {py_batch/1e6:8.2f} M tokens/s")
+    print(f"afm tiktoken-rs, one thread                     : {rs['single_thread_tokens_per_s']/1e6:8.2f} M tokens/s")
+    print(f"afm tiktoken-rs + rayon (as prepare runs)       : {rs['rayon_tokens_per_s']/1e6:8.2f} M tokens/s")
+    ratio = rs["rayon_tokens_per_s"] / py_single
+    print(f"ratio afm(rayon) / tiktoken-python(single)      : {ratio:8.2f}x (target >= 1.5x)")
+    return 0 if ratio >= 1.5 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
