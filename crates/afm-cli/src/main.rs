@@ -6,14 +6,20 @@
 mod cmd_agents;
 mod cmd_data;
 mod cmd_model;
+mod cmd_pipeline;
 mod cmd_tasks;
 mod cmd_train;
+mod stage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "afm", version, about = "Distil a multi-agent system into one agent foundation model")]
+#[command(
+    name = "afm",
+    version,
+    about = "Distil a multi-agent system into one agent foundation model"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -31,6 +37,8 @@ enum Cmd {
     Tasks(cmd_tasks::Cmd),
     #[command(flatten)]
     Agents(cmd_agents::Cmd),
+    #[command(flatten)]
+    Pipeline(cmd_pipeline::Cmd),
     /// Speed probes and benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -50,6 +58,7 @@ fn main() -> ExitCode {
         Cmd::Train(c) => cmd_train::run(c),
         Cmd::Tasks(c) => cmd_tasks::run(c),
         Cmd::Agents(c) => cmd_agents::run(c),
+        Cmd::Pipeline(c) => cmd_pipeline::run(c),
         Cmd::Bench(BenchCmd::Model(a)) => cmd_model::bench_model(a),
     };
     match result {

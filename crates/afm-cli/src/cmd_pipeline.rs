@@ -1,0 +1,850 @@
+//! `afm pipeline` (the main job) and `afm ablation`.
+//!
+//! The pipeline runs every stage on the embedded default data (or the
+//! user's `--input`), each stage resumable (see [`crate::stage`]):
+//!
+//! 1. `data`: the trajectories (embedded `datasets/scripted/train.jsonl`
+//!    by default) and the held-out tasks (`datasets/tasks/test.jsonl`);
+//! 2. `prepare-afm`, `prepare-mas-<Agent>`: filter, curriculum, augment,
+//!    pack (one dataset for the AFM, one per agent for its own model);
+//! 3. `train-mas-<Agent>`: one model per agent (the multi-agent system);
+//! 4. `train-afm`: the one model, SFT + per-agent KL distillation from the
+//!    agents' models;
+//! 5. `eval`: AFM and MAS on the held-out tasks;
+//! 6. `bench`: latency and throughput, batch 1 and 8, interleaved;
+//! 7. `report`: `report.md`, `report.json`, charts, and a summary table.
+
+use crate::stage;
+use afm_agents::mas::Mas;
+use afm_agents::{evaluate, EvalReport, RunOptions, TaskRun};
+use afm_bench::compare::{self, BenchOptions, System, TimingRun};
+use afm_bench::price::PriceTable;
+use afm_bench::report::{Machine, Report};
+use afm_bench::stats::MeanSpread;
+use afm_data::{AgentWeights, PrepareConfig};
+use afm_model::{parse_device, Model};
+use afm_tasks::Task;
+use afm_train::TrainConfig;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the whole pipeline: data, prepare, train the per-agent models and the AFM, evaluate, bench, report.
+    Pipeline(PipelineArgs),
+    /// Train the AFM with and without each ingredient (filtering, role embeddings, curriculum,
+    /// augmentation, distillation, boundary weighting) over several seeds and tabulate task success.
+    Ablation(AblationArgs),
+}
+
+/// Every knob of the pipeline (TOML with `--config`; flags override).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Run name: outputs go to `runs_dir/name`.
+    pub name: String,
+    pub runs_dir: PathBuf,
+    /// Model preset: tiny, mini, gpt2, gpt2-medium.
+    pub preset: String,
+    /// cpu, cuda, cuda:N, auto.
+    pub device: String,
+    /// bf16 mixed precision for training and decoding.
+    pub bf16: bool,
+    pub seed: u64,
+    /// Trajectory files or directories; empty = the embedded default data.
+    pub input: Vec<PathBuf>,
+    /// Held-out tasks for evaluation (afm-tasks format).
+    pub tasks: PathBuf,
+    /// Quality cut (0 = no filtering). Scripted failures score 50, successes 90.
+    pub min_score: f64,
+    pub curriculum: bool,
+    pub augment: bool,
+    /// Packed row length; 0 = the preset's context length.
+    pub seq_len: usize,
+    /// Agent-role embeddings in the AFM.
+    pub role_embeddings: bool,
+    /// Per-agent KL distillation from the agents' own models.
+    pub distill: bool,
+    /// Extra loss weight on role tokens and the first tokens after a hand-off.
+    pub boundary: bool,
+    /// Wall-clock budget of each per-agent model's training.
+    pub mas_time_budget: String,
+    /// Wall-clock budget of the AFM's training.
+    pub afm_time_budget: String,
+    /// Step cap of every training (0 = epochs/budget decide).
+    pub max_steps: usize,
+    /// Held-out tasks evaluated (0 = all).
+    pub eval_limit: usize,
+    /// Batch size of the evaluation runs.
+    pub eval_batch: usize,
+    /// Tasks in the latency/throughput bench.
+    pub bench_tasks: usize,
+    /// Batch sizes of the throughput bench (1 also gives latency).
+    pub bench_batches: Vec<usize>,
+    /// Price table of the cost comparison.
+    pub prices: PriceTable,
+    /// Base training configuration for every model (the pipeline sets data,
+    /// out, preset, seed, device, bf16, budget and teachers).
+    pub train: TrainConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let train = TrainConfig {
+            batch_size: 16,
+            epochs: 100,
+            eval_interval: 50,
+            eval_batches: 8,
+            patience: 0,
+            plots: true,
+            progress: true,
+            optim: afm_train::OptimConfig {
+                lr: 1e-3,
+                min_lr: 1e-4,
+                warmup_steps: 30,
+                ..Default::default()
+            },
+            ..TrainConfig::default()
+        };
+        Self {
+            name: "default".into(),
+            runs_dir: PathBuf::from("runs"),
+            preset: "mini".into(),
+            device: "cpu".into(),
+            bf16: false,
+            seed: 0,
+            input: Vec::new(),
+            tasks: PathBuf::from("datasets/tasks/test.jsonl"),
+            min_score: 60.0,
+            curriculum: true,
+            augment: true,
+            seq_len: 0,
+            role_embeddings: true,
+            distill: true,
+            boundary: true,
+            mas_time_budget: "70s".into(),
+            afm_time_budget: "150s".into(),
+            max_steps: 0,
+            eval_limit: 0,
+            eval_batch: 16,
+            bench_tasks: 32,
+            bench_batches: vec![1, 8],
+            prices: PriceTable::default(),
+            train,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PipelineArgs {
+    /// TOML file with any `PipelineConfig` field (see README); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub runs_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub bf16: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Your own trajectories (files or directories), in place of the generated ones.
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Held-out tasks file.
+    #[arg(long)]
+    pub tasks: Option<PathBuf>,
+    #[arg(long)]
+    pub mas_time_budget: Option<String>,
+    #[arg(long)]
+    pub afm_time_budget: Option<String>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[arg(long)]
+    pub bench_tasks: Option<usize>,
+    /// Price table TOML (per 1K input/output tokens, per call).
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
+    /// Delete the run directory first (otherwise completed stages are skipped).
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AblationArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Seeds per variant.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Only these variants (full, no-filtering, no-role-embeddings, no-curriculum,
+    /// no-augmentation, no-distillation, no-boundary).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+}
+
+pub fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Pipeline(a) => pipeline(&a).map(|_| ()),
+        Cmd::Ablation(a) => ablation(&a),
+    }
+}
+
+/// Read `--config`, apply flags, validate.
+pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<PipelineConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => PipelineConfig::default(),
+    };
+    macro_rules! set {
+        ($f:ident) => {
+            if let Some(v) = &a.$f {
+                c.$f = v.clone();
+            }
+        };
+    }
+    set!(name);
+    set!(runs_dir);
+    set!(preset);
+    set!(device);
+    set!(seed);
+    set!(tasks);
+    set!(mas_time_budget);
+    set!(afm_time_budget);
+    set!(max_steps);
+    set!(eval_limit);
+    set!(bench_tasks);
+    if a.bf16 {
+        c.bf16 = true;
+    }
+    if !a.input.is_empty() {
+        c.input = a.input.clone();
+    }
+    if let Some(p) = &a.prices {
+        c.prices = PriceTable::from_toml_file(p)?;
+    }
+    if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name == ".." {
+        bail!("name {:?}: use a plain directory name", c.name);
+    }
+    if c.eval_batch == 0 {
+        bail!("eval_batch must be >= 1");
+    }
+    if c.bench_batches.is_empty() || c.bench_batches.contains(&0) {
+        bail!("bench_batches must be non-empty batch sizes >= 1");
+    }
+    for (f, v) in [
+        ("mas_time_budget", &c.mas_time_budget),
+        ("afm_time_budget", &c.afm_time_budget),
+    ] {
+        afm_train::parse_duration(v).map_err(|e| anyhow::anyhow!("{f} = {v:?}: {e}"))?;
+    }
+    parse_device(&c.device)?;
+    if c.seq_len == 0 {
+        let g =
+            afm_model::GptConfig::preset(&c.preset, afm_tokenizer::FIRST_ROLE_TOKEN as usize, 0)
+                .with_context(|| format!("preset {:?}", c.preset))?;
+        c.seq_len = g.n_ctx;
+    }
+    Ok(c)
+}
+
+/// The agents of the multi-agent system (afm-tasks' chain).
+const MAS_AGENTS: [&str; 3] = ["Planner", "Coder", "Reviewer"];
+
+fn inputs(c: &PipelineConfig) -> Vec<PathBuf> {
+    if c.input.is_empty() {
+        vec![PathBuf::from("datasets/scripted/train.jsonl")]
+    } else {
+        c.input.clone()
+    }
+}
+
+/// Fingerprint part for input files: path and size (and mtime) of each.
+fn files_key(paths: &[PathBuf]) -> String {
+    let mut s = String::new();
+    for p in paths {
+        let m = std::fs::metadata(p).ok();
+        let len = m.as_ref().map_or(0, |m| m.len());
+        let mt = m
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        s.push_str(&format!("{}:{len}:{mt};", p.display()));
+    }
+    s
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn bar(len: u64, msg: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(msg.to_string());
+    b
+}
+
+/// Prepare one dataset (a stage of its own).
+fn prepare_stage(
+    name: &str,
+    dir: &Path,
+    c: &PipelineConfig,
+    only: Option<&str>,
+    curriculum: bool,
+    augment: bool,
+    min_score: f64,
+) -> Result<stage::Done> {
+    let ins = inputs(c);
+    let fp = stage::fingerprint(&[
+        "prepare-v1",
+        &files_key(&ins),
+        &format!(
+            "{only:?}{curriculum}{augment}{min_score}{}{}",
+            c.seq_len, c.seed
+        ),
+    ]);
+    stage::run(name, dir, &fp, |out| {
+        let cfg = PrepareConfig {
+            inputs: ins.clone(),
+            min_score,
+            curriculum,
+            augment,
+            seq_len: c.seq_len,
+            seed: c.seed,
+            weights: AgentWeights {
+                only: only.map(str::to_string),
+                ..AgentWeights::default()
+            },
+            out: out.to_path_buf(),
+            ..PrepareConfig::default()
+        };
+        let pb = bar(0, name);
+        let m = afm_data::prepare_with_progress(&cfg, &|p| {
+            pb.set_length(p.total);
+            pb.set_position(p.done);
+            pb.set_message(format!("{name}:{}", p.stage));
+        })?;
+        pb.finish_and_clear();
+        Ok(serde_json::json!({
+            "total": m.total, "kept": m.kept, "filtered": m.filtered, "rejected": m.rejected,
+            "augmented": m.augmented, "roles": m.roles, "train_rows": m.train.rows,
+            "val_rows": m.val.rows, "tokens": m.tokens, "loss_tokens": m.loss_tokens,
+            "packing_efficiency": m.packing_efficiency,
+        }))
+    })
+}
+
+/// What a training stage needs besides the base config.
+struct TrainSpec<'a> {
+    data: &'a Path,
+    budget: &'a str,
+    teachers: BTreeMap<String, PathBuf>,
+    role_embeddings: bool,
+    boundary: bool,
+    seed: u64,
+}
+
+fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Result<stage::Done> {
+    let mut t = c.train.clone();
+    t.data = s.data.to_path_buf();
+    t.out = dir.to_path_buf();
+    t.preset = Some(c.preset.clone());
+    t.init = None;
+    t.seed = s.seed;
+    t.device = c.device.clone();
+    t.bf16 = c.bf16;
+    t.time_budget = Some(s.budget.to_string());
+    if c.max_steps > 0 {
+        t.max_steps = c.max_steps;
+    }
+    // An interrupted stage picks up its own checkpoints.
+    t.resume = std::fs::read_dir(dir.join("checkpoints"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if !s.role_embeddings {
+        bail!("training without role embeddings needs afm-train's `role_embeddings` knob");
+    }
+    if s.teachers.is_empty() {
+        t.loss.alpha = 1.0;
+        t.loss.beta = 0.0;
+    }
+    t.teachers = s.teachers;
+    if s.boundary {
+        t.loss.role_token_weight = 2.0;
+        t.loss.handoff_tokens = 3;
+        t.loss.handoff_weight = 1.5;
+    } else {
+        t.loss.role_token_weight = 1.0;
+        t.loss.handoff_tokens = 0;
+        t.loss.handoff_weight = 1.0;
+    }
+    let data_marker = std::fs::read_to_string(s.data.join(".afm-stage.json")).unwrap_or_default();
+    let teacher_markers: String = t
+        .teachers
+        .values()
+        .map(|p| std::fs::read_to_string(p.join("../.afm-stage.json")).unwrap_or_default())
+        .collect();
+    let fp = stage::fingerprint(&["train-v1", &json(&t), &data_marker, &teacher_markers]);
+    stage::run(name, dir, &fp, |_| {
+        let summary = afm_train::train(&t)?;
+        Ok(serde_json::to_value(&summary)?)
+    })
+}
+
+fn load_tasks(c: &PipelineConfig) -> Result<Vec<Task>> {
+    let mut tasks = afm_tasks::load_tasks(&c.tasks)?;
+    if c.eval_limit > 0 {
+        tasks.truncate(c.eval_limit);
+    }
+    if tasks.is_empty() {
+        bail!("{}: no tasks to evaluate", c.tasks.display());
+    }
+    Ok(tasks)
+}
+
+fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
+    RunOptions {
+        batch,
+        max_new_tokens: c.seq_len,
+        bf16: c.bf16,
+        seed: c.seed,
+        ..RunOptions::default()
+    }
+}
+
+fn write_runs(path: &Path, runs: &[TaskRun]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for r in runs {
+        serde_json::to_writer(&mut f, r)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn eval_system(sys: &System, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskRun>> {
+    let pb = bar(tasks.len() as u64, &format!("eval {}", sys.name()));
+    let runs = sys.run(tasks, opts, &mut |_| pb.inc(1))?;
+    pb.finish_and_clear();
+    Ok(runs)
+}
+
+fn mas_map(root: &Path) -> Vec<(String, PathBuf)> {
+    MAS_AGENTS
+        .iter()
+        .map(|a| (a.to_string(), root.join(format!("models/mas-{a}/final"))))
+        .collect()
+}
+
+/// Run the pipeline; returns the report.
+pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
+    let c = resolve(a)?;
+    let root = c.runs_dir.join(&c.name);
+    if a.fresh && root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(
+        root.join("pipeline_config.toml"),
+        toml::to_string_pretty(&c)?,
+    )?;
+    let device = parse_device(&c.device)?;
+    let mut wall: BTreeMap<String, f64> = BTreeMap::new();
+    let mut stages: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut notes = Vec::new();
+    let mut record = |k: &str, d: &stage::Done, wall: &mut BTreeMap<String, f64>| {
+        let k = if d.cached {
+            format!("{k} (cached)")
+        } else {
+            k.to_string()
+        };
+        wall.insert(k.clone(), d.wall_s);
+        stages.insert(k, d.summary.clone());
+    };
+    let t_all = std::time::Instant::now();
+
+    // 1. data
+    for p in inputs(&c).iter().chain([&c.tasks]) {
+        if !p.exists() {
+            bail!(
+                "{}: not found (run from the repository root, or pass --input/--tasks)",
+                p.display()
+            );
+        }
+    }
+    eprintln!(
+        "[data] trajectories: {:?}; held-out tasks: {}",
+        inputs(&c),
+        c.tasks.display()
+    );
+
+    // 2. prepare
+    let d = prepare_stage(
+        "prepare-afm",
+        &root.join("prepared/afm"),
+        &c,
+        None,
+        c.curriculum,
+        c.augment,
+        c.min_score,
+    )?;
+    let roles: Vec<String> = serde_json::from_value(d.summary["roles"].clone()).unwrap_or_default();
+    record("1 prepare-afm", &d, &mut wall);
+    let mas_ok = MAS_AGENTS.iter().all(|a| roles.iter().any(|r| r == a));
+    if !mas_ok {
+        notes.push(format!(
+            "the data's agents {roles:?} are not the task world's Planner/Coder/Reviewer chain: \
+             the MAS baseline, distillation, evaluation and bench need that chain and were skipped"
+        ));
+    }
+    if mas_ok {
+        for ag in MAS_AGENTS {
+            let d = prepare_stage(
+                &format!("prepare-mas-{ag}"),
+                &root.join(format!("prepared/mas-{ag}")),
+                &c,
+                Some(ag),
+                false,
+                c.augment,
+                c.min_score,
+            )?;
+            record(&format!("2 prepare-mas-{ag}"), &d, &mut wall);
+        }
+        // 3. the multi-agent system: one model per agent
+        for ag in MAS_AGENTS {
+            let d = train_stage(
+                &format!("train-mas-{ag}"),
+                &root.join(format!("models/mas-{ag}")),
+                &c,
+                TrainSpec {
+                    data: &root.join(format!("prepared/mas-{ag}")),
+                    budget: &c.mas_time_budget,
+                    teachers: BTreeMap::new(),
+                    role_embeddings: c.role_embeddings,
+                    boundary: false,
+                    seed: c.seed,
+                },
+            )?;
+            record(&format!("3 train-mas-{ag}"), &d, &mut wall);
+        }
+    }
+    // 4. the AFM
+    let teachers: BTreeMap<String, PathBuf> = if c.distill && mas_ok {
+        mas_map(&root).into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    let d = train_stage(
+        "train-afm",
+        &root.join("models/afm"),
+        &c,
+        TrainSpec {
+            data: &root.join("prepared/afm"),
+            budget: &c.afm_time_budget,
+            teachers,
+            role_embeddings: c.role_embeddings,
+            boundary: c.boundary,
+            seed: c.seed,
+        },
+    )?;
+    record("4 train-afm", &d, &mut wall);
+
+    let mut report = Report {
+        name: c.name.clone(),
+        machine: Machine::detect(),
+        preset: c.preset.clone(),
+        device: c.device.clone(),
+        price_table: c.prices,
+        ..Report::default()
+    };
+    if mas_ok {
+        // 5. evaluation on the held-out tasks
+        let tasks = load_tasks(&c)?;
+        let afm = Model::load(&root.join("models/afm/final"), device)?;
+        let mas = Mas::load(&mas_map(&root), device)?;
+        let eval_dir = root.join("eval");
+        let fp = stage::fingerprint(&[
+            "eval-v1",
+            &std::fs::read_to_string(root.join("models/afm/.afm-stage.json")).unwrap_or_default(),
+            &MAS_AGENTS
+                .iter()
+                .map(|a| {
+                    std::fs::read_to_string(root.join(format!("models/mas-{a}/.afm-stage.json")))
+                        .unwrap_or_default()
+                })
+                .collect::<String>(),
+            &files_key(std::slice::from_ref(&c.tasks)),
+            &format!("{}{}{}", c.eval_limit, c.eval_batch, c.bf16),
+        ]);
+        let d = stage::run("eval", &eval_dir, &fp, |out| {
+            let opts = run_opts(&c, c.eval_batch);
+            let mas_runs = eval_system(&System::Mas(&mas), &tasks, &opts)?;
+            let afm_runs = eval_system(&System::Afm(&afm), &tasks, &opts)?;
+            write_runs(&out.join("mas.jsonl"), &mas_runs)?;
+            write_runs(&out.join("afm.jsonl"), &afm_runs)?;
+            let reference: Vec<afm_agents::eval::ReferenceAnswer> = mas_runs
+                .iter()
+                .map(|r| afm_agents::eval::ReferenceAnswer {
+                    id: r.id.clone(),
+                    answer: r.answer.clone(),
+                })
+                .collect();
+            let afm_rep = evaluate(&afm_runs, Some(&reference));
+            let mas_rep = evaluate(&mas_runs, None);
+            std::fs::write(
+                out.join("afm.json"),
+                serde_json::to_string_pretty(&afm_rep)?,
+            )?;
+            std::fs::write(
+                out.join("mas.json"),
+                serde_json::to_string_pretty(&mas_rep)?,
+            )?;
+            Ok(serde_json::json!({"afm": afm_rep, "mas": mas_rep}))
+        })?;
+        record("5 eval", &d, &mut wall);
+        let afm_rep: EvalReport = serde_json::from_value(d.summary["afm"].clone())?;
+        let mas_rep: EvalReport = serde_json::from_value(d.summary["mas"].clone())?;
+
+        // 6. bench: latency and throughput, interleaved
+        let bopts = BenchOptions {
+            bench_tasks: c.bench_tasks,
+            batches: c.bench_batches.clone(),
+            run: run_opts(&c, 1),
+            prices: c.prices,
+        };
+        let fp = stage::fingerprint(&[
+            "bench-v1",
+            &fp,
+            &format!("{} {:?}", c.bench_tasks, c.bench_batches),
+        ]);
+        let systems = [System::Afm(&afm), System::Mas(&mas)];
+        let d = stage::run("bench", &root.join("bench"), &fp, |out| {
+            let n = c.bench_tasks.min(tasks.len()) as u64 * c.bench_batches.len() as u64 * 2;
+            let pb = bar(n, "bench");
+            let t = compare::timings(&systems, &tasks, &bopts, &mut |s, b, _| {
+                pb.set_message(format!("bench {s} b{b}"));
+                pb.inc(1);
+            })?;
+            pb.finish_and_clear();
+            std::fs::write(out.join("timings.json"), serde_json::to_string_pretty(&t)?)?;
+            Ok(serde_json::to_value(&t)?)
+        })?;
+        record("6 bench", &d, &mut wall);
+        let timing: Vec<TimingRun> = serde_json::from_value(d.summary.clone())?;
+        report.afm = compare::metrics(&systems[0], &afm_rep, &timing, &c.prices);
+        report.mas = compare::metrics(&systems[1], &mas_rep, &timing, &c.prices);
+        report.answer_agreement = afm_rep.answer_agreement.unwrap_or(f64::NAN);
+    }
+    report.compute_ratios();
+    report.wall_s = wall;
+    report.wall_s.insert(
+        "total (this invocation)".into(),
+        t_all.elapsed().as_secs_f64(),
+    );
+    report.stages = stages;
+    notes.push(
+        "latency is wall-clock per task at batch 1 on the bench subset; tokens, calls, cost and success \
+         are totals over the evaluated held-out tasks; cost uses the price table above (assumed prices, not measured); \
+         answer agreement counts a task as agreeing when both systems give the same final answer, or both give none"
+            .into(),
+    );
+    report.notes = notes;
+    report.write(&root)?;
+    println!("\n{}", report.summary_table());
+    println!("report: {}", root.join("report.md").display());
+    Ok(report)
+}
+
+/// The seed's claimed gain of each ingredient (percentage points of success).
+const CLAIMS: [(&str, Option<f64>); 7] = [
+    ("full", None),
+    ("no-filtering", Some(3.0)),
+    ("no-role-embeddings", Some(2.0)),
+    ("no-curriculum", Some(2.0)),
+    ("no-augmentation", Some(2.0)),
+    ("no-distillation", Some(1.3)),
+    ("no-boundary", None),
+];
+
+fn ablation(a: &AblationArgs) -> Result<()> {
+    let base = resolve(&a.pipeline)?;
+    if a.seeds == 0 {
+        bail!("--seeds must be >= 1");
+    }
+    for v in &a.variants {
+        if !CLAIMS.iter().any(|(n, _)| n == v) {
+            bail!(
+                "unknown variant {v:?}: use {}",
+                CLAIMS.map(|c| c.0).join(", ")
+            );
+        }
+    }
+    // The per-agent teachers come from the main pipeline run.
+    eprintln!("[ablation] making sure the pipeline's teachers exist");
+    pipeline(&a.pipeline)?;
+    let root = base.runs_dir.join(&base.name);
+    let tasks = load_tasks(&base)?;
+    let device = parse_device(&base.device)?;
+    let mut rows = Vec::new();
+    for (variant, claim) in CLAIMS {
+        if !a.variants.is_empty() && !a.variants.iter().any(|v| v == variant) {
+            continue;
+        }
+        let mut c = base.clone();
+        match variant {
+            "no-filtering" => c.min_score = 0.0,
+            "no-role-embeddings" => c.role_embeddings = false,
+            "no-curriculum" => c.curriculum = false,
+            "no-augmentation" => c.augment = false,
+            "no-distillation" => c.distill = false,
+            "no-boundary" => c.boundary = false,
+            _ => {}
+        }
+        let mut rates = Vec::new();
+        for seed in 0..a.seeds {
+            let dir = root.join(format!("ablation/{variant}-s{seed}"));
+            let mut cs = c.clone();
+            cs.seed = seed;
+            let d = prepare_stage(
+                &format!("{variant}-s{seed} prepare"),
+                &dir.join("prepared"),
+                &cs,
+                None,
+                cs.curriculum,
+                cs.augment,
+                cs.min_score,
+            )?;
+            let _ = d;
+            let teachers = if cs.distill {
+                mas_map(&root).into_iter().collect()
+            } else {
+                BTreeMap::new()
+            };
+            train_stage(
+                &format!("{variant}-s{seed} train"),
+                &dir.join("model"),
+                &cs,
+                TrainSpec {
+                    data: &dir.join("prepared"),
+                    budget: &cs.afm_time_budget,
+                    teachers,
+                    role_embeddings: cs.role_embeddings,
+                    boundary: cs.boundary,
+                    seed,
+                },
+            )?;
+            let fp = stage::fingerprint(&[
+                "ablation-eval-v1",
+                &std::fs::read_to_string(dir.join("model/.afm-stage.json")).unwrap_or_default(),
+                &files_key(std::slice::from_ref(&cs.tasks)),
+                &format!("{}", cs.eval_limit),
+            ]);
+            let d = stage::run(
+                &format!("{variant}-s{seed} eval"),
+                &dir.join("eval"),
+                &fp,
+                |_| {
+                    let m = Model::load(&dir.join("model/final"), device)?;
+                    let runs =
+                        eval_system(&System::Afm(&m), &tasks, &run_opts(&cs, cs.eval_batch))?;
+                    Ok(serde_json::to_value(evaluate(&runs, None))?)
+                },
+            )?;
+            rates.push(d.summary["success_rate"].as_f64().unwrap_or(f64::NAN) * 100.0);
+        }
+        rows.push((variant, claim, MeanSpread::of(&rates), rates));
+    }
+    let full = rows.iter().find(|r| r.0 == "full").map(|r| r.2.mean);
+    let mut md = format!(
+        "# Ablation ({} seeds, preset {}, AFM budget {}, {} held-out tasks, {})\n\n\
+         | variant | success % (mean +- std) | seeds | gain of the ingredient (full - variant) | seed's claimed gain |\n|---|---:|---|---:|---:|\n",
+        a.seeds,
+        base.preset,
+        base.afm_time_budget,
+        tasks.len(),
+        afm_bench::report::today_utc()
+    );
+    for (v, claim, ms, rates) in &rows {
+        let gain = match (full, *v) {
+            (_, "full") | (None, _) => "".to_string(),
+            (Some(f), _) => format!("{:+.1} pts", f - ms.mean),
+        };
+        let claim = claim.map_or("-".to_string(), |g| format!("+{g} pts"));
+        let seeds: Vec<String> = rates.iter().map(|r| format!("{r:.1}")).collect();
+        md.push_str(&format!(
+            "| {v} | {:.1} +- {:.1} | {} | {gain} | {claim} |\n",
+            ms.mean,
+            ms.std,
+            seeds.join(", ")
+        ));
+    }
+    let out = root.join("ablation.md");
+    std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    println!("\n{md}\nwritten to {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flags_override_toml_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(
+            &p,
+            "preset = \"tiny\"\nmin_score = 10.0\n[train]\nbatch_size = 4\n",
+        )
+        .unwrap();
+        let a = PipelineArgs {
+            config: Some(p.clone()),
+            name: Some("x".into()),
+            ..Default::default()
+        };
+        let c = resolve(&a).unwrap();
+        assert_eq!(
+            (
+                c.preset.as_str(),
+                c.min_score,
+                c.train.batch_size,
+                c.name.as_str()
+            ),
+            ("tiny", 10.0, 4, "x")
+        );
+        std::fs::write(&p, "presett = \"tiny\"\n").unwrap();
+        let e = resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("presett"), "{e}");
+        let a = PipelineArgs {
+            afm_time_budget: Some("soon".into()),
+            ..Default::default()
+        };
+        let e = resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("afm_time_budget"), "{e}");
+    }
+}
