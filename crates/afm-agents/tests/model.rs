@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use tch::Device;
 
 fn tiny(seed: i64) -> Model {
+    // One intra-op thread: tests run side by side on a 2-core machine and
+    // spinning libtorch thread pools slow each other down.
+    tch::set_num_threads(1);
     let t = tok();
     let cfg = GptConfig::preset("tiny", t.n_vocab(), t.roles().n_roles()).unwrap();
     Model::new(cfg, t, Device::Cpu, seed).unwrap()
