@@ -42,8 +42,3 @@ pub fn turn_valid(agent: &str, text: &str) -> bool {
         _ => !text.trim().is_empty(),
     }
 }
-
-/// The text of a turn (output or observation).
-pub fn turn_text(t: &Turn) -> &str {
-    t.text()
-}

@@ -72,6 +72,18 @@ pub struct ReferenceAnswer {
     pub answer: Option<String>,
 }
 
+impl ReferenceAnswer {
+    /// The final answers of runs, as a reference for [`evaluate`].
+    pub fn from_runs(runs: &[TaskRun]) -> Vec<ReferenceAnswer> {
+        runs.iter()
+            .map(|r| ReferenceAnswer {
+                id: r.id.clone(),
+                answer: r.answer.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Nearest-rank percentile (`p` in 0..=100) of unsorted values; 0 when empty.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {

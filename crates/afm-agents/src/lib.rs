@@ -8,7 +8,26 @@
 //!   and call accounting, latency percentiles.
 //! - [`lm`]: the [`lm::Lm`]/[`lm::Session`] traits both runtimes drive, and
 //!   [`lm::ScriptedLm`], a policy-driven fake model for tests.
-//! - [`trajectory`]: [`TaskRun`], the output record (native JSONL shape).
+//! - [`trajectory`]: [`TaskRun`], the output record (native JSONL shape),
+//!   and [`RunStats`], the accounting (definitions there).
+//! - [`env`]: what the runtimes use from `afm-tasks` (tool, answers,
+//!   verifier, per-agent validity); [`format`]: prompts by `afm_data::format`.
+//!
+//! ```no_run
+//! use afm_agents::{afm, eval, mas::Mas, RunOptions};
+//! # fn main() -> anyhow::Result<()> {
+//! let device = afm_model::parse_device("cpu")?;
+//! let tasks = afm_tasks::load_tasks("datasets/tasks/test.jsonl".as_ref())?;
+//! let opts = RunOptions { batch: 8, ..Default::default() }; // greedy
+//! let model = afm_model::Model::load("runs/afm/final".as_ref(), device)?;
+//! let afm_runs = afm::run_batch(&model, &tasks, &opts)?;
+//! let mas = Mas::load(&Mas::parse_spec("Planner=runs/p,Coder=runs/c,Reviewer=runs/r")?, device)?;
+//! let mas_runs = mas.run_batch(&tasks, &opts)?;
+//! let reference = eval::ReferenceAnswer::from_runs(&mas_runs);
+//! let report = eval::evaluate(&afm_runs, Some(&reference));
+//! println!("{}", serde_json::to_string(&report)?);
+//! # Ok(()) }
+//! ```
 
 pub mod afm;
 pub mod env;
