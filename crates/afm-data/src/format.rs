@@ -29,7 +29,7 @@
 //! Owners depend only on the tokens, so [`label`] works on any token
 //! sequence (a window, a truncated document, a prompt being generated).
 
-use crate::record::{StepKind, Trajectory};
+use crate::record::{Step, StepKind, Trajectory};
 use afm_tokenizer::{
     RoleTracker, Tokenizer, END, FIRST_ROLE_TOKEN, OBS, ROLE_FIRST_AGENT, ROLE_NONE, ROLE_OBS, TASK,
 };
@@ -85,17 +85,24 @@ pub fn encode_observation(tok: &Tokenizer, observation: &str) -> Vec<u32> {
 
 /// The whole trajectory, `<|end|>` included.
 pub fn encode_trajectory(tok: &Tokenizer, t: &Trajectory) -> Result<Encoded, FormatError> {
-    let mut tokens = encode_task(tok, &t.task);
+    let mut e = encode_prefix(tok, &t.task, &t.steps)?;
+    e.tokens.push(END);
+    Ok(e)
+}
+
+/// A trajectory so far, without `<|end|>`: what a generator is prompted with
+/// (append the next agent's role token, or let the model choose it).
+pub fn encode_prefix(tok: &Tokenizer, task: &str, steps: &[Step]) -> Result<Encoded, FormatError> {
+    let mut tokens = encode_task(tok, task);
     let prompt_len = tokens.len();
-    let mut turn_starts = Vec::with_capacity(t.steps.len());
-    for s in &t.steps {
+    let mut turn_starts = Vec::with_capacity(steps.len());
+    for s in steps {
         turn_starts.push(tokens.len());
         match s.kind {
             StepKind::Agent => tokens.extend(encode_agent_turn(tok, &s.agent, &s.text)?),
             StepKind::Observation => tokens.extend(encode_observation(tok, &s.text)),
         }
     }
-    tokens.push(END);
     Ok(Encoded {
         tokens,
         turn_starts,
@@ -240,7 +247,6 @@ impl Doc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Step;
     use afm_tokenizer::RoleVocab;
 
     fn tok() -> Tokenizer {
@@ -338,6 +344,16 @@ mod tests {
             1 + 4 + 1,
             "task + 4 step markers + end, nothing from content"
         );
+    }
+
+    #[test]
+    fn prefix_is_the_trajectory_without_end() {
+        let t = tok();
+        let tr = traj();
+        let full = encode_trajectory(&t, &tr).unwrap();
+        let pre = encode_prefix(&t, &tr.task, &tr.steps[..2]).unwrap();
+        assert_eq!(pre.tokens[..], full.tokens[..full.turn_starts[2]]);
+        assert_eq!(pre.turn_starts[..], full.turn_starts[..2]);
     }
 
     #[test]

@@ -157,10 +157,10 @@ impl Default for Limits {
 
 /// Errors that stop reading a whole file (it cannot be opened or read).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}: {error}")]
 pub struct IngestError {
     pub path: PathBuf,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// True when `path` is read line by line.
@@ -181,7 +181,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
         let err = |source| IngestError {
             path: dir.to_path_buf(),
-            source,
+            error: source,
         };
         for e in std::fs::read_dir(dir).map_err(err)? {
             let p = e.map_err(err)?.path();
@@ -208,7 +208,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
         } else {
             return Err(IngestError {
                 path: p.clone(),
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such file or directory",
                 ),
@@ -239,7 +239,7 @@ pub fn for_each_batch(
 ) -> Result<(), IngestError> {
     let err = |source| IngestError {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let file = std::fs::File::open(path).map_err(err)?;
     if !is_jsonl(path) {

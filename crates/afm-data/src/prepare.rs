@@ -399,16 +399,9 @@ pub fn prepare_with_progress(
                                     let res = cfg.augment && augment::source_task(&t).is_some();
                                     let held = held_out(&t);
                                     let pl = 1 + count_tok.encode(&t.task).len() as u32;
-                                    Ok((
-                                        line,
-                                        t.clone(),
-                                        q,
-                                        score::task_key(&t.task),
-                                        score::content_key(&t),
-                                        d,
-                                        [ren, res, held],
-                                        pl,
-                                    ))
+                                    let (tk, ck) =
+                                        (score::task_key(&t.task), score::content_key(&t));
+                                    Ok((line, t, q, tk, ck, d, [ren, res, held], pl))
                                 });
                             (p.loc, r)
                         })
