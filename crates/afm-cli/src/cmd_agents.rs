@@ -9,6 +9,7 @@ use afm_model::{parse_device, Model};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -99,9 +100,19 @@ pub struct RunArgs {
 }
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
-    match cmd {
+    let result = match cmd {
         Cmd::Eval(a) => eval(a),
         Cmd::Run(a) => run_one(a),
+    };
+    // `afm eval | head`: a closed stdout ends the output quietly.
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -195,26 +206,32 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             "afm: warning: no task id of the run is in the reference; agreement is 0 by definition"
         );
     }
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        print_report(&report);
-        if let Some(out) = &a.out {
-            println!("runs written to {}", out.display());
+        print_report(&mut out, &report)?;
+        if let Some(path) = &a.out {
+            writeln!(out, "runs written to {}", path.display())?;
         }
     }
     Ok(())
 }
 
-fn print_report(r: &EvalReport) {
-    println!(
+fn print_report(out: &mut impl Write, r: &EvalReport) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{} on {} tasks (batch {}): success {}/{} = {:.3}",
         r.runtime, r.tasks, r.batch_size, r.successes, r.tasks, r.success_rate
-    );
+    )?;
     if let (Some(agree), Some(n)) = (r.answer_agreement, r.compared) {
-        println!("answer agreement with the reference: {agree:.3} over {n} common tasks");
+        writeln!(
+            out,
+            "answer agreement with the reference: {agree:.3} over {n} common tasks"
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "tokens: prefill {} ({:.1}/task), decode {} ({:.1}/task); calls {} ({:.2}/task); tool calls {} ({} ok)",
         r.tokens_prefill,
         r.tokens_prefill_per_task,
@@ -224,20 +241,23 @@ fn print_report(r: &EvalReport) {
         r.calls_per_task,
         r.tool_calls,
         r.tool_successes
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "latency per task (amortised over the batch): p50 {:.1} ms, p95 {:.1} ms, mean {:.1} ms; wall {:.0} ms",
         r.latency_ms_p50, r.latency_ms_p95, r.latency_ms_mean, r.wall_ms
-    );
+    )?;
     for (agent, v) in &r.validity {
-        println!(
+        writeln!(
+            out,
             "  {agent:<12} valid {}/{} = {:.3}",
             v.valid, v.turns, v.rate
-        );
+        )?;
     }
     for (why, n) in &r.failures {
-        println!("  failed: {why}: {n}");
+        writeln!(out, "  failed: {why}: {n}")?;
     }
+    Ok(())
 }
 
 fn run_one(a: RunArgs) -> anyhow::Result<()> {
@@ -262,33 +282,35 @@ fn run_one(a: RunArgs) -> anyhow::Result<()> {
     let Some(run) = runs.first() else {
         bail!("the runtime returned no run");
     };
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(run)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(run)?)?;
         return Ok(());
     }
-    println!("[task] {}", run.task);
+    writeln!(out, "[task] {}", run.task)?;
     if let Some(u) = &run.unattributed {
-        println!("[no agent] {u}");
+        writeln!(out, "[no agent] {u}")?;
     }
     for t in &run.trajectory {
         match (&t.output, &t.observation) {
-            (Some(o), _) => println!("[{}] {o}", t.agent),
-            (None, Some(o)) => println!("[{} -> observation] {o}", t.agent),
-            (None, None) => println!("[{}]", t.agent),
+            (Some(o), _) => writeln!(out, "[{}] {o}", t.agent)?,
+            (None, Some(o)) => writeln!(out, "[{} -> observation] {o}", t.agent)?,
+            (None, None) => writeln!(out, "[{}]", t.agent)?,
         }
     }
     match &run.answer {
-        Some(ans) => println!("answer: {ans}"),
-        None => println!("answer: (none)"),
+        Some(ans) => writeln!(out, "answer: {ans}")?,
+        None => writeln!(out, "answer: (none)")?,
     }
     if a.answer.is_some() {
-        println!("correct: {}", run.success);
+        writeln!(out, "correct: {}", run.success)?;
     }
     if let Some(f) = &run.failure {
-        println!("failed: {f}");
+        writeln!(out, "failed: {f}")?;
     }
     let s = &run.stats;
-    println!(
+    writeln!(
+        out,
         "{}: prefill {} tokens, decode {} tokens, {} model call(s), {} tool call(s) ({} ok), {:.1} ms",
         run.runtime,
         s.tokens_prefill,
@@ -297,6 +319,6 @@ fn run_one(a: RunArgs) -> anyhow::Result<()> {
         s.tool_calls,
         s.tool_successes,
         s.latency_ms
-    );
+    )?;
     Ok(())
 }
