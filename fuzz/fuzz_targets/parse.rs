@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fn check(t: afm_data::Trajectory) {
-    let Ok(t) = afm_data::prepare::normalise(t, &AgentsMap::default()) else {
+    let Ok(t) = afm_data::agents::normalise(t, &AgentsMap::default()) else {
         return;
     };
     let mut roles = RoleVocab::new();

@@ -78,6 +78,26 @@ impl AgentsMap {
     }
 }
 
+/// Normalise a parsed record: apply the agents map to every step and
+/// re-check the (renamed) agent names.
+pub fn normalise(
+    mut t: crate::record::Trajectory,
+    map: &AgentsMap,
+) -> Result<crate::record::Trajectory, crate::ingest::Invalid> {
+    for (i, s) in t.steps.iter_mut().enumerate() {
+        map.apply(s);
+        if s.kind == StepKind::Agent {
+            if let Err(e) = afm_tokenizer::RoleVocab::new().insert(&s.agent) {
+                return Err(crate::ingest::Invalid {
+                    reason: crate::ingest::RejectReason::BadAgentName,
+                    message: format!("step[{i}] after the agents map: {e}"),
+                });
+            }
+        }
+    }
+    Ok(t)
+}
+
 /// The default rule: `tool` role, or a name containing terminal, tool,
 /// observation or function (case-insensitive).
 pub fn is_default_observation(name: &str) -> bool {

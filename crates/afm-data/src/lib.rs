@@ -18,10 +18,12 @@
 //! See `crates/afm-data/README.md` for the formats, formulas and numbers.
 
 pub mod agents;
+#[cfg(feature = "pipeline")]
 pub mod augment;
 pub mod format;
 pub mod ingest;
 pub mod pack;
+#[cfg(feature = "pipeline")]
 pub mod prepare;
 pub mod record;
 pub mod score;
@@ -31,6 +33,7 @@ pub mod window;
 pub use agents::AgentsMap;
 pub use format::{AgentWeights, Doc};
 pub use ingest::{read_file, Format, Limits};
+#[cfg(feature = "pipeline")]
 pub use prepare::{prepare, prepare_with_progress, Manifest, PrepareConfig, Progress};
 pub use record::{Step, StepKind, Trajectory};
 pub use window::LongMode;

@@ -258,24 +258,7 @@ impl Drop for SpillGuard {
     }
 }
 
-/// Normalise a parsed record: apply the agents map and re-check agent names.
-pub fn normalise(
-    mut t: Trajectory,
-    map: &AgentsMap,
-) -> std::result::Result<Trajectory, ingest::Invalid> {
-    for (i, s) in t.steps.iter_mut().enumerate() {
-        map.apply(s);
-        if s.kind == StepKind::Agent {
-            if let Err(e) = RoleVocab::new().insert(&s.agent) {
-                return Err(ingest::Invalid {
-                    reason: ingest::RejectReason::BadAgentName,
-                    message: format!("step[{i}] after the agents map: {e}"),
-                });
-            }
-        }
-    }
-    Ok(t)
-}
+pub use crate::agents::normalise;
 
 #[derive(Serialize)]
 struct RejectLine<'a> {
