@@ -444,6 +444,69 @@ impl Gpt {
         h.to_kind(w.kind).matmul(&w.head.tr()).to_kind(Kind::Float)
     }
 
+    /// Fused LM head + cross-entropy: `sum_i w_i * -log p(targets_i)` over
+    /// hidden states `h` `[N, C]` (from [`Gpt::hidden`], typically at
+    /// `select`ed positions), as a scalar whose gradient reaches `h` and the
+    /// tied `wte` exactly as the unfused `lm_head` + `cross_entropy` would.
+    ///
+    /// The `[N, V]` logits are produced `chunk_rows` rows at a time (small
+    /// enough to stay in cache); the log-softmax gradient `w * (softmax -
+    /// onehot)` is computed right there and stored once in the compute
+    /// precision, then `dh = G @ wte` and `dwte = G^T @ h` run as two big
+    /// matmuls. The returned scalar is `loss + <h, dh> + <wte, dwte>` with
+    /// the two inner products subtracted out again as constants, so its
+    /// value is the loss and backward delivers `dh`, `dwte` (scaled by the
+    /// incoming gradient, so dividing the result by a normaliser works).
+    /// `weights` default to 1. Divide by your token count for a mean.
+    pub fn lm_loss_sum(
+        &self,
+        h: &Tensor,
+        targets: &Tensor,
+        weights: Option<&Tensor>,
+        precision: Precision,
+        chunk_rows: usize,
+    ) -> Tensor {
+        let kind = precision.kind();
+        let n = h.size()[0];
+        let (hd, head) = (h.detach(), self.wte.detach().to_kind(kind));
+        let hk = hd.to_kind(kind);
+        let v = self.config.vocab_size as i64;
+        let dev = h.device();
+        let (total, dh, dw) = tch::no_grad(|| {
+            let g = Tensor::empty([n, v], (kind, dev));
+            let mut total = Tensor::zeros([], (Kind::Double, dev));
+            let step = chunk_rows.max(1) as i64;
+            let mut s = 0;
+            while s < n {
+                let len = step.min(n - s);
+                let hc = hk.narrow(0, s, len);
+                let t = targets.narrow(0, s, len).unsqueeze(1);
+                let mut logits = hc.matmul(&head.tr()).to_kind(Kind::Float); // [len, V]
+                let lse = logits.logsumexp([1], true); // [len, 1]
+                let nll = &lse - logits.gather(1, &t, false);
+                let w = weights.map(|w| w.narrow(0, s, len).to_kind(Kind::Float).unsqueeze(1));
+                total += match &w {
+                    Some(w) => (&nll * w).sum(Kind::Double),
+                    None => nll.sum(Kind::Double),
+                };
+                logits -= &lse;
+                let _ = logits.exp_();
+                let _ =
+                    logits.scatter_add_(1, &t, &Tensor::full([len, 1], -1.0, (Kind::Float, dev)));
+                if let Some(w) = &w {
+                    logits *= w;
+                }
+                g.narrow(0, s, len).copy_(&logits);
+                s += len;
+            }
+            let dh = g.matmul(&head).to_kind(Kind::Float); // [N, C]
+            let dw = g.tr().matmul(&hk).to_kind(Kind::Float); // [V, C]
+            (total.to_kind(Kind::Float), dh, dw)
+        });
+        let inner = (h * &dh).sum(Kind::Float) + (&self.wte * &dw).sum(Kind::Float);
+        total + &inner - inner.detach()
+    }
+
     fn eps(&self) -> f64 {
         self.config.layer_norm_epsilon
     }

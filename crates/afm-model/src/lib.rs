@@ -18,6 +18,7 @@ mod gpt;
 pub mod hf;
 mod model;
 pub mod rng;
+pub mod speed;
 mod st;
 
 pub use config::GptConfig;

@@ -190,3 +190,74 @@ fn positions_restart_per_document() {
         vec![0, 1, 2, 0, 1, 0]
     );
 }
+
+#[test]
+fn fused_loss_matches_unfused_value_and_gradients() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        let m = tiny(8);
+        let t = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]).view([2, 6]);
+        let targets = Tensor::from_slice(&[1i64, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9]);
+        let w = Tensor::from_slice(&[1f32, 1., 0., 1., 2., 1., 1., 1., 1., 0.5, 1., 1.]);
+        // Reference: full logits + cross-entropy.
+        let logits = m
+            .gpt
+            .forward(&ForwardArgs::new(&t), precision, true)
+            .view([12, -1]);
+        let nll = -logits
+            .log_softmax(1, Kind::Float)
+            .gather(1, &targets.unsqueeze(1), false)
+            .squeeze_dim(1);
+        let reference = (&nll * &w).sum(Kind::Float) / 3.0;
+        reference.backward();
+        let grads: Vec<Tensor> = m
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| {
+                if p.grad().defined() {
+                    p.grad().copy()
+                } else {
+                    p.zeros_like()
+                }
+            })
+            .collect();
+        for (_, p) in m.named_parameters() {
+            if p.grad().defined() {
+                let _ = p.grad().zero_();
+            }
+        }
+        let h = m
+            .gpt
+            .hidden(&ForwardArgs::new(&t), precision, true)
+            .view([12, -1]);
+        let fused = m.gpt.lm_loss_sum(&h, &targets, Some(&w), precision, 5) / 3.0;
+        let (a, b) = (fused.double_value(&[]), reference.double_value(&[]));
+        let tol = if precision == Precision::F32 {
+            1e-5
+        } else {
+            2e-2
+        };
+        assert!(
+            (a - b).abs() < tol * b.abs().max(1.0),
+            "{precision:?}: loss {a} vs {b}"
+        );
+        fused.backward();
+        for ((name, p), want) in m.named_parameters().iter().zip(&grads) {
+            let got = if p.grad().defined() {
+                p.grad()
+            } else {
+                p.zeros_like()
+            };
+            let scale = want.abs().max().double_value(&[]).max(1e-3);
+            let d = (&got - want).abs().max().double_value(&[]) / scale;
+            let gtol = if precision == Precision::F32 {
+                1e-4
+            } else {
+                5e-2
+            };
+            assert!(
+                d < gtol,
+                "{precision:?}: gradient of {name} differs by {d} (relative)"
+            );
+        }
+    }
+}
