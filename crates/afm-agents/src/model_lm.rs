@@ -93,16 +93,18 @@ impl Session for ModelSession<'_> {
                 })
                 .collect()
         } else {
-            // Greedy is row-independent: only the live rows.
+            // Greedy: argmax on the device over the live rows only (the
+            // first maximal index, as `Decoder::sample` picks), so only the
+            // chosen ids cross to the host.
             let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
             let idx = Tensor::from_slice(&idx).to_device(self.device);
-            let sub = logits.index_select(0, &idx);
-            Ok(self
-                .decoder
-                .sample(&sub, &self.sampling)?
-                .into_iter()
-                .map(|(t, _)| t)
-                .collect())
+            let best = logits
+                .index_select(0, &idx)
+                .argmax(-1, false)
+                .to_device(tch::Device::Cpu);
+            let best = Vec::<i64>::try_from(&best)
+                .map_err(|e| anyhow::anyhow!("decoder session: reading argmax: {e}"))?;
+            Ok(best.into_iter().map(|t| t as u32).collect())
         }
     }
 

@@ -58,6 +58,50 @@ fn afm_batched_equals_sequential_greedy() {
     assert_eq!(strip_timing(one), strip_timing(three));
 }
 
+/// The runtimes' greedy choice (argmax on the device) equals the model
+/// crate's own greedy generation.
+#[test]
+fn greedy_session_matches_afm_model_generate() {
+    let model = tiny(7);
+    let t = model.tokenizer.clone();
+    let prompts: Vec<Vec<u32>> = tasks(3)
+        .iter()
+        .map(|x| afm_agents::format::task_prompt(&t, &x.prompt))
+        .collect();
+    let want = afm_model::generate(
+        &model,
+        &prompts,
+        20,
+        &[],
+        &SamplingConfig::greedy(),
+        Precision::F32,
+    )
+    .unwrap();
+    let lm = ModelLm::new(&model, Precision::F32, SamplingConfig::greedy());
+    let mut sess = lm.start(prompts.len()).unwrap();
+    sess.feed(&prompts.iter().cloned().enumerate().collect::<Vec<_>>())
+        .unwrap();
+    let rows: Vec<usize> = (0..prompts.len()).collect();
+    let mut got = vec![vec![]; prompts.len()];
+    for _ in 0..20 {
+        let next = sess.sample(&rows).unwrap();
+        for (g, &x) in got.iter_mut().zip(&next) {
+            g.push(x);
+        }
+        sess.feed(
+            &next
+                .iter()
+                .map(|&x| vec![x])
+                .enumerate()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    }
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, &w.tokens);
+    }
+}
+
 #[test]
 fn mas_runs_end_to_end_and_batches_equal_sequential() {
     let mas = Mas::from_models(vec![
