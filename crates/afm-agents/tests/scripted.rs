@@ -260,3 +260,59 @@ fn mas_trajectories_are_native_records() {
     assert_eq!(report.success_rate, 1.0);
     assert_eq!(report.calls, 6);
 }
+
+/// The structural cost of the two layouts on the held-out task file: the
+/// reference chains replayed by scripted models (numbers in the README; see
+/// them with `-- --nocapture`). Every task: MAS prefill > AFM prefill; the
+/// AFM samples every role token, `<|obs|>` and `<|end|>` itself while each
+/// MAS turn samples one closing marker, so AFM decode = MAS decode + tool
+/// calls + 1.
+#[test]
+fn structural_cost_on_held_out_tasks() {
+    let t = tok();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../datasets/tasks/test.jsonl"
+    );
+    let tasks: Vec<_> = afm_tasks::load_tasks(path.as_ref())
+        .unwrap()
+        .into_iter()
+        .filter(|x| afm_tasks::solution(x).is_some())
+        .collect();
+    assert!(tasks.len() >= 100);
+    for wrong_first in [false, true] {
+        let sols = solutions(&t, &tasks);
+        let lm = ScriptedLm::new(t.clone(), 4096, afm_policy(t.clone(), sols, wrong_first));
+        let a = afm::run_batch_lm(&lm, &tasks, &RunOptions::default()).unwrap();
+        let m = run_mas(
+            &scripted_mas(&t, &tasks, 4096, wrong_first),
+            &tasks,
+            &RunOptions::default(),
+        );
+        for (x, y) in a.iter().zip(&m) {
+            assert!(x.success && y.success);
+            assert!(y.stats.tokens_prefill > x.stats.tokens_prefill);
+            assert_eq!(
+                x.stats.tokens_decode,
+                y.stats.tokens_decode + 1 + x.stats.tool_calls,
+                "{x:#?} {y:#?}"
+            );
+        }
+        let (ra, rm) = (
+            afm_agents::evaluate(&a, None),
+            afm_agents::evaluate(&m, None),
+        );
+        eprintln!(
+            "revise round: {wrong_first}; {} tasks; AFM prefill/task {:.1} decode/task {:.1} calls/task {:.2}; \
+             MAS prefill/task {:.1} ({:.1}x) decode/task {:.1} calls/task {:.2}",
+            ra.tasks,
+            ra.tokens_prefill_per_task,
+            ra.tokens_decode_per_task,
+            ra.calls_per_task,
+            rm.tokens_prefill_per_task,
+            rm.tokens_prefill_per_task / ra.tokens_prefill_per_task,
+            rm.tokens_decode_per_task,
+            rm.calls_per_task
+        );
+    }
+}
