@@ -134,6 +134,9 @@ pub struct TrainConfig {
     pub preset: Option<String>,
     /// Dropout of a fresh preset model (ignored with `init`).
     pub dropout: f64,
+    /// Agent-role embeddings in a fresh preset model (off: the model sees
+    /// only the role tokens; for ablations). Ignored with `init`.
+    pub role_embeddings: bool,
     /// Per-agent teachers: agent name -> checkpoint directory.
     pub teachers: BTreeMap<String, PathBuf>,
     /// Seed of everything random (init, data order, dropout).
@@ -142,6 +145,9 @@ pub struct TrainConfig {
     pub device: String,
     /// bf16 mixed precision (fp32 master weights and moments).
     pub bf16: bool,
+    /// libtorch CPU threads (0 = libtorch's default). On a busy machine 1
+    /// is often fastest for small models (no OpenMP spin-waiting).
+    pub threads: usize,
     /// Optimiser steps; 0 = derived from `epochs`.
     pub max_steps: usize,
     /// Passes over the train split when `max_steps` is 0.
@@ -186,10 +192,12 @@ impl Default for TrainConfig {
             init: None,
             preset: None,
             dropout: 0.0,
+            role_embeddings: true,
             teachers: BTreeMap::new(),
             seed: 0,
             device: "cpu".into(),
             bf16: false,
+            threads: 0,
             max_steps: 0,
             epochs: 1,
             batch_size: 8,

@@ -51,4 +51,4 @@ pub mod teacher;
 pub mod trainer;
 
 pub use config::{parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, TrainConfig};
-pub use trainer::{batch_loss, evaluate, train, EvalResult, StopReason, TrainSummary};
+pub use trainer::{batch_loss, evaluate, train, train_step, EvalResult, StepStats, StopReason, TrainSummary};

@@ -137,18 +137,32 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let g = g.to_kind(Kind::Float);
-                // m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2
-                let _ = s.m.g_mul_scalar_(b1);
-                let _ = s.m.g_add_(&(&g * (1.0 - b1)));
+                // Few temporaries (each is a full-size allocation):
+                // m = b1 m + (1-b1) g       (lerp, in place)
+                // v = b2 v + (s g)(s g)     with s = sqrt(1-b2), scaling g in place
+                // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+                let mut g = g.to_kind(Kind::Float);
+                let _ = s.m.lerp_(&g, 1.0 - b1);
+                let _ = g.g_mul_scalar_((1.0 - b2).sqrt());
                 let _ = s.v.g_mul_scalar_(b2);
-                let _ = s.v.g_add_(&(g.square() * (1.0 - b2)));
+                let _ = s.v.addcmul_(&g, &g);
                 if s.decay && wd > 0.0 {
                     let _ = s.param.g_mul_scalar_(1.0 - lr * wd);
                 }
-                let denom = (&s.v / bc2).sqrt() + eps;
-                let upd = (&s.m / &denom) * (lr / bc1);
-                let _ = s.param.g_sub_(&upd.to_kind(s.param.kind()));
+                if lr == 0.0 {
+                    continue;
+                }
+                let mut denom = s.v.sqrt();
+                let _ = denom.g_mul_scalar_(1.0 / bc2.sqrt());
+                let _ = denom.g_add_scalar_(eps);
+                // addcdiv_ adds m / denom: fold -lr/bc1 into the denominator.
+                let _ = denom.g_mul_scalar_(-bc1 / lr);
+                if s.param.kind() == Kind::Float {
+                    let _ = s.param.addcdiv_(&s.m, &denom);
+                } else {
+                    let upd = (&s.m / &denom).to_kind(s.param.kind());
+                    let _ = s.param.g_add_(&upd);
+                }
             }
         });
     }

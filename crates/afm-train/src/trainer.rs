@@ -154,6 +154,75 @@ pub fn batch_loss(
     })
 }
 
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The step's loss (sum over micro-batches, each normalised by the
+    /// step's total weight).
+    pub loss: f64,
+    pub ce_sum: f64,
+    pub kl_sum: f64,
+    pub kl_weight: f64,
+    /// Sum of loss weights of the step.
+    pub weight_total: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Input positions processed.
+    pub positions: usize,
+}
+
+/// One optimiser step over `batches` (the micro-batches): forward and
+/// backward of each (gradients accumulate), clip, AdamW update at `lr`,
+/// zero the gradients. A non-finite loss or gradient norm is an error
+/// naming the data rows, raised before any weight changes.
+pub fn train_step(
+    model: &Model,
+    opt: &mut AdamW,
+    teachers: &Teachers,
+    batches: &[Batch],
+    cfg: &TrainConfig,
+    precision: Precision,
+    lr: f64,
+) -> anyhow::Result<StepStats> {
+    let weight_total: f64 = batches.iter().map(|b| b.weight_sum).sum();
+    let mut st = StepStats {
+        loss: 0.0,
+        ce_sum: 0.0,
+        kl_sum: 0.0,
+        kl_weight: 0.0,
+        weight_total,
+        grad_norm: 0.0,
+        positions: 0,
+    };
+    for b in batches {
+        let parts = batch_loss(model, teachers, b, &cfg.loss, precision, true, weight_total)?;
+        let lv = parts.loss.detach().double_value(&[]);
+        if !lv.is_finite() {
+            opt.zero_grad();
+            bail!("loss is {lv} (data rows {})", fmt_rows(&b.rows));
+        }
+        if parts.loss.requires_grad() {
+            parts.loss.backward();
+        }
+        st.loss += lv;
+        st.ce_sum += parts.ce_sum;
+        st.kl_sum += parts.kl_sum;
+        st.kl_weight += parts.kl_weight;
+        st.positions += b.n_positions;
+    }
+    st.grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
+    if !st.grad_norm.is_finite() {
+        opt.zero_grad();
+        let rows: Vec<usize> = batches.iter().flat_map(|b| b.rows.iter().copied()).collect();
+        bail!("gradient norm is {} (data rows {})", st.grad_norm, fmt_rows(&rows));
+    }
+    if weight_total > 0.0 {
+        opt.step(lr);
+    }
+    opt.zero_grad();
+    Ok(st)
+}
+
 /// Validation numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalResult {
@@ -231,7 +300,7 @@ pub fn evaluate(
 }
 
 /// Fields that may differ between a run and its resumption.
-const RUN_CONTROL: [&str; 5] = ["resume", "time_budget", "progress", "plots", "device"];
+const RUN_CONTROL: [&str; 6] = ["resume", "time_budget", "progress", "plots", "device", "threads"];
 
 /// The config a resumed run uses: the saved one, with this invocation's
 /// run-control fields. A training field given with a value different from
@@ -279,6 +348,7 @@ fn merge_resume_config(saved: &TrainConfig, now: &TrainConfig, ckpt: &Path) -> a
     c.progress = now.progress;
     c.plots = now.plots;
     c.device = now.device.clone();
+    c.threads = now.threads;
     Ok(c)
 }
 
@@ -304,7 +374,8 @@ fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyho
         return Ok(m);
     }
     let name = cfg.preset.as_deref().context("no model: give `init` or `preset`")?;
-    let mut gc = GptConfig::preset(name, data_tok.n_vocab(), data_tok.roles().n_roles())?;
+    let n_roles = if cfg.role_embeddings { data_tok.roles().n_roles() } else { 0 };
+    let mut gc = GptConfig::preset(name, data_tok.n_vocab(), n_roles)?;
     gc.dropout = cfg.dropout;
     Model::new(gc, data_tok.clone(), device, cfg.seed as i64)
 }
@@ -352,6 +423,9 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         None => (cfg_in.clone(), None),
     };
     let budget = cfg.time_budget_secs()?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
     let device = afm_model::parse_device(&cfg.device)?;
     let precision = Precision::from_bf16(cfg.bf16);
 
@@ -473,50 +547,21 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 make_batch(&train_set, &rows, &cfg.loss, device)
             })
             .collect();
-        let weight_total: f64 = batches.iter().map(|b| b.weight_sum).sum();
-        let mut loss_sum = 0.0;
-        let (mut ce_sum, mut kl_sum, mut kl_w) = (0.0, 0.0, 0.0);
-        for b in &batches {
-            let parts = batch_loss(&model, &teachers, b, &cfg.loss, precision, true, weight_total)?;
-            let lv = parts.loss.detach().double_value(&[]);
-            if !lv.is_finite() {
-                bail!(
-                    "loss is {lv} at step {} (data rows {}; epoch {}, position {} of the permutation); the last good checkpoint is kept in {}",
-                    step + 1,
-                    fmt_rows(&b.rows),
-                    cursor_before.epoch,
-                    cursor_before.pos,
-                    checkpoint::checkpoints_dir(&run).display()
-                );
-            }
-            if parts.loss.requires_grad() {
-                parts.loss.backward();
-            }
-            loss_sum += lv;
-            ce_sum += parts.ce_sum;
-            kl_sum += parts.kl_sum;
-            kl_w += parts.kl_weight;
-            positions_this_run += b.n_positions as u64;
-            win_pos += b.n_positions as u64;
-            state.tokens_seen += b.n_positions as u64;
-        }
-        let gnorm = opt.clip_grad_norm(cfg.optim.grad_clip);
-        if !gnorm.is_finite() {
-            let rows: Vec<usize> = batches.iter().flat_map(|b| b.rows.iter().copied()).collect();
-            bail!(
-                "gradient norm is {gnorm} at step {} (data rows {}; epoch {}, position {}); the last good checkpoint is kept in {}",
+        let lr = lr_at(&cfg.optim, step, total_steps);
+        let st = train_step(&model, &mut opt, &teachers, &batches, &cfg, precision, lr).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} at step {} (epoch {}, position {} of the permutation); the last good checkpoint is kept in {}",
                 step + 1,
-                fmt_rows(&rows),
                 cursor_before.epoch,
                 cursor_before.pos,
                 checkpoint::checkpoints_dir(&run).display()
-            );
-        }
-        let lr = lr_at(&cfg.optim, step, total_steps);
-        if weight_total > 0.0 {
-            opt.step(lr);
-        }
-        opt.zero_grad();
+            )
+        })?;
+        positions_this_run += st.positions as u64;
+        win_pos += st.positions as u64;
+        state.tokens_seen += st.positions as u64;
+        let (loss_sum, ce_sum, kl_sum, kl_w, weight_total, gnorm) =
+            (st.loss, st.ce_sum, st.kl_sum, st.kl_weight, st.weight_total, st.grad_norm);
         state.step += 1;
         state.cursor = stream.cursor();
         win_loss += loss_sum;
@@ -552,7 +597,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         if eval_due {
             if let Some(e) = do_eval(&model) {
                 improved = record_eval(&mut metrics, &mut state, &e, cfg.min_delta)?;
-                pb.println(format!(
+                say(&pb, format!(
                     "step {}: val loss {:.4}  acc {:.3}{}",
                     state.step,
                     e.loss,
@@ -563,7 +608,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 last_eval_step = Some(state.step);
                 if cfg.plots {
                     if let Err(err) = metrics.plot(&run) {
-                        pb.println(format!("warning: plots not drawn: {err:#}"));
+                        say(&pb, format!("warning: plots not drawn: {err:#}"));
                     }
                 }
             }
@@ -629,6 +674,15 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
     std::fs::write(run.join("summary.json"), serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", run.join("summary.json").display()))?;
     Ok(summary)
+}
+
+/// A line above the progress bar, or on stderr when there is no bar.
+fn say(pb: &indicatif::ProgressBar, msg: String) {
+    if pb.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        pb.println(msg);
+    }
 }
 
 /// Log an evaluation and update best/patience. Returns true on improvement.
