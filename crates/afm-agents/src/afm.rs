@@ -127,13 +127,17 @@ pub(crate) fn call_tool(
     tokens
 }
 
-/// Fill in answer, success and per-agent validity of a finished run.
+/// Fill in answer, success and per-agent validity of a finished run. A
+/// chain that ended normally without any answer fails with `no final answer`.
 pub(crate) fn finish(run: &mut TaskRun, task: &Task) {
     run.answer = run
         .trajectory
         .iter()
         .rev()
         .find_map(|t| t.output.as_deref().and_then(env::extract_answer));
+    if run.failure.is_none() && run.answer.is_none() {
+        run.failure = Some("no final answer".into());
+    }
     run.success =
         run.failure.is_none() && run.answer.as_deref().is_some_and(|a| env::verify(task, a));
     for s in &run.trajectory {
