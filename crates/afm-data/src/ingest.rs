@@ -428,6 +428,8 @@ fn flush_lines(
 }
 
 fn check_bytes(bytes: &[u8]) -> Result<&str, Invalid> {
+    // A UTF-8 byte-order mark is not content.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let s = std::str::from_utf8(bytes).map_err(|e| {
         Invalid::new(
             RejectReason::InvalidUtf8,

@@ -175,6 +175,18 @@ fn chain_of_agents_tags() {
 }
 
 #[test]
+fn bom_and_crlf_are_tolerated() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("w.jsonl");
+    std::fs::write(&p, b"\xef\xbb\xbf{\"task\":\"t\",\"trajectory\":[{\"agent\":\"A\",\"output\":\"o\"}]}\r\n{\"task\":\"u\",\"trajectory\":[{\"agent\":\"A\",\"output\":\"o\"}]}\r\n").unwrap();
+    let ts = ok(&p, Format::Auto);
+    assert_eq!(
+        ts.iter().map(|t| t.task.as_str()).collect::<Vec<_>>(),
+        ["t", "u"]
+    );
+}
+
+#[test]
 fn forced_format_mismatch_is_a_clear_reject() {
     let d = tempfile::tempdir().unwrap();
     let p = write(
