@@ -15,12 +15,16 @@ use afm_train::{train_step, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn bench(c: &mut Criterion) {
-    let device = afm_model::parse_device(&std::env::var("AFM_BENCH_DEVICE").unwrap_or("cpu".into()))
-        .expect("AFM_BENCH_DEVICE");
+    let device =
+        afm_model::parse_device(&std::env::var("AFM_BENCH_DEVICE").unwrap_or("cpu".into()))
+            .expect("AFM_BENCH_DEVICE");
     let batch = env_usize("AFM_BENCH_BATCH", 8);
     let row_len = env_usize("AFM_BENCH_ROW_LEN", 256);
     let dir = std::env::temp_dir().join(format!("afm-bench-train-{}", std::process::id()));
@@ -56,7 +60,16 @@ fn bench(c: &mut Criterion) {
             let mut k = 0;
             g.bench_function(format!("{preset}/{name}/b{batch}x{row_len}"), |b| {
                 b.iter(|| {
-                    let st = train_step(&model, &mut opt, &teachers, &batches[k % 4], &cfg, prec, 1e-4).unwrap();
+                    let st = train_step(
+                        &model,
+                        &mut opt,
+                        &teachers,
+                        &batches[k % 4],
+                        &cfg,
+                        prec,
+                        1e-4,
+                    )
+                    .unwrap();
                     k += 1;
                     if device.is_cuda() {
                         tch::Cuda::synchronize(0);

@@ -124,6 +124,9 @@ pub struct TrainArgs {
     /// Multiplier for those targets.
     #[arg(long)]
     pub handoff_weight: Option<f64>,
+    /// Fresh preset model without agent-role embeddings (ablation).
+    #[arg(long)]
+    pub no_role_embeddings: bool,
     /// Do not draw PNG loss curves.
     #[arg(long)]
     pub no_plots: bool,
@@ -205,6 +208,9 @@ pub fn build_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     c.bf16 |= a.bf16;
     c.resume |= a.resume;
+    if a.no_role_embeddings {
+        c.role_embeddings = false;
+    }
     if a.no_plots {
         c.plots = false;
     }

@@ -5,7 +5,9 @@ use afm_train::synthetic::{write_dataset, SyntheticSpec};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or_else(|| anyhow::anyhow!("usage: synthetic_data DIR [TRAIN_ROWS] [ROW_LEN]"))?;
+    let dir = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: synthetic_data DIR [TRAIN_ROWS] [ROW_LEN]"))?;
     let mut spec = SyntheticSpec::default();
     if let Some(n) = args.next() {
         spec.train_rows = n.parse()?;
@@ -15,6 +17,9 @@ fn main() -> anyhow::Result<()> {
         spec.row_len = n.parse()?;
     }
     write_dataset(std::path::Path::new(&dir), &spec)?;
-    println!("wrote {} train / {} val rows of {} tokens to {dir}", spec.train_rows, spec.val_rows, spec.row_len);
+    println!(
+        "wrote {} train / {} val rows of {} tokens to {dir}",
+        spec.train_rows, spec.val_rows, spec.row_len
+    );
     Ok(())
 }

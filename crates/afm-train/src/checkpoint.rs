@@ -73,7 +73,10 @@ pub fn list(run: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
     for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             if e.path().join(STATE_FILE).is_file() {
                 out.push((n, e.path()));
             }
@@ -96,11 +99,21 @@ pub fn clean_stale(run: &Path) {
 }
 
 /// Write a checkpoint atomically; returns its directory.
-pub fn save(run: &Path, model: &Model, opt: &AdamW, state: &TrainerState, config: &TrainConfig) -> anyhow::Result<PathBuf> {
+pub fn save(
+    run: &Path,
+    model: &Model,
+    opt: &AdamW,
+    state: &TrainerState,
+    config: &TrainConfig,
+) -> anyhow::Result<PathBuf> {
     let dir = checkpoints_dir(run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_dir = step_dir(run, state.step);
-    let tmp = dir.join(format!(".step-{:08}.tmp-{}", state.step, std::process::id()));
+    let tmp = dir.join(format!(
+        ".step-{:08}.tmp-{}",
+        state.step,
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
@@ -130,8 +143,8 @@ pub fn save(run: &Path, model: &Model, opt: &AdamW, state: &TrainerState, config
 pub fn read_meta(dir: &Path) -> anyhow::Result<(TrainerState, TrainConfig)> {
     let sp = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&sp).with_context(|| format!("reading {}", sp.display()))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid trainer state", sp.display()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid trainer state", sp.display()))?;
     let config = TrainConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
     Ok((state, config))
 }
@@ -142,7 +155,8 @@ pub fn prune(run: &Path, keep_last: usize, keep: Option<usize>) -> anyhow::Resul
     let n = all.len();
     for (i, (step, path)) in all.into_iter().enumerate() {
         if i + keep_last < n && Some(step) != keep {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing old checkpoint {}", path.display()))?;
         }
     }
     Ok(())

@@ -28,7 +28,9 @@ impl std::str::FromStr for Divergence {
             "forward" | "kl" => Ok(Self::Forward),
             "reverse" | "rkl" => Ok(Self::Reverse),
             "jsd" => Ok(Self::Jsd),
-            _ => Err(format!("unknown divergence {s:?}: use forward, reverse or jsd")),
+            _ => Err(format!(
+                "unknown divergence {s:?}: use forward, reverse or jsd"
+            )),
         }
     }
 }
@@ -275,7 +277,10 @@ impl TrainConfig {
         }
         match (&self.init, &self.preset) {
             (None, None) if !self.resume => {
-                return Err(bad("preset", "give a model: `init` (a checkpoint) or `preset`"))
+                return Err(bad(
+                    "preset",
+                    "give a model: `init` (a checkpoint) or `preset`",
+                ))
             }
             (Some(_), Some(_)) => {
                 return Err(bad("init", "`init` and `preset` are exclusive: give one"))
@@ -315,10 +320,16 @@ impl TrainConfig {
             return Err(bad("epochs", "must be >= 1 when max_steps is 0"));
         }
         if self.keep_last == 0 {
-            return Err(bad("keep_last", "must be >= 1 (the latest checkpoint is needed to resume)"));
+            return Err(bad(
+                "keep_last",
+                "must be >= 1 (the latest checkpoint is needed to resume)",
+            ));
         }
         if !(self.min_delta >= 0.0 && self.min_delta.is_finite()) {
-            return Err(bad("min_delta", format!("{} must be finite and >= 0", self.min_delta)));
+            return Err(bad(
+                "min_delta",
+                format!("{} must be finite and >= 0", self.min_delta),
+            ));
         }
         self.time_budget_secs()?;
         if let Some(t) = self.time_budget_secs()? {
@@ -331,7 +342,8 @@ impl TrainConfig {
         let ok = d == "cpu"
             || d == "auto"
             || d == "cuda"
-            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
         if !ok {
             return Err(bad(
                 "device",
@@ -354,7 +366,10 @@ impl TrainConfig {
             ));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return Err(bad("optim.weight_decay", format!("{} must be >= 0", o.weight_decay)));
+            return Err(bad(
+                "optim.weight_decay",
+                format!("{} must be >= 0", o.weight_decay),
+            ));
         }
         for (f, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -362,7 +377,10 @@ impl TrainConfig {
             }
         }
         if !(o.grad_clip.is_finite() && o.grad_clip >= 0.0) {
-            return Err(bad("optim.grad_clip", format!("{} must be >= 0 (0 = off)", o.grad_clip)));
+            return Err(bad(
+                "optim.grad_clip",
+                format!("{} must be >= 0 (0 = off)", o.grad_clip),
+            ));
         }
         let l = &self.loss;
         for (f, v) in [("loss.alpha", l.alpha), ("loss.beta", l.beta)] {
@@ -371,11 +389,17 @@ impl TrainConfig {
             }
         }
         if !self.teachers.is_empty() && l.alpha == 0.0 && l.beta == 0.0 {
-            return Err(bad("loss.beta", "alpha and beta are both 0: taught tokens would carry no loss"));
+            return Err(bad(
+                "loss.beta",
+                "alpha and beta are both 0: taught tokens would carry no loss",
+            ));
         }
         finite_pos("loss.temperature", l.temperature)?;
         if !(l.jsd_beta > 0.0 && l.jsd_beta < 1.0) {
-            return Err(bad("loss.jsd_beta", format!("{} is not in (0, 1)", l.jsd_beta)));
+            return Err(bad(
+                "loss.jsd_beta",
+                format!("{} is not in (0, 1)", l.jsd_beta),
+            ));
         }
         finite_pos("loss.role_token_weight", l.role_token_weight)?;
         finite_pos("loss.handoff_weight", l.handoff_weight)?;
@@ -390,7 +414,11 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
         return Err("empty duration".into());
     }
     if let Ok(v) = s.parse::<f64>() {
-        return if v.is_finite() { Ok(v) } else { Err(format!("{text:?} is not a duration")) };
+        return if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("{text:?} is not a duration"))
+        };
     }
     let mut total = 0.0;
     let mut num = String::new();
@@ -404,7 +432,11 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
             'm' => 60.0,
             'h' => 3600.0,
             'd' => 86400.0,
-            _ => return Err(format!("{text:?}: unknown unit {c:?} (use s, m, h, d, e.g. 10m or 1h30m)")),
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {c:?} (use s, m, h, d, e.g. 10m or 1h30m)"
+                ))
+            }
         };
         let v: f64 = num
             .parse()
@@ -413,7 +445,9 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!("{text:?}: number {num:?} has no unit (e.g. 10m, 90s, 1h30m)"));
+        return Err(format!(
+            "{text:?}: number {num:?} has no unit (e.g. 10m, 90s, 1h30m)"
+        ));
     }
     Ok(total)
 }
@@ -454,14 +488,23 @@ mod tests {
             (Box::new(|c| c.loss.temperature = 0.0), "loss.temperature"),
             (Box::new(|c| c.loss.jsd_beta = 1.0), "loss.jsd_beta"),
             (Box::new(|c| c.loss.alpha = -0.1), "loss.alpha"),
-            (Box::new(|c| c.time_budget = Some("ten minutes".into())), "time_budget"),
+            (
+                Box::new(|c| c.time_budget = Some("ten minutes".into())),
+                "time_budget",
+            ),
             (Box::new(|c| c.device = "tpu".into()), "device"),
             (Box::new(|c| c.preset = Some("huge".into())), "preset"),
             (Box::new(|c| c.preset = None), "preset"),
             (Box::new(|c| c.init = Some("x".into())), "init"),
             (Box::new(|c| c.dropout = 1.5), "dropout"),
             (Box::new(|c| c.keep_last = 0), "keep_last"),
-            (Box::new(|c| { c.max_steps = 0; c.epochs = 0 }), "epochs"),
+            (
+                Box::new(|c| {
+                    c.max_steps = 0;
+                    c.epochs = 0
+                }),
+                "epochs",
+            ),
         ];
         for (f, field) in cases {
             let mut c = ok_config();

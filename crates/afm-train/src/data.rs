@@ -228,7 +228,9 @@ pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Devic
         select: Tensor::from_slice(&select).to_device(device),
         targets: Tensor::from_slice(&targets.iter().map(|&x| x as i64).collect::<Vec<_>>())
             .to_device(device),
-        weights: Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(device),
+        weights: Tensor::from_slice(&weights)
+            .to_kind(Kind::Float)
+            .to_device(device),
         weights_host: weights,
         owners,
         select_host: select,
@@ -244,7 +246,12 @@ pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Devic
 }
 
 /// Check that every id in the split fits the model and its role table.
-pub fn check_ids(shards: &Shards, split: &str, vocab_size: usize, n_roles: usize) -> anyhow::Result<()> {
+pub fn check_ids(
+    shards: &Shards,
+    split: &str,
+    vocab_size: usize,
+    n_roles: usize,
+) -> anyhow::Result<()> {
     if let Some(i) = shards.tokens.iter().position(|&x| x as usize >= vocab_size) {
         anyhow::bail!(
             "{split}.tokens.u32: position {i} has token {} but the model's vocab_size is {vocab_size}",

@@ -22,7 +22,7 @@
 //! | `best.json`                | step, validation loss and path of the best checkpoint |
 //! | `final/`                   | final weights (`Model::save` layout; best or last per `final_weights`) |
 //! | `metrics.jsonl`            | train and eval records ([`metrics`])                  |
-//! | `loss.png`, `val_loss_per_agent.png` | loss curves                               |
+//! | `loss.png`, `loss_per_agent.png` | loss curves                               |
 //! | `train_config.toml`        | the effective configuration                          |
 //! | `summary.json`             | [`TrainSummary`]                                     |
 //!
@@ -50,5 +50,9 @@ pub mod synthetic;
 pub mod teacher;
 pub mod trainer;
 
-pub use config::{parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, TrainConfig};
-pub use trainer::{batch_loss, evaluate, train, train_step, EvalResult, StepStats, StopReason, TrainSummary};
+pub use config::{
+    parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, TrainConfig,
+};
+pub use trainer::{
+    batch_loss, evaluate, train, train_step, EvalResult, StepStats, StopReason, TrainSummary,
+};

@@ -24,9 +24,13 @@ pub const MISSING_LOGIT: f64 = -1.0e4;
 /// Cross-entropy of each row of `logits` (`[N, V]`, f32) against `targets`
 /// (`[N]`, i64): `[N]` f32.
 pub fn cross_entropy_per_token(logits: &Tensor, targets: &Tensor) -> Tensor {
-    logits
-        .to_kind(Kind::Float)
-        .cross_entropy_loss::<Tensor>(targets, None, Reduction::None, -100, 0.0)
+    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+        targets,
+        None,
+        Reduction::None,
+        -100,
+        0.0,
+    )
 }
 
 /// `T^2 * D(teacher || student)` per row (`[N]` f32) for logits `[N, V]`.
@@ -75,8 +79,10 @@ mod tests {
     fn divergences_match_hand_computation() {
         let s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]];
         let t = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]];
-        let st = Tensor::from_slice(&s.concat().iter().map(|&x| x as f32).collect::<Vec<_>>()).view([2, 3]);
-        let tt = Tensor::from_slice(&t.concat().iter().map(|&x| x as f32).collect::<Vec<_>>()).view([2, 3]);
+        let st = Tensor::from_slice(&s.concat().iter().map(|&x| x as f32).collect::<Vec<_>>())
+            .view([2, 3]);
+        let tt = Tensor::from_slice(&t.concat().iter().map(|&x| x as f32).collect::<Vec<_>>())
+            .view([2, 3]);
         let temp = 2.0;
         let b = 0.3;
         for div in [Divergence::Forward, Divergence::Reverse, Divergence::Jsd] {
@@ -84,16 +90,25 @@ mod tests {
             for i in 0..2 {
                 let ps = softmax(&s[i], temp);
                 let pt = softmax(&t[i], temp);
-                let want = temp * temp
+                let want = temp
+                    * temp
                     * match div {
                         Divergence::Forward => kl(&pt, &ps),
                         Divergence::Reverse => kl(&ps, &pt),
                         Divergence::Jsd => {
-                            let m: Vec<f64> = pt.iter().zip(&ps).map(|(a, c)| b * a + (1.0 - b) * c).collect();
+                            let m: Vec<f64> = pt
+                                .iter()
+                                .zip(&ps)
+                                .map(|(a, c)| b * a + (1.0 - b) * c)
+                                .collect();
                             b * kl(&pt, &m) + (1.0 - b) * kl(&ps, &m)
                         }
                     };
-                assert!((got[i] as f64 - want).abs() < 1e-6, "{div:?} row {i}: {} vs {want}", got[i]);
+                assert!(
+                    (got[i] as f64 - want).abs() < 1e-6,
+                    "{div:?} row {i}: {} vs {want}",
+                    got[i]
+                );
                 assert!(want > 0.0);
             }
         }

@@ -3,7 +3,7 @@
 //! Records:
 //!
 //! ```text
-//! {"kind":"train","step":10,"lr":0.0003,"loss":2.1,"ce":2.3,"kl":0.4,"grad_norm":1.2,"tokens_per_s":5300.0,"tokens":81920,"elapsed_s":15.2}
+//! {"kind":"train","step":10,"lr":0.0003,"loss":2.1,"ce":2.3,"kl":0.4,"grad_norm":1.2,"tokens_per_s":5300.0,"tokens":81920,"elapsed_s":15.2,"per_agent":{"Coder":2.2}}
 //! {"kind":"eval","step":100,"val_loss":2.0,"val_acc":0.41,"val_tokens":5120,"per_agent":{"Coder":{"loss":1.9,"acc":0.45,"tokens":3000}}}
 //! ```
 //!
@@ -42,6 +42,9 @@ pub enum Record {
         tokens_per_s: f64,
         tokens: u64,
         elapsed_s: f64,
+        /// Weighted mean CE per owning agent over the logging window.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        per_agent: BTreeMap<String, f64>,
     },
     Eval {
         step: usize,
@@ -108,20 +111,34 @@ impl Metrics {
             .create(true)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(&r)?).with_context(|| format!("writing {}", self.path.display()))?;
+        writeln!(f, "{}", serde_json::to_string(&r)?)
+            .with_context(|| format!("writing {}", self.path.display()))?;
         self.records.push(r);
         Ok(())
     }
 
     /// Draw `loss.png` (train and validation loss) and
-    /// `val_loss_per_agent.png` in `run`.
+    /// `loss_per_agent.png` (train CE and validation loss per agent) in `run`.
     pub fn plot(&self, run: &Path) -> anyhow::Result<()> {
         let mut train = Vec::new();
         let mut val = Vec::new();
         let mut per_agent: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for r in &self.records {
             match r {
-                Record::Train { step, loss, .. } => train.push((*step as f64, *loss)),
+                Record::Train {
+                    step,
+                    loss,
+                    per_agent: pa,
+                    ..
+                } => {
+                    train.push((*step as f64, *loss));
+                    for (a, l) in pa {
+                        per_agent
+                            .entry(format!("train {a}"))
+                            .or_default()
+                            .push((*step as f64, *l));
+                    }
+                }
                 Record::Eval {
                     step,
                     val_loss,
@@ -130,19 +147,29 @@ impl Metrics {
                 } => {
                     val.push((*step as f64, *val_loss));
                     for (a, e) in pa {
-                        per_agent.entry(a.clone()).or_default().push((*step as f64, e.loss));
+                        per_agent
+                            .entry(a.clone())
+                            .or_default()
+                            .push((*step as f64, e.loss));
                     }
                 }
             }
         }
-        let mut series = vec![("train".to_string(), train), ("validation".to_string(), val)];
+        let mut series = vec![
+            ("train".to_string(), train),
+            ("validation".to_string(), val),
+        ];
         series.retain(|(_, v)| !v.is_empty());
         if !series.is_empty() {
             crate::plot::lines(&run.join("loss.png"), "loss", &series)?;
         }
         let series: Vec<(String, Vec<(f64, f64)>)> = per_agent.into_iter().collect();
         if !series.is_empty() {
-            crate::plot::lines(&run.join("val_loss_per_agent.png"), "validation loss per agent", &series)?;
+            crate::plot::lines(
+                &run.join("loss_per_agent.png"),
+                "loss per agent (train CE, validation)",
+                &series,
+            )?;
         }
         Ok(())
     }

@@ -45,7 +45,11 @@ pub struct AdamW {
 impl AdamW {
     /// `params`: (name, tensor requiring grad). `decays(name)` says whether
     /// weight decay applies (`afm_model::weight_decay_applies`).
-    pub fn new(params: Vec<(String, Tensor)>, o: &OptimConfig, decays: impl Fn(&str) -> bool) -> Self {
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        o: &OptimConfig,
+        decays: impl Fn(&str) -> bool,
+    ) -> Self {
         let slots = params
             .into_iter()
             .map(|(name, param)| {
@@ -72,7 +76,11 @@ impl AdamW {
 
     /// Names of the parameters with weight decay.
     pub fn decayed(&self) -> Vec<&str> {
-        self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// Zero every gradient.
@@ -100,8 +108,7 @@ impl AdamW {
                     Some(a) => a + n,
                 });
             }
-            sq.map(|t| t.sqrt())
-                .unwrap_or_else(|| Tensor::from(0f32))
+            sq.map(|t| t.sqrt()).unwrap_or_else(|| Tensor::from(0f32))
         })
     }
 
@@ -191,7 +198,10 @@ impl AdamW {
         self.step = step.int64_value(&[0]) as u64;
         tch::no_grad(|| -> anyhow::Result<()> {
             for s in &mut self.slots {
-                for (key, dst) in [(format!("m.{}", s.name), &mut s.m), (format!("v.{}", s.name), &mut s.v)] {
+                for (key, dst) in [
+                    (format!("m.{}", s.name), &mut s.m),
+                    (format!("v.{}", s.name), &mut s.v),
+                ] {
                     let src = map
                         .get(&key)
                         .with_context(|| format!("{}: no entry {key}", path.display()))?;
@@ -251,7 +261,10 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamW::new(
-            vec![("w.weight".into(), w.shallow_clone()), ("b.bias".into(), b.shallow_clone())],
+            vec![
+                ("w.weight".into(), w.shallow_clone()),
+                ("b.bias".into(), b.shallow_clone()),
+            ],
             &o,
             |n| n.ends_with("weight"),
         );
@@ -280,7 +293,8 @@ mod tests {
             }
             mb = 0.9 * mb + 0.1 * gb;
             vb = 0.99 * vb + 0.01 * gb * gb;
-            rb -= lr * (mb / (1.0 - 0.9f64.powi(t))) / ((vb / (1.0 - 0.99f64.powi(t))).sqrt() + 1e-8);
+            rb -=
+                lr * (mb / (1.0 - 0.9f64.powi(t))) / ((vb / (1.0 - 0.99f64.powi(t))).sqrt() + 1e-8);
         }
         let got = Vec::<f32>::try_from(&w).unwrap();
         for i in 0..3 {
@@ -295,7 +309,10 @@ mod tests {
         let w2 = w.detach().copy().set_requires_grad(true);
         let b2 = b.detach().copy().set_requires_grad(true);
         let mut opt2 = AdamW::new(
-            vec![("w.weight".into(), w2.shallow_clone()), ("b.bias".into(), b2.shallow_clone())],
+            vec![
+                ("w.weight".into(), w2.shallow_clone()),
+                ("b.bias".into(), b2.shallow_clone()),
+            ],
             &o,
             |n| n.ends_with("weight"),
         );
@@ -312,7 +329,11 @@ mod tests {
     #[test]
     fn clipping_scales_to_max() {
         let w = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("w".into(), w.shallow_clone())], &OptimConfig::default(), |_| true);
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.shallow_clone())],
+            &OptimConfig::default(),
+            |_| true,
+        );
         opt.zero_grad();
         (w.square().sum(Kind::Float) * 0.5).backward(); // grad = w, norm 5
         let n = opt.clip_grad_norm(1.0);

@@ -7,7 +7,10 @@ use std::path::Path;
 /// Draw named `(x, y)` series on one chart (log-scale y when it spans more
 /// than two decades).
 pub fn lines(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
-    let pts = series.iter().flat_map(|(_, v)| v.iter()).filter(|p| p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter(|p| p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -51,7 +54,9 @@ pub fn lines(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> 
             ))
             .map_err(|e| err(&e))?
             .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

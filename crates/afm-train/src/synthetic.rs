@@ -65,7 +65,13 @@ fn trajectory(tok: &Tokenizer, rng: &mut SplitMix64, n_plain: u32) -> Vec<u32> {
 /// document; loss weight 1 on targets inside agent turns (role id of the
 /// target >= ROLE_FIRST_AGENT, and the `<|obs|>`/`<|end|>` an agent emits),
 /// 0 on the task, observations, padding and each document's last token.
-fn pack(tok: &Tokenizer, rng: &mut SplitMix64, rows: usize, row_len: usize, n_plain: u32) -> Vec<(Row, usize, usize)> {
+fn pack(
+    tok: &Tokenizer,
+    rng: &mut SplitMix64,
+    rows: usize,
+    row_len: usize,
+    n_plain: u32,
+) -> Vec<(Row, usize, usize)> {
     let mut out = Vec::new();
     for _ in 0..rows {
         let mut row = Row::default();
@@ -81,7 +87,11 @@ fn pack(tok: &Tokenizer, rng: &mut SplitMix64, rows: usize, row_len: usize, n_pl
                 let owner = if i + 1 < doc.len() {
                     let r = roles[i];
                     // The agent that emits a marker is the one speaking before it.
-                    if r >= afm_tokenizer::ROLE_FIRST_AGENT { r } else { 0 }
+                    if r >= afm_tokenizer::ROLE_FIRST_AGENT {
+                        r
+                    } else {
+                        0
+                    }
                 } else {
                     0
                 };

@@ -34,7 +34,12 @@ pub struct Teacher {
 
 /// Map a student id to the teacher's: shared ids are equal, agent tokens
 /// and agent roles go by name.
-fn build_maps(student: &Tokenizer, student_vocab: usize, teacher: &Tokenizer, teacher_vocab: usize) -> (Vec<i64>, Vec<i64>) {
+fn build_maps(
+    student: &Tokenizer,
+    student_vocab: usize,
+    teacher: &Tokenizer,
+    teacher_vocab: usize,
+) -> (Vec<i64>, Vec<i64>) {
     let mut token_map = vec![-1i64; student_vocab];
     for (id, slot) in token_map.iter_mut().enumerate() {
         let id32 = id as u32;
@@ -67,7 +72,13 @@ fn build_maps(student: &Tokenizer, student_vocab: usize, teacher: &Tokenizer, te
 
 impl Teacher {
     /// Load the teacher of `agent` from `dir`, frozen.
-    pub fn load(agent: &str, dir: &Path, student: &Tokenizer, student_vocab: usize, device: Device) -> anyhow::Result<Self> {
+    pub fn load(
+        agent: &str,
+        dir: &Path,
+        student: &Tokenizer,
+        student_vocab: usize,
+        device: Device,
+    ) -> anyhow::Result<Self> {
         if student.roles().role_id(agent).is_none() {
             bail!(
                 "teacher for agent {agent:?} ({}): the data has no such agent (agents: {:?})",
@@ -82,8 +93,19 @@ impl Teacher {
     }
 
     /// Wrap an already loaded model.
-    pub fn from_model(agent: &str, dir: &Path, model: Model, student: &Tokenizer, student_vocab: usize) -> Self {
-        let (token_map, role_map) = build_maps(student, student_vocab, &model.tokenizer, model.config.vocab_size);
+    pub fn from_model(
+        agent: &str,
+        dir: &Path,
+        model: Model,
+        student: &Tokenizer,
+        student_vocab: usize,
+    ) -> Self {
+        let (token_map, role_map) = build_maps(
+            student,
+            student_vocab,
+            &model.tokenizer,
+            model.config.vocab_size,
+        );
         let device = model.device();
         let col: Vec<i64> = token_map.iter().map(|&t| t.max(0)).collect();
         let missing: Vec<bool> = token_map.iter().map(|&t| t < 0).collect();
@@ -103,7 +125,13 @@ impl Teacher {
     /// Teacher logits in the student's vocabulary (`[n, V_student]`, f32,
     /// no grad) at the loss positions `sel` (indices into `batch`'s
     /// selected positions).
-    pub fn logits(&self, batch: &Batch, sel: &[usize], student: &Tokenizer, precision: Precision) -> anyhow::Result<Tensor> {
+    pub fn logits(
+        &self,
+        batch: &Batch,
+        sel: &[usize],
+        student: &Tokenizer,
+        precision: Precision,
+    ) -> anyhow::Result<Tensor> {
         let t = batch.row_len;
         // Rows that hold the selected positions, in first-seen order.
         let mut row_slot: HashMap<usize, usize> = HashMap::new();
@@ -189,10 +217,18 @@ pub struct Teachers {
 
 impl Teachers {
     /// Load every `agent -> checkpoint` of `map`.
-    pub fn load(map: &BTreeMap<String, PathBuf>, student: &Tokenizer, student_vocab: usize, device: Device) -> anyhow::Result<Self> {
+    pub fn load(
+        map: &BTreeMap<String, PathBuf>,
+        student: &Tokenizer,
+        student_vocab: usize,
+        device: Device,
+    ) -> anyhow::Result<Self> {
         let mut t = Self::default();
         for (agent, dir) in map {
-            t.push(Teacher::load(agent, dir, student, student_vocab, device)?, student)?;
+            t.push(
+                Teacher::load(agent, dir, student, student_vocab, device)?,
+                student,
+            )?;
         }
         Ok(t)
     }

@@ -75,6 +75,8 @@ pub struct LossParts {
     /// `sum w * D` over positions with a teacher, and their weight.
     pub kl_sum: f64,
     pub kl_weight: f64,
+    /// Per owner role id: (`sum w * CE`, `sum w`).
+    pub ce_by_owner: BTreeMap<u16, (f64, f64)>,
 }
 
 /// The model inputs of a batch.
@@ -107,12 +109,22 @@ pub fn batch_loss(
             ce_sum: 0.0,
             kl_sum: 0.0,
             kl_weight: 0.0,
+            ce_by_owner: BTreeMap::new(),
         });
     }
     let logits = model.gpt.forward(&forward_args(batch), precision, train);
     let ce = cross_entropy_per_token(&logits, &batch.targets);
     let wce = &ce * &batch.weights;
-    let ce_sum = wce.detach().sum(Kind::Double).double_value(&[]);
+    let ce_host = Vec::<f32>::try_from(ce.detach().to_device(Device::Cpu))?;
+    let mut ce_sum = 0.0;
+    let mut ce_by_owner: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
+    for (k, &c) in ce_host.iter().enumerate() {
+        let w = batch.weights_host[k] as f64;
+        ce_sum += w * c as f64;
+        let e = ce_by_owner.entry(batch.owners[k]).or_default();
+        e.0 += w * c as f64;
+        e.1 += w;
+    }
     let groups = teachers.route(&batch.owners);
     if groups.is_empty() {
         return Ok(LossParts {
@@ -120,6 +132,7 @@ pub fn batch_loss(
             ce_sum,
             kl_sum: 0.0,
             kl_weight: 0.0,
+            ce_by_owner,
         });
     }
     let device = logits.device();
@@ -133,10 +146,17 @@ pub fn batch_loss(
             kl_weight += batch.weights_host[k] as f64;
         }
         let t = &teachers.list[*ti];
-        let idx = Tensor::from_slice(&pos.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device);
+        let idx = Tensor::from_slice(&pos.iter().map(|&k| k as i64).collect::<Vec<_>>())
+            .to_device(device);
         let t_logits = t.logits(batch, pos, &model.tokenizer, precision)?;
         let s_logits = logits.index_select(0, &idx);
-        let d = divergence_per_token(&s_logits, &t_logits, l.divergence, l.temperature, l.jsd_beta);
+        let d = divergence_per_token(
+            &s_logits,
+            &t_logits,
+            l.divergence,
+            l.temperature,
+            l.jsd_beta,
+        );
         let wd = (d * batch.weights.index_select(0, &idx)).sum(Kind::Float);
         kl_sum += wd.detach().double_value(&[]);
         kl_terms.push(wd);
@@ -151,11 +171,12 @@ pub fn batch_loss(
         ce_sum,
         kl_sum,
         kl_weight,
+        ce_by_owner,
     })
 }
 
 /// What one optimiser step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepStats {
     /// The step's loss (sum over micro-batches, each normalised by the
     /// step's total weight).
@@ -169,6 +190,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// Input positions processed.
     pub positions: usize,
+    /// Per owner role id: (`sum w * CE`, `sum w`).
+    pub ce_by_owner: BTreeMap<u16, (f64, f64)>,
 }
 
 /// One optimiser step over `batches` (the micro-batches): forward and
@@ -193,6 +216,7 @@ pub fn train_step(
         weight_total,
         grad_norm: 0.0,
         positions: 0,
+        ce_by_owner: BTreeMap::new(),
     };
     for b in batches {
         let parts = batch_loss(model, teachers, b, &cfg.loss, precision, true, weight_total)?;
@@ -209,12 +233,24 @@ pub fn train_step(
         st.kl_sum += parts.kl_sum;
         st.kl_weight += parts.kl_weight;
         st.positions += b.n_positions;
+        for (o, (a, w)) in parts.ce_by_owner {
+            let e = st.ce_by_owner.entry(o).or_default();
+            e.0 += a;
+            e.1 += w;
+        }
     }
     st.grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
     if !st.grad_norm.is_finite() {
         opt.zero_grad();
-        let rows: Vec<usize> = batches.iter().flat_map(|b| b.rows.iter().copied()).collect();
-        bail!("gradient norm is {} (data rows {})", st.grad_norm, fmt_rows(&rows));
+        let rows: Vec<usize> = batches
+            .iter()
+            .flat_map(|b| b.rows.iter().copied())
+            .collect();
+        bail!(
+            "gradient norm is {} (data rows {})",
+            st.grad_norm,
+            fmt_rows(&rows)
+        );
     }
     if weight_total > 0.0 {
         opt.step(lr);
@@ -280,7 +316,11 @@ pub fn evaluate(
     let mean = |a: &(f64, f64, usize, usize)| {
         (
             if a.1 > 0.0 { a.0 / a.1 } else { f64::NAN },
-            if a.3 > 0 { a.2 as f64 / a.3 as f64 } else { f64::NAN },
+            if a.3 > 0 {
+                a.2 as f64 / a.3 as f64
+            } else {
+                f64::NAN
+            },
         )
     };
     let (loss, acc) = mean(&tot);
@@ -288,7 +328,14 @@ pub fn evaluate(
         .iter()
         .map(|(&o, a)| {
             let (loss, acc) = mean(a);
-            (owner_label(labels, o), AgentEval { loss, acc, tokens: a.3 })
+            (
+                owner_label(labels, o),
+                AgentEval {
+                    loss,
+                    acc,
+                    tokens: a.3,
+                },
+            )
         })
         .collect();
     EvalResult {
@@ -300,18 +347,33 @@ pub fn evaluate(
 }
 
 /// Fields that may differ between a run and its resumption.
-const RUN_CONTROL: [&str; 6] = ["resume", "time_budget", "progress", "plots", "device", "threads"];
+const RUN_CONTROL: [&str; 6] = [
+    "resume",
+    "time_budget",
+    "progress",
+    "plots",
+    "device",
+    "threads",
+];
 
 /// The config a resumed run uses: the saved one, with this invocation's
 /// run-control fields. A training field given with a value different from
 /// both the saved one and the default is an error (it would silently break
 /// the resumed run).
-fn merge_resume_config(saved: &TrainConfig, now: &TrainConfig, ckpt: &Path) -> anyhow::Result<TrainConfig> {
+fn merge_resume_config(
+    saved: &TrainConfig,
+    now: &TrainConfig,
+    ckpt: &Path,
+) -> anyhow::Result<TrainConfig> {
     fn flat(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
         match v {
             toml::Value::Table(t) if prefix.is_empty() || prefix == "optim" || prefix == "loss" => {
                 for (k, x) in t {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     flat(&key, x, out);
                 }
             }
@@ -332,7 +394,10 @@ fn merge_resume_config(saved: &TrainConfig, now: &TrainConfig, ckpt: &Path) -> a
             continue;
         }
         if s.get(k) != Some(v) && d.get(k) != Some(v) {
-            bad.push(format!("{k} = {v} (checkpoint: {})", s.get(k).map(|x| x.to_string()).unwrap_or("unset".into())));
+            bad.push(format!(
+                "{k} = {v} (checkpoint: {})",
+                s.get(k).map(|x| x.to_string()).unwrap_or("unset".into())
+            ));
         }
     }
     if !bad.is_empty() {
@@ -362,7 +427,8 @@ fn read_vocab(data: &Path) -> anyhow::Result<Tokenizer> {
 /// vocabulary.
 fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyhow::Result<Model> {
     if let Some(init) = &cfg.init {
-        let mut m = Model::load(init, device).with_context(|| format!("--init {}", init.display()))?;
+        let mut m =
+            Model::load(init, device).with_context(|| format!("--init {}", init.display()))?;
         m.extend_vocab(data_tok.clone()).with_context(|| {
             format!(
                 "--init {}: its agents {:?} must be a prefix of the data's {:?}",
@@ -373,8 +439,15 @@ fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyho
         })?;
         return Ok(m);
     }
-    let name = cfg.preset.as_deref().context("no model: give `init` or `preset`")?;
-    let n_roles = if cfg.role_embeddings { data_tok.roles().n_roles() } else { 0 };
+    let name = cfg
+        .preset
+        .as_deref()
+        .context("no model: give `init` or `preset`")?;
+    let n_roles = if cfg.role_embeddings {
+        data_tok.roles().n_roles()
+    } else {
+        0
+    };
     let mut gc = GptConfig::preset(name, data_tok.n_vocab(), n_roles)?;
     gc.dropout = cfg.dropout;
     Model::new(gc, data_tok.clone(), device, cfg.seed as i64)
@@ -444,7 +517,8 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
 
     // Model.
     let model = match &resume_from {
-        Some(dir) => Model::load(dir, device).with_context(|| format!("--resume: loading {}", dir.display()))?,
+        Some(dir) => Model::load(dir, device)
+            .with_context(|| format!("--resume: loading {}", dir.display()))?,
         None => build_model(&cfg, &data_tok, device)?,
     };
     if model.tokenizer.roles().agents() != data_tok.roles().agents() {
@@ -462,14 +536,28 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
             model.config.n_ctx
         );
     }
-    check_ids(&train_set, "train", model.config.vocab_size, model.config.n_roles)?;
+    check_ids(
+        &train_set,
+        "train",
+        model.config.vocab_size,
+        model.config.n_roles,
+    )?;
     if let Some(v) = &val_set {
         if v.index.row_len > model.config.n_ctx {
-            bail!("val rows are {} tokens, more than the model context {}", v.index.row_len, model.config.n_ctx);
+            bail!(
+                "val rows are {} tokens, more than the model context {}",
+                v.index.row_len,
+                model.config.n_ctx
+            );
         }
         check_ids(v, "val", model.config.vocab_size, model.config.n_roles)?;
     }
-    let teachers = Teachers::load(&cfg.teachers, &model.tokenizer, model.config.vocab_size, device)?;
+    let teachers = Teachers::load(
+        &cfg.teachers,
+        &model.tokenizer,
+        model.config.vocab_size,
+        device,
+    )?;
 
     // Optimiser and state.
     let mut opt = AdamW::new(model.named_parameters(), &cfg.optim, weight_decay_applies);
@@ -483,7 +571,10 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         (Some(dir), Some(s)) => {
             opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
             if s.total_steps != total_steps {
-                bail!("--resume: the checkpoint's run has {} steps, this one {total_steps}", s.total_steps);
+                bail!(
+                    "--resume: the checkpoint's run has {} steps, this one {total_steps}",
+                    s.total_steps
+                );
             }
             s
         }
@@ -511,8 +602,10 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         indicatif::ProgressBar::hidden()
     };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(state.step as u64);
 
@@ -523,11 +616,19 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
     let mut positions_this_run = 0u64;
     let (mut win_t, mut win_pos) = (Instant::now(), 0u64);
     let (mut win_loss, mut win_ce, mut win_kl, mut win_w, mut win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut win_agents: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
 
     let do_eval = |model: &Model| -> Option<EvalResult> {
-        val_set
-            .as_ref()
-            .map(|v| evaluate(model, v, &data_tok, cfg.batch_size, cfg.eval_batches, precision))
+        val_set.as_ref().map(|v| {
+            evaluate(
+                model,
+                v,
+                &data_tok,
+                cfg.batch_size,
+                cfg.eval_batches,
+                precision,
+            )
+        })
     };
 
     while state.step < total_steps {
@@ -560,8 +661,14 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         positions_this_run += st.positions as u64;
         win_pos += st.positions as u64;
         state.tokens_seen += st.positions as u64;
-        let (loss_sum, ce_sum, kl_sum, kl_w, weight_total, gnorm) =
-            (st.loss, st.ce_sum, st.kl_sum, st.kl_weight, st.weight_total, st.grad_norm);
+        let (loss_sum, ce_sum, kl_sum, kl_w, weight_total, gnorm) = (
+            st.loss,
+            st.ce_sum,
+            st.kl_sum,
+            st.kl_weight,
+            st.weight_total,
+            st.grad_norm,
+        );
         state.step += 1;
         state.cursor = stream.cursor();
         win_loss += loss_sum;
@@ -569,6 +676,11 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         win_kl += kl_sum;
         win_w += weight_total;
         win_klw += kl_w;
+        for (o, (a, w)) in &st.ce_by_owner {
+            let e = win_agents.entry(*o).or_default();
+            e.0 += a;
+            e.1 += w;
+        }
         pb.set_position(state.step as u64);
 
         if state.step % cfg.log_interval == 0 || state.step == total_steps {
@@ -581,12 +693,19 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 lr,
                 loss,
                 ce: if win_w > 0.0 { win_ce / win_w } else { 0.0 },
-                kl: (!teachers.is_empty()).then(|| if win_klw > 0.0 { win_kl / win_klw } else { 0.0 }),
+                kl: (!teachers.is_empty())
+                    .then(|| if win_klw > 0.0 { win_kl / win_klw } else { 0.0 }),
                 grad_norm: gnorm,
                 tokens_per_s: tps,
                 tokens: state.tokens_seen,
                 elapsed_s: state.train_secs + loop_start.elapsed().as_secs_f64(),
+                per_agent: win_agents
+                    .iter()
+                    .filter(|(_, (_, w))| *w > 0.0)
+                    .map(|(o, (a, w))| (owner_label(&data_tok, *o), a / w))
+                    .collect(),
             })?;
+            win_agents.clear();
             pb.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
             (win_t, win_pos) = (Instant::now(), 0);
             (win_loss, win_ce, win_kl, win_w, win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -597,13 +716,16 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         if eval_due {
             if let Some(e) = do_eval(&model) {
                 improved = record_eval(&mut metrics, &mut state, &e, cfg.min_delta)?;
-                say(&pb, format!(
-                    "step {}: val loss {:.4}  acc {:.3}{}",
-                    state.step,
-                    e.loss,
-                    e.acc,
-                    if improved { "  (best)" } else { "" }
-                ));
+                say(
+                    &pb,
+                    format!(
+                        "step {}: val loss {:.4}  acc {:.3}{}",
+                        state.step,
+                        e.loss,
+                        e.acc,
+                        if improved { "  (best)" } else { "" }
+                    ),
+                );
                 last_eval = Some(e);
                 last_eval_step = Some(state.step);
                 if cfg.plots {
@@ -613,7 +735,8 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 }
             }
         }
-        let ckpt_due = eval_due || (cfg.checkpoint_interval > 0 && state.step % cfg.checkpoint_interval == 0);
+        let ckpt_due =
+            eval_due || (cfg.checkpoint_interval > 0 && state.step % cfg.checkpoint_interval == 0);
         if ckpt_due && state.step < total_steps {
             save_checkpoint(&run, &model, &opt, &mut state, &cfg, loop_start)?;
             if improved {
@@ -642,7 +765,10 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         write_best(&run, &state)?;
     }
     checkpoint::prune(&run, cfg.keep_last, state.best_step)?;
-    let best_checkpoint = state.best_step.map(|s| checkpoint::step_dir(&run, s)).filter(|d| d.is_dir());
+    let best_checkpoint = state
+        .best_step
+        .map(|s| checkpoint::step_dir(&run, s))
+        .filter(|d| d.is_dir());
     let final_dir = run.join("final");
     match (cfg.final_weights, &best_checkpoint) {
         (FinalWeights::Best, Some(best)) if best != &last_ckpt => {
@@ -664,15 +790,23 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         best_step: state.best_step,
         per_agent_val_loss: last_eval
             .as_ref()
-            .map(|e| e.per_agent.iter().map(|(k, v)| (k.clone(), v.loss)).collect())
+            .map(|e| {
+                e.per_agent
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.loss))
+                    .collect()
+            })
             .unwrap_or_default(),
         tokens_per_s: positions_this_run as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
         wall_secs: wall,
         checkpoint: final_dir,
         best_checkpoint,
     };
-    std::fs::write(run.join("summary.json"), serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("writing {}", run.join("summary.json").display()))?;
+    std::fs::write(
+        run.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )
+    .with_context(|| format!("writing {}", run.join("summary.json").display()))?;
     Ok(summary)
 }
 
@@ -686,7 +820,12 @@ fn say(pb: &indicatif::ProgressBar, msg: String) {
 }
 
 /// Log an evaluation and update best/patience. Returns true on improvement.
-fn record_eval(metrics: &mut Metrics, state: &mut TrainerState, e: &EvalResult, min_delta: f64) -> anyhow::Result<bool> {
+fn record_eval(
+    metrics: &mut Metrics,
+    state: &mut TrainerState,
+    e: &EvalResult,
+    min_delta: f64,
+) -> anyhow::Result<bool> {
     metrics.push(Record::Eval {
         step: state.step,
         val_loss: e.loss,
@@ -730,5 +869,6 @@ fn write_best(run: &Path, state: &TrainerState) -> anyhow::Result<()> {
         "checkpoint": checkpoint::step_dir(run, step),
     });
     let p = run.join("best.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))
+    std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+        .with_context(|| format!("writing {}", p.display()))
 }

@@ -57,7 +57,14 @@ fn grads(model: &Model) -> Vec<(String, Tensor)> {
         .into_iter()
         .map(|(n, p)| {
             let g = p.grad();
-            (n, if g.defined() { g.copy() } else { p.zeros_like() })
+            (
+                n,
+                if g.defined() {
+                    g.copy()
+                } else {
+                    p.zeros_like()
+                },
+            )
         })
         .collect()
 }
@@ -109,15 +116,46 @@ fn memorises_a_tiny_dataset() {
     assert_eq!(losses.len(), 150);
     assert!(losses[0] > 3.0, "first loss {}", losses[0]);
     let last = losses[losses.len() - 1];
-    assert!(last < 0.05, "loss did not fall to ~0: {last} (first {})", losses[0]);
-    // Validation records with per-agent numbers.
-    let evals = recs.iter().filter(|r| matches!(r, Record::Eval { .. })).count();
+    assert!(
+        last < 0.05,
+        "loss did not fall to ~0: {last} (first {})",
+        losses[0]
+    );
+    // Train records carry per-agent CE; validation records per-agent loss.
+    match recs
+        .iter()
+        .rev()
+        .find(|r| matches!(r, Record::Train { .. }))
+    {
+        Some(Record::Train { per_agent, .. }) => {
+            assert_eq!(per_agent.len(), 3, "{per_agent:?}");
+            assert!(per_agent.values().all(|l| *l < 0.2), "{per_agent:?}");
+        }
+        _ => unreachable!(),
+    }
+    let evals = recs
+        .iter()
+        .filter(|r| matches!(r, Record::Eval { .. }))
+        .count();
     assert_eq!(evals, 3);
-    assert!(s.per_agent_val_loss.contains_key("Coder"), "{:?}", s.per_agent_val_loss);
+    assert!(
+        s.per_agent_val_loss.contains_key("Coder"),
+        "{:?}",
+        s.per_agent_val_loss
+    );
     // Artifacts.
     let m = Model::load(&s.checkpoint, Device::Cpu).unwrap();
-    assert_eq!(m.tokenizer.roles().agents(), ["Planner", "Coder", "Reviewer"]);
-    for f in ["loss.png", "val_loss_per_agent.png", "summary.json", "train_config.toml", "best.json"] {
+    assert_eq!(
+        m.tokenizer.roles().agents(),
+        ["Planner", "Coder", "Reviewer"]
+    );
+    for f in [
+        "loss.png",
+        "loss_per_agent.png",
+        "summary.json",
+        "train_config.toml",
+        "best.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
 }
@@ -171,7 +209,10 @@ fn masked_positions_carry_no_gradient() {
         assert!(a.equal(c), "gradient of {n} changed with masked targets");
     }
     // And the gradient is not trivially zero.
-    let total: f64 = g1.iter().map(|(_, g)| g.abs().sum(Kind::Double).double_value(&[])).sum();
+    let total: f64 = g1
+        .iter()
+        .map(|(_, g)| g.abs().sum(Kind::Double).double_value(&[]))
+        .sum();
     assert!(total > 0.0);
 
     // With full logits, the gradient reaching masked positions is exactly 0.
@@ -189,11 +230,17 @@ fn masked_positions_carry_no_gradient() {
     );
     let v = logits.size()[2];
     let flat = logits.view([-1, v]).detach().set_requires_grad(true);
-    let all_targets = Tensor::from_slice(&shards.targets[..3 * 40].iter().map(|&x| x as i64).collect::<Vec<_>>());
+    let all_targets = Tensor::from_slice(
+        &shards.targets[..3 * 40]
+            .iter()
+            .map(|&x| x as i64)
+            .collect::<Vec<_>>(),
+    );
     let all_w = Tensor::from_slice(&shards.weights[..3 * 40]);
     let ce = afm_train::loss::cross_entropy_per_token(&flat, &all_targets);
     ((ce * &all_w).sum(Kind::Float) / b.weight_sum).backward();
-    let row_norm = Vec::<f32>::try_from(flat.grad().abs().sum_dim_intlist(1, false, Kind::Float)).unwrap();
+    let row_norm =
+        Vec::<f32>::try_from(flat.grad().abs().sum_dim_intlist(1, false, Kind::Float)).unwrap();
     for (i, w) in shards.weights[..3 * 40].iter().enumerate() {
         if *w == 0.0 {
             assert_eq!(row_norm[i], 0.0, "position {i} is masked but has gradient");
@@ -225,7 +272,8 @@ fn per_agent_routing_picks_the_right_teacher() {
     // Planner's teacher: same vocabulary. Coder's: agents in another order.
     let planner_dir = tmp.path().join("t_planner");
     tiny_model(&tok, 11).save(&planner_dir).unwrap();
-    let coder_tok = Tokenizer::new(RoleVocab::from_agents(["Coder", "Reviewer", "Planner"]).unwrap());
+    let coder_tok =
+        Tokenizer::new(RoleVocab::from_agents(["Coder", "Reviewer", "Planner"]).unwrap());
     let coder_dir = tmp.path().join("t_coder");
     let coder_model = tiny_model(&coder_tok, 22);
     // Distinct role embeddings so a wrong role mapping shows.
@@ -254,12 +302,21 @@ fn per_agent_routing_picks_the_right_teacher() {
         let agent = &teachers.list[*ti].agent;
         for &k in pos {
             routed[k] = true;
-            let want = if agent == "Planner" { planner_role } else { coder_role };
+            let want = if agent == "Planner" {
+                planner_role
+            } else {
+                coder_role
+            };
             assert_eq!(b.owners[k], want, "position {k} routed to {agent}");
         }
     }
     for (k, r) in routed.iter().enumerate() {
-        assert_eq!(*r, b.owners[k] != reviewer_role, "position {k} owner {}", b.owners[k]);
+        assert_eq!(
+            *r,
+            b.owners[k] != reviewer_role,
+            "position {k} owner {}",
+            b.owners[k]
+        );
     }
     assert!(b.owners.contains(&reviewer_role));
 
@@ -281,7 +338,10 @@ fn per_agent_routing_picks_the_right_teacher() {
             if r < 2 || !is_coder {
                 return r;
             }
-            coder_tok.roles().role_id(tok.roles().agent_of_role(r as u32).unwrap()).unwrap() as i64
+            coder_tok
+                .roles()
+                .role_id(tok.roles().agent_of_role(r as u32).unwrap())
+                .unwrap() as i64
         };
         let toks: Vec<i64> = b.tokens_host.iter().map(|&x| map_tok(x)).collect();
         let roles: Vec<i64> = b.roles_host.iter().map(|&x| map_role(x)).collect();
@@ -319,16 +379,38 @@ fn per_agent_routing_picks_the_right_teacher() {
     let mut l0 = l.clone();
     l0.alpha = 1.0;
     l0.beta = 0.0;
-    let p0 = batch_loss(&student, &teachers, &b, &l0, Precision::F32, false, b.weight_sum).unwrap();
+    let p0 = batch_loss(
+        &student,
+        &teachers,
+        &b,
+        &l0,
+        Precision::F32,
+        false,
+        b.weight_sum,
+    )
+    .unwrap();
     let a = ce_only.loss.double_value(&[]);
     assert!((p0.loss.double_value(&[]) - a).abs() < 1e-5);
     let mut l1 = l0.clone();
     l1.beta = 0.7;
     l1.divergence = Divergence::Reverse;
-    let p1 = batch_loss(&student, &teachers, &b, &l1, Precision::F32, false, b.weight_sum).unwrap();
+    let p1 = batch_loss(
+        &student,
+        &teachers,
+        &b,
+        &l1,
+        Precision::F32,
+        false,
+        b.weight_sum,
+    )
+    .unwrap();
     assert!(p1.kl_sum > 0.0 && p1.kl_weight > 0.0);
     let want = a + 0.7 * p1.kl_sum / b.weight_sum;
-    assert!((p1.loss.double_value(&[]) - want).abs() < 1e-4, "{} vs {want}", p1.loss.double_value(&[]));
+    assert!(
+        (p1.loss.double_value(&[]) - want).abs() < 1e-4,
+        "{} vs {want}",
+        p1.loss.double_value(&[])
+    );
 
     // A teacher whose vocabulary lacks an agent token it must read.
     let small_tok = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
@@ -337,11 +419,17 @@ fn per_agent_routing_picks_the_right_teacher() {
     let mut ts = Teachers::default();
     ts.push(t, &tok).unwrap();
     let pos = &ts.route(&b.owners)[0].1;
-    let e = ts.list[0].logits(&b, pos, &tok, Precision::F32).unwrap_err().to_string();
+    let e = ts.list[0]
+        .logits(&b, pos, &tok, Precision::F32)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Planner") && e.contains("cover"), "{e}");
     // A teacher for an agent the data does not have.
     let bad = [("Tester".to_string(), planner_dir)].into_iter().collect();
-    let e = Teachers::load(&bad, &tok, tok.n_vocab(), Device::Cpu).err().unwrap().to_string();
+    let e = Teachers::load(&bad, &tok, tok.n_vocab(), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("Tester"), "{e}");
 }
 
@@ -363,10 +451,18 @@ fn accumulation_equals_one_big_batch() {
     let l = LossConfig::default();
     let none = Teachers::default();
     let big = make_batch(&shards, &[0, 1, 2, 3], &l, Device::Cpu);
-    batch_loss(&model, &none, &big, &l, Precision::F32, true, big.weight_sum)
-        .unwrap()
-        .loss
-        .backward();
+    batch_loss(
+        &model,
+        &none,
+        &big,
+        &l,
+        Precision::F32,
+        true,
+        big.weight_sum,
+    )
+    .unwrap()
+    .loss
+    .backward();
     let g_big = grads(&model);
     zero_grads(&model);
     let parts = [
@@ -386,7 +482,10 @@ fn accumulation_equals_one_big_batch() {
     for ((n, a), (_, c)) in g_big.iter().zip(&g_acc) {
         let scale = a.abs().max().double_value(&[]).max(1e-12);
         let diff = (a - c).abs().max().double_value(&[]);
-        assert!(diff <= 1e-5 * scale + 1e-9, "{n}: diff {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-5 * scale + 1e-9,
+            "{n}: diff {diff} (scale {scale})"
+        );
     }
 
     // Same through train(): batch 4 x 1 vs batch 2 x 2 (same row order).
@@ -413,7 +512,15 @@ fn accumulation_equals_one_big_batch() {
 fn bad_config_values_are_rejected_with_clear_messages() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, SyntheticSpec { train_rows: 2, val_rows: 0, row_len: 32, ..Default::default() });
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 2,
+            val_rows: 0,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
     let out = tmp.path().join("run");
     let mut c = base_config(&data, &out);
     c.optim.lr = 0.0;
@@ -422,14 +529,19 @@ fn bad_config_values_are_rejected_with_clear_messages() {
     let mut c = base_config(&data, &out);
     c.loss.divergence = Divergence::Jsd;
     c.loss.jsd_beta = 0.0;
-    assert!(afm_train::train(&c).unwrap_err().to_string().contains("loss.jsd_beta"));
+    assert!(afm_train::train(&c)
+        .unwrap_err()
+        .to_string()
+        .contains("loss.jsd_beta"));
     let e = TrainConfig::from_toml_str(
         "data = \"d\"\nout = \"o\"\npreset = \"tiny\"\n[optim]\nlr = -3e-4\n",
         "run.toml",
     )
     .unwrap();
     assert!(e.validate().unwrap_err().to_string().contains("optim.lr"));
-    let e = TrainConfig::from_toml_str("epochz = 3\n", "run.toml").unwrap_err().to_string();
+    let e = TrainConfig::from_toml_str("epochz = 3\n", "run.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("run.toml") && e.contains("epochz"), "{e}");
     // Missing data directory: the path is named.
     let mut c = base_config(&tmp.path().join("nope"), &out);
@@ -438,8 +550,19 @@ fn bad_config_values_are_rejected_with_clear_messages() {
     assert!(e.contains("nope"), "{e}");
     // Rows longer than the model context.
     let long = tmp.path().join("long");
-    dataset(&long, SyntheticSpec { train_rows: 1, val_rows: 0, row_len: 200, ..Default::default() });
-    let e = format!("{:#}", afm_train::train(&base_config(&long, &tmp.path().join("r2"))).unwrap_err());
+    dataset(
+        &long,
+        SyntheticSpec {
+            train_rows: 1,
+            val_rows: 0,
+            row_len: 200,
+            ..Default::default()
+        },
+    );
+    let e = format!(
+        "{:#}",
+        afm_train::train(&base_config(&long, &tmp.path().join("r2"))).unwrap_err()
+    );
     assert!(e.contains("context"), "{e}");
     // A teacher for an agent the data does not have.
     let mut c = base_config(&data, &tmp.path().join("r3"));
@@ -467,7 +590,15 @@ fn bad_config_values_are_rejected_with_clear_messages() {
 fn nan_loss_stops_with_step_and_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, SyntheticSpec { train_rows: 4, val_rows: 0, row_len: 32, ..Default::default() });
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 4,
+            val_rows: 0,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
     let out = tmp.path().join("run");
     let mut c = base_config(&data, &out);
     c.max_steps = 20;
@@ -490,7 +621,15 @@ fn nan_loss_stops_with_step_and_batch() {
 fn time_budget_and_early_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, SyntheticSpec { train_rows: 4, val_rows: 2, row_len: 32, ..Default::default() });
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 4,
+            val_rows: 2,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
     let out = tmp.path().join("budget");
     let mut c = base_config(&data, &out);
     c.max_steps = 1_000_000;
@@ -542,7 +681,13 @@ fn spawn_child(config: &TrainConfig, dir: &Path, name: &str) -> std::process::Ch
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, config.to_toml().unwrap()).unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_train_entry", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_train_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &p)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -552,7 +697,11 @@ fn spawn_child(config: &TrainConfig, dir: &Path, name: &str) -> std::process::Ch
 
 fn wait_ok(child: std::process::Child, what: &str) {
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn files_equal(a: &Path, b: &Path) -> bool {
@@ -563,7 +712,15 @@ fn files_equal(a: &Path, b: &Path) -> bool {
 fn resume_after_sigkill_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, SyntheticSpec { train_rows: 10, val_rows: 2, row_len: 32, ..Default::default() });
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 10,
+            val_rows: 2,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
     let cfg = |out: &PathBuf| {
         let mut c = base_config(&data, out);
         c.max_steps = 24;
@@ -577,7 +734,10 @@ fn resume_after_sigkill_is_bit_identical() {
         c
     };
     let full = tmp.path().join("full");
-    wait_ok(spawn_child(&cfg(&full), tmp.path(), "full"), "uninterrupted run");
+    wait_ok(
+        spawn_child(&cfg(&full), tmp.path(), "full"),
+        "uninterrupted run",
+    );
 
     let cut = tmp.path().join("cut");
     let mut child = spawn_child(&cfg(&cut), tmp.path(), "cut");
@@ -590,13 +750,22 @@ fn resume_after_sigkill_is_bit_identical() {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("child exited ({st}) before it could be killed");
         }
-        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(child.try_wait().unwrap().is_none(), "child finished before the kill");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "child finished before the kill"
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!cut.join("final").exists(), "the killed run must not have finished");
+    assert!(
+        !cut.join("final").exists(),
+        "the killed run must not have finished"
+    );
     let killed_at = afm_train::checkpoint::list(&cut).unwrap().last().unwrap().0;
     assert!(killed_at < 24);
 
