@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's choice)")
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="torch threads while decoding, both sides (default: as --threads)")
     ap.add_argument("--skip-hf", action="store_true", help="only run afm")
     args = ap.parse_args()
 
@@ -62,8 +64,8 @@ def main():
 
     prec = "bf16" if args.bf16 else "f32"
     print()
-    print(f"preset {args.preset}, {prec}, train batch {args.batch}x{args.ctx}, "
-          f"greedy {args.prompt_len}+{args.new_tokens} (batch 1), torch threads {torch.get_num_threads()}")
+    print(f"preset {args.preset}, {prec}, train batch {args.batch}x{args.ctx} ({afm.get('threads')} threads), "
+          f"greedy {args.prompt_len}+{args.new_tokens} (batch 1, {afm.get('decode_threads')} threads)")
     print(f"{'metric':<26}{'HF eager':>12}{'afm':>12}{'afm/HF':>10}")
     for key, label in [("train_tokens_per_s", "train tokens/s"), ("generate_tokens_per_s", "greedy tokens/s")]:
         h, a = hf.get(key), afm.get(key)
@@ -87,6 +89,8 @@ def run_afm(args):
         cmd.append("--bf16")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.decode_threads:
+        cmd += ["--decode-threads", str(args.decode_threads)]
     print("running:", " ".join(cmd), flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -123,6 +127,8 @@ def run_hf(args, torch, GPT2Config, GPT2LMHeadModel):
     out["train_tokens_per_s"] = args.batch * args.ctx * args.steps / (time.perf_counter() - t)
 
     print("HF: greedy generate()", flush=True)
+    if args.decode_threads:
+        torch.set_num_threads(args.decode_threads)
     model.eval()
     prompt = torch.randint(0, 50257, (1, args.prompt_len))
     kw = dict(do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)

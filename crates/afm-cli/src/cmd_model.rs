@@ -111,6 +111,10 @@ pub struct BenchModelArgs {
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Threads while decoding (default: as --threads). 1 avoids OpenMP
+    /// barrier stalls on a busy machine, where batch-1 ops are tiny.
+    #[arg(long)]
+    pub decode_threads: Option<i32>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
@@ -289,6 +293,13 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         }
     }
     if !a.no_generate {
+        if let Some(t) = a.decode_threads {
+            if t < 1 {
+                bail!("--decode-threads must be >= 1");
+            }
+            tch::set_num_threads(t);
+        }
+        out["decode_threads"] = tch::get_num_threads().into();
         let gps = speed::generate_tokens_per_s(&model, a.prompt_len, a.new_tokens, precision)?;
         out["generate_tokens_per_s"] = gps.into();
         out["generate_prompt_len"] = a.prompt_len.into();

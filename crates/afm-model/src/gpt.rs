@@ -476,27 +476,26 @@ impl Gpt {
             let g = Tensor::empty([n, v], (kind, dev));
             let mut total = Tensor::zeros([], (Kind::Double, dev));
             let step = chunk_rows.max(1) as i64;
+            let minus_one = Tensor::full([step, 1], -1.0, (kind, dev));
             let mut s = 0;
             while s < n {
                 let len = step.min(n - s);
                 let hc = hk.narrow(0, s, len);
                 let t = targets.narrow(0, s, len).unsqueeze(1);
-                let mut logits = hc.matmul(&head.tr()).to_kind(Kind::Float); // [len, V]
-                let lse = logits.logsumexp([1], true); // [len, 1]
-                let nll = &lse - logits.gather(1, &t, false);
+                // One fused kernel each: log-softmax (f32), then exp straight into G.
+                let logp = hc.matmul(&head.tr()).log_softmax(1, Kind::Float); // [len, V]
+                let nll = -logp.gather(1, &t, false);
                 let w = weights.map(|w| w.narrow(0, s, len).to_kind(Kind::Float).unsqueeze(1));
                 total += match &w {
                     Some(w) => (&nll * w).sum(Kind::Double),
                     None => nll.sum(Kind::Double),
                 };
-                logits -= &lse;
-                let _ = logits.exp_();
-                let _ =
-                    logits.scatter_add_(1, &t, &Tensor::full([len, 1], -1.0, (Kind::Float, dev)));
+                let mut gc = g.narrow(0, s, len);
+                let _ = logp.exp_out(&gc);
+                let _ = gc.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
                 if let Some(w) = &w {
-                    logits *= w;
+                    gc *= w;
                 }
-                g.narrow(0, s, len).copy_(&logits);
                 s += len;
             }
             let dh = g.matmul(&head).to_kind(Kind::Float); // [N, C]
