@@ -478,7 +478,8 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         assert!(ok_config().validate().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut TrainConfig)>, &str)> = vec![
+        type Case = (Box<dyn Fn(&mut TrainConfig)>, &'static str);
+        let cases: Vec<Case> = vec![
             (Box::new(|c| c.optim.lr = -1.0), "optim.lr"),
             (Box::new(|c| c.optim.lr = f64::NAN), "optim.lr"),
             (Box::new(|c| c.optim.min_lr = 1.0), "optim.min_lr"),

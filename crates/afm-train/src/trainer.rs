@@ -162,10 +162,10 @@ pub fn batch_loss(
         kl_terms.push(wd);
     }
     let coef = Tensor::from_slice(&coef).to_device(device);
-    let mut total = (wce * coef).sum(Kind::Float);
-    for k in kl_terms {
-        total = total + k * l.beta;
-    }
+    let ce_part = (wce * coef).sum(Kind::Float);
+    let total = kl_terms
+        .into_iter()
+        .fold(ce_part, |acc, k| acc + k * l.beta);
     Ok(LossParts {
         loss: total / weight_total,
         ce_sum,

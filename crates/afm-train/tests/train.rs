@@ -280,7 +280,7 @@ fn per_agent_routing_picks_the_right_teacher() {
     tch::no_grad(|| {
         for (n, mut p) in coder_model.named_parameters() {
             if n.starts_with("role_emb") {
-                let _ = p.copy_(&Tensor::randn_like(&p));
+                p.copy_(&Tensor::randn_like(&p));
             }
         }
     });
