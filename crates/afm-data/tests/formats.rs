@@ -67,7 +67,7 @@ fn ag2_log() {
     assert_eq!(t.steps[3].text, "", "null content is an empty turn");
     let map =
         AgentsMap::from_toml("[rename]\nVerificationExpert = \"Verification_Expert\"\n").unwrap();
-    let t = afm_data::prepare::normalise(t.clone(), &map).unwrap();
+    let t = afm_data::agents::normalise(t.clone(), &map).unwrap();
     assert_eq!(
         kinds(&t),
         vec![

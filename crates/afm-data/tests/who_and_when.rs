@@ -38,7 +38,7 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
             .result
             .clone()
             .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
-        let t = afm_data::prepare::normalise(t, &map).unwrap();
+        let t = afm_data::agents::normalise(t, &map).unwrap();
         assert_eq!(t.success, Some(false), "all Who&When runs failed");
         let mut roles = RoleVocab::new();
         for s in &t.steps {
