@@ -11,7 +11,7 @@ pub enum Cmd {
     ///
     /// Every knob can come from a TOML file (--config); flags given here
     /// override it. See crates/afm-train/README.md for the full reference.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
 }
 
 #[derive(Args, Debug)]
