@@ -285,6 +285,12 @@ impl Gpt {
 
     /// The matmul weights in `precision` (see [`Weights`]).
     pub fn weights(&self, precision: Precision) -> Weights {
+        self.weights_with(precision, true)
+    }
+
+    /// `with_head: false` skips casting the (large) tied head when only the
+    /// blocks are needed (the head then stays the f32 `wte`, unused).
+    fn weights_with(&self, precision: Precision, with_head: bool) -> Weights {
         let kind = precision.kind();
         let cast = |t: &Tensor| {
             if t.kind() == kind {
@@ -311,7 +317,11 @@ impl Gpt {
                     ]
                 })
                 .collect(),
-            head: cast(&self.wte),
+            head: if with_head {
+                cast(&self.wte)
+            } else {
+                self.wte.shallow_clone()
+            },
         }
     }
 
@@ -388,14 +398,21 @@ impl Gpt {
     /// data.
     pub fn forward(&self, a: &ForwardArgs, precision: Precision, train: bool) -> Tensor {
         let h = self.hidden(a, precision, train);
-        self.lm_head(&h, &self.weights(precision))
+        let head = if precision.kind() == Kind::Float {
+            self.wte.shallow_clone()
+        } else {
+            self.wte.to_kind(precision.kind())
+        };
+        h.to_kind(precision.kind())
+            .matmul(&head.tr())
+            .to_kind(Kind::Float)
     }
 
     /// Final hidden states after `ln_f` (f32): `[B, T, C]`, or `[N, C]` at
     /// the `select`ed positions. [`Gpt::lm_head`] turns them into logits;
     /// training code may instead feed them to a fused chunked loss.
     pub fn hidden(&self, a: &ForwardArgs, precision: Precision, train: bool) -> Tensor {
-        let w = self.weights(precision);
+        let w = self.weights_with(precision, false);
         let (b, t) = a.tokens.size2().expect("tokens must be [B, T]");
         let dev = a.tokens.device();
         let derived;
