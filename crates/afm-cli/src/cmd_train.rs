@@ -34,6 +34,10 @@ pub struct TrainArgs {
     /// Per-agent teacher, AGENT=CHECKPOINT (repeat for several agents).
     #[arg(long = "teacher", value_name = "AGENT=CKPT")]
     pub teachers: Vec<String>,
+    /// Distil from the teachers' cached top-k logits (built once in
+    /// RUN/teacher_cache; forward KL only); 0 = run the teachers every step.
+    #[arg(long)]
+    pub teacher_top_k: Option<usize>,
     /// Optimiser steps (0 = from --epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -150,6 +154,7 @@ pub fn build_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         c.data => a.data,
         c.out => a.out,
         c.max_steps => a.max_steps,
+        c.teacher_top_k => a.teacher_top_k,
         c.epochs => a.epochs,
         c.seed => a.seed,
         c.time_budget => a.time_budget.clone().map(Some),

@@ -141,6 +141,10 @@ pub struct TrainConfig {
     pub role_embeddings: bool,
     /// Per-agent teachers: agent name -> checkpoint directory.
     pub teachers: BTreeMap<String, PathBuf>,
+    /// With teachers: > 0 runs them once before training and distils from
+    /// their cached top-k logits (`RUN/teacher_cache/`, forward KL only);
+    /// 0 runs them at every step.
+    pub teacher_top_k: usize,
     /// Seed of everything random (init, data order, dropout).
     pub seed: u64,
     /// cpu, cuda, cuda:N or auto.
@@ -196,6 +200,7 @@ impl Default for TrainConfig {
             dropout: 0.0,
             role_embeddings: true,
             teachers: BTreeMap::new(),
+            teacher_top_k: 0,
             seed: 0,
             device: "cpu".into(),
             bf16: false,
@@ -305,6 +310,12 @@ impl TrainConfig {
             if dir.as_os_str().is_empty() {
                 return Err(bad(&format!("teachers.{agent}"), "empty checkpoint path"));
             }
+        }
+        if self.teacher_top_k > 0 && self.loss.divergence != Divergence::Forward {
+            return Err(bad(
+                "teacher_top_k",
+                "the top-k teacher cache supports only loss.divergence = \"forward\"",
+            ));
         }
         let positive = [
             ("batch_size", self.batch_size),

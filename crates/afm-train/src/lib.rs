@@ -48,6 +48,7 @@ pub mod optim;
 mod plot;
 pub mod synthetic;
 pub mod teacher;
+pub mod teacher_cache;
 pub mod trainer;
 
 pub use config::{

@@ -213,6 +213,9 @@ impl Teacher {
 pub struct Teachers {
     pub list: Vec<Teacher>,
     by_role: HashMap<u16, usize>,
+    /// Offline top-k logits used instead of running `list` (see
+    /// [`crate::teacher_cache`]).
+    pub cache: Option<crate::teacher_cache::TeacherCache>,
 }
 
 impl Teachers {
@@ -244,9 +247,17 @@ impl Teachers {
         Ok(())
     }
 
-    /// True when there is no teacher.
+    /// Teachers replaced by their offline top-k cache.
+    pub fn from_cache(cache: crate::teacher_cache::TeacherCache) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::default()
+        }
+    }
+
+    /// True when there is no teacher (and no teacher cache).
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.is_empty() && self.cache.is_none()
     }
 
     /// Index of the teacher of owner role `role`, if any.

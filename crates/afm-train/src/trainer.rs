@@ -125,8 +125,35 @@ pub fn batch_loss(
         e.0 += w * c as f64;
         e.1 += w;
     }
-    let groups = teachers.route(&batch.owners);
-    if groups.is_empty() {
+    // (positions, per-position divergence) per teacher, or from the cache.
+    let device = logits.device();
+    let to_idx = |pos: &[usize]| {
+        Tensor::from_slice(&pos.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device)
+    };
+    let mut items: Vec<(Vec<usize>, Tensor)> = Vec::new();
+    if let Some(cache) = &teachers.cache {
+        let (pos, ids, vals) = cache.lookup(batch)?;
+        if !pos.is_empty() {
+            let s_logits = logits.index_select(0, &to_idx(&pos));
+            let d = crate::teacher_cache::topk_forward_kl(&s_logits, &ids, &vals, l.temperature);
+            items.push((pos, d));
+        }
+    } else {
+        for (ti, pos) in teachers.route(&batch.owners) {
+            let t = &teachers.list[ti];
+            let t_logits = t.logits(batch, &pos, &model.tokenizer, precision)?;
+            let s_logits = logits.index_select(0, &to_idx(&pos));
+            let d = divergence_per_token(
+                &s_logits,
+                &t_logits,
+                l.divergence,
+                l.temperature,
+                l.jsd_beta,
+            );
+            items.push((pos, d));
+        }
+    }
+    if items.is_empty() {
         return Ok(LossParts {
             loss: wce.sum(Kind::Float) / weight_total,
             ce_sum,
@@ -135,29 +162,16 @@ pub fn batch_loss(
             ce_by_owner,
         });
     }
-    let device = logits.device();
     let mut coef = vec![1f32; n];
     let mut kl_terms = Vec::new();
     let mut kl_sum = 0.0;
     let mut kl_weight = 0.0;
-    for (ti, pos) in &groups {
-        for &k in pos {
+    for (pos, d) in items {
+        for &k in &pos {
             coef[k] = l.alpha as f32;
             kl_weight += batch.weights_host[k] as f64;
         }
-        let t = &teachers.list[*ti];
-        let idx = Tensor::from_slice(&pos.iter().map(|&k| k as i64).collect::<Vec<_>>())
-            .to_device(device);
-        let t_logits = t.logits(batch, pos, &model.tokenizer, precision)?;
-        let s_logits = logits.index_select(0, &idx);
-        let d = divergence_per_token(
-            &s_logits,
-            &t_logits,
-            l.divergence,
-            l.temperature,
-            l.jsd_beta,
-        );
-        let wd = (d * batch.weights.index_select(0, &idx)).sum(Kind::Float);
+        let wd = (d * batch.weights.index_select(0, &to_idx(&pos))).sum(Kind::Float);
         kl_sum += wd.detach().double_value(&[]);
         kl_terms.push(wd);
     }
@@ -552,12 +566,34 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         }
         check_ids(v, "val", model.config.vocab_size, model.config.n_roles)?;
     }
-    let teachers = Teachers::load(
+    let mut teachers = Teachers::load(
         &cfg.teachers,
         &model.tokenizer,
         model.config.vocab_size,
         device,
     )?;
+    if cfg.teacher_top_k > 0 && !teachers.is_empty() {
+        let dir = run.join("teacher_cache");
+        if !crate::teacher_cache::TeacherCache::exists(&dir, "train") {
+            eprintln!(
+                "building the top-{} teacher cache in {}",
+                cfg.teacher_top_k,
+                dir.display()
+            );
+            crate::teacher_cache::build(
+                &dir,
+                &train_set,
+                &teachers,
+                &model.tokenizer,
+                cfg.teacher_top_k,
+                cfg.batch_size,
+                precision,
+            )?;
+        }
+        let cache = crate::teacher_cache::TeacherCache::open(&dir, "train", &model.tokenizer)?;
+        // The teachers are no longer needed in memory.
+        teachers = Teachers::from_cache(cache);
+    }
 
     // Optimiser and state.
     let mut opt = AdamW::new(model.named_parameters(), &cfg.optim, weight_decay_applies);

@@ -793,3 +793,94 @@ fn resume_after_sigkill_is_bit_identical() {
         .collect();
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
 }
+
+/// The offline top-k cache: with k = the whole vocabulary it reproduces
+/// the live forward KL; a run with a small k trains from the cache.
+#[test]
+fn teacher_topk_cache_matches_live_teachers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tok = dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 2,
+            val_rows: 0,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
+    let shards = Shards::open(&data, "train").unwrap();
+    let pdir = tmp.path().join("t_planner");
+    tiny_model(&tok, 31).save(&pdir).unwrap();
+    let cdir = tmp.path().join("t_coder");
+    tiny_model(&tok, 32).save(&cdir).unwrap();
+    let map: std::collections::BTreeMap<String, PathBuf> = [
+        ("Planner".to_string(), pdir.clone()),
+        ("Coder".to_string(), cdir.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let live = Teachers::load(&map, &tok, tok.n_vocab(), Device::Cpu).unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let idx = afm_train::teacher_cache::build(
+        &cache_dir,
+        &shards,
+        &live,
+        &tok,
+        tok.n_vocab(),
+        2,
+        Precision::F32,
+    )
+    .unwrap();
+    assert!(idx.entries > 0);
+    let cached = Teachers::from_cache(
+        afm_train::teacher_cache::TeacherCache::open(&cache_dir, "train", &tok).unwrap(),
+    );
+    let student = tiny_model(&tok, 7);
+    let l = LossConfig {
+        alpha: 0.3,
+        beta: 0.7,
+        temperature: 2.0,
+        ..Default::default()
+    };
+    // Rows in a different order than the cache was built in.
+    let b = make_batch(&shards, &[1, 0], &l, Device::Cpu);
+    let a = batch_loss(&student, &live, &b, &l, Precision::F32, false, b.weight_sum).unwrap();
+    let c = batch_loss(
+        &student,
+        &cached,
+        &b,
+        &l,
+        Precision::F32,
+        false,
+        b.weight_sum,
+    )
+    .unwrap();
+    assert!(a.kl_sum > 0.0);
+    assert!((a.kl_weight - c.kl_weight).abs() < 1e-9);
+    assert!(
+        (a.kl_sum - c.kl_sum).abs() < 1e-3 * a.kl_sum,
+        "{} vs {}",
+        a.kl_sum,
+        c.kl_sum
+    );
+    assert!((a.loss.double_value(&[]) - c.loss.double_value(&[])).abs() < 1e-4);
+
+    // End to end with k = 16.
+    let out = tmp.path().join("run");
+    let mut cfg = base_config(&data, &out);
+    cfg.max_steps = 3;
+    cfg.teachers = map;
+    cfg.teacher_top_k = 16;
+    afm_train::train(&cfg).unwrap();
+    assert!(out.join("teacher_cache/train.topk.json").is_file());
+    let kl = records(&out).iter().find_map(|r| match r {
+        Record::Train { kl, .. } => *kl,
+        _ => None,
+    });
+    assert!(kl.is_some_and(|k| k.is_finite() && k > 0.0), "{kl:?}");
+    // Only the forward KL is defined on a top-k cache.
+    cfg.loss.divergence = Divergence::Reverse;
+    let e = afm_train::train(&cfg).unwrap_err().to_string();
+    assert!(e.contains("teacher_top_k"), "{e}");
+}
