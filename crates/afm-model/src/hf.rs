@@ -160,6 +160,7 @@ fn read_hf_tensors(dir: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
 /// Import an HF GPT-2 directory exactly (role embeddings off).
 pub fn import_gpt(dir: &Path, device: Device) -> anyhow::Result<HfGpt> {
     let config = read_config(dir)?;
+    crate::model::check_size(&config, &dir.join(HF_WEIGHTS))?;
     let tensors = read_hf_tensors(dir)?;
     let mut m = Model::build(config.clone(), Tokenizer::gpt2(), device, None);
     m.assign(tensors, &dir.join(HF_WEIGHTS))?;
@@ -268,6 +269,7 @@ impl Model {
                 .insert(a)
                 .with_context(|| format!("agent role {a:?}"))?;
         }
+        crate::model::check_size(&config, &dir.join(HF_WEIGHTS))?;
         let mut tensors = read_hf_tensors(dir)?;
         let roles_path = dir.join(AFM_ROLE_EMB);
         if roles_path.exists() {

@@ -184,6 +184,7 @@ impl Model {
             Tokenizer::from_json(&text).with_context(|| format!("{}", voc_path.display()))?;
         check_tokenizer(&config, &tokenizer).with_context(|| format!("{}", dir.display()))?;
         let w_path = dir.join(WEIGHTS_FILE);
+        check_size(&config, &w_path)?;
         let tensors = st::read(&w_path, Device::Cpu)?;
         let mut m = Self::build(config, tokenizer, device, None);
         m.assign(tensors, &w_path)?;
@@ -244,6 +245,24 @@ impl Model {
         self.tokenizer = tokenizer;
         Ok(())
     }
+}
+
+/// Refuse a config whose parameters (f32) could not fit in `weights`
+/// before allocating the model (a corrupt `config.json` must not trigger a
+/// huge allocation).
+pub(crate) fn check_size(config: &GptConfig, weights: &Path) -> anyhow::Result<()> {
+    let have = std::fs::metadata(weights)
+        .with_context(|| format!("reading {}", weights.display()))?
+        .len();
+    let need = (config.n_params() as u64).saturating_mul(2); // bf16 at the least
+    if need > have {
+        bail!(
+            "{}: the config needs {} parameters but the file has only {have} bytes: truncated, or config and weights do not match",
+            weights.display(),
+            config.n_params()
+        );
+    }
+    Ok(())
 }
 
 /// `PARENT/.NAME.KIND-PID-NANOS` next to `dir` (same filesystem, so rename works).

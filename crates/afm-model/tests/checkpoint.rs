@@ -179,3 +179,13 @@ fn missing_files_name_the_path() {
     let e = corrupt(|ck| std::fs::write(ck.join("config.json"), "{not json").unwrap());
     assert!(e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn huge_config_is_refused_before_allocating() {
+    let e = corrupt(|ck| {
+        let p = ck.join("config.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("\"n_ctx\": 128", "\"n_ctx\": 16000000")).unwrap();
+    });
+    assert!(e.contains("do not match"), "{e}");
+}
