@@ -77,12 +77,17 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
 }
 
 fn parse_weights(a: &PrepareArgs) -> anyhow::Result<AgentWeights> {
-    let mut w = AgentWeights { only: a.only_agent.clone(), ..Default::default() };
+    let mut w = AgentWeights {
+        only: a.only_agent.clone(),
+        ..Default::default()
+    };
     for s in &a.agent_weight {
         let Some((name, v)) = s.rsplit_once('=') else {
             bail!("--agent-weight {s:?}: expected NAME=WEIGHT");
         };
-        let v: f32 = v.parse().with_context(|| format!("--agent-weight {s:?}: weight is not a number"))?;
+        let v: f32 = v
+            .parse()
+            .with_context(|| format!("--agent-weight {s:?}: weight is not a number"))?;
         if !v.is_finite() || v < 0.0 {
             bail!("--agent-weight {s:?}: weight must be finite and >= 0");
         }
@@ -115,7 +120,10 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         seed: a.seed,
         strict: a.strict,
         dedup: !a.no_dedup,
-        limits: afm_data::Limits { max_field_bytes: a.max_field_bytes, ..Default::default() },
+        limits: afm_data::Limits {
+            max_field_bytes: a.max_field_bytes,
+            ..Default::default()
+        },
         out: a.out.clone(),
         ..Default::default()
     };

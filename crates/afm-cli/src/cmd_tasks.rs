@@ -51,8 +51,18 @@ pub enum AgentsCmd {
 #[derive(Args)]
 pub struct AgentsRunArgs {
     /// Use the scripted rule-based Planner, Coder and Reviewer.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mas")]
     pub scripted: bool,
+    /// Use the multi-agent LM system: one checkpoint per agent,
+    /// `Planner=CKPT,Coder=CKPT,Reviewer=CKPT` (greedy decoding).
+    #[arg(long)]
+    pub mas: Option<String>,
+    /// Device of the MAS models (cpu, cuda, cuda:N, auto).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Tasks decoded together by the MAS.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
     /// Task file (JSONL of tasks, e.g. datasets/tasks/train.jsonl).
     #[arg(long)]
     pub tasks: PathBuf,
@@ -103,8 +113,11 @@ fn tasks_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &a.mas {
+        return agents_run_mas(&a, spec);
+    }
     if !a.scripted {
-        anyhow::bail!("choose who plays the agents: only --scripted is available");
+        anyhow::bail!("choose who plays the agents: --scripted or --mas Planner=CKPT,Coder=CKPT,Reviewer=CKPT");
     }
     let cfg = AgentConfig {
         plan_error_rate: a.plan_error_rate,
@@ -184,4 +197,34 @@ fn summary(trajs: &[Trajectory]) -> String {
         lens.last().copied().unwrap_or(0),
         lens.iter().sum::<usize>() as f64 / n as f64,
     )
+}
+
+/// The multi-agent LM system writes native trajectories (Chain-of-Agents
+/// part 1: these can be prepared and trained on like the scripted ones).
+fn agents_run_mas(a: &AgentsRunArgs, spec: &str) -> anyhow::Result<()> {
+    use afm_agents::mas::Mas;
+    let device = afm_model::parse_device(&a.device)?;
+    let mas = Mas::load(&Mas::parse_spec(spec)?, device)?;
+    let tasks = load_tasks(&a.tasks)?;
+    let opts = afm_agents::RunOptions {
+        batch: a.batch.max(1),
+        seed: a.seed,
+        ..afm_agents::RunOptions::default()
+    };
+    let bar = indicatif::ProgressBar::new(tasks.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let runs =
+        afm_agents::mas::write_trajectories(&mas, &tasks, &opts, &a.out, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let ok = runs.iter().filter(|r| r.success).count();
+    eprintln!(
+        "{} trajectories -> {} ({ok} successful, {:.1}%)",
+        runs.len(),
+        a.out.display(),
+        100.0 * ok as f64 / runs.len().max(1) as f64
+    );
+    Ok(())
 }
