@@ -721,10 +721,18 @@ fn ablation(a: &AblationArgs) -> Result<()> {
             );
         }
     }
-    // The per-agent teachers come from the main pipeline run.
-    eprintln!("[ablation] making sure the pipeline's teachers exist");
-    pipeline(&a.pipeline)?;
+    // The per-agent teachers come from the main pipeline run (its own
+    // settings); the ablation only trains and evaluates AFM variants.
     let root = base.runs_dir.join(&base.name);
+    for (agent, dir) in mas_map(&root) {
+        if !dir.join(afm_model::WEIGHTS_FILE).is_file() {
+            bail!(
+                "{}: the {agent} teacher is missing; run `afm pipeline --name {}` (or `cargo xtask pipeline`) first",
+                dir.display(),
+                base.name
+            );
+        }
+    }
     let tasks = load_tasks(&base)?;
     let device = parse_device(&base.device)?;
     let mut rows = Vec::new();
