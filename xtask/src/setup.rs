@@ -49,7 +49,8 @@ pub fn venv_python() -> PathBuf {
         .join("python")
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+/// Run a command to completion; an error names the command and its status.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
     let status = cmd
         .status()
@@ -77,7 +78,10 @@ pub fn setup() -> Result<PathBuf, String> {
                     user.display()
                 ));
             }
-            eprintln!("xtask: using LIBTORCH={} from the environment", user.display());
+            eprintln!(
+                "xtask: using LIBTORCH={} from the environment",
+                user.display()
+            );
             user
         }
         _ => install_torch_venv()?,
@@ -158,8 +162,13 @@ fn link(libtorch: &Path, at: &Path) -> Result<(), String> {
         std::fs::remove_file(at).map_err(|e| format!("cannot replace {}: {e}", at.display()))?;
     }
     #[cfg(unix)]
-    std::os::unix::fs::symlink(libtorch, at)
-        .map_err(|e| format!("cannot link {} -> {}: {e}", at.display(), libtorch.display()))?;
+    std::os::unix::fs::symlink(libtorch, at).map_err(|e| {
+        format!(
+            "cannot link {} -> {}: {e}",
+            at.display(),
+            libtorch.display()
+        )
+    })?;
     #[cfg(not(unix))]
     return Err("only unix-like systems are supported by xtask setup".into());
     eprintln!("xtask: {} -> {}", at.display(), libtorch.display());

@@ -10,15 +10,7 @@ fn cargo() -> Command {
 }
 
 fn run(mut cmd: Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{shown} failed with {status}"))
-    }
+    crate::setup::run(&mut cmd)
 }
 
 /// Every test in the workspace.
