@@ -708,6 +708,16 @@ const CLAIMS: [(&str, Option<f64>); 7] = [
     ("no-boundary", None),
 ];
 
+/// One line of the ablation table.
+struct Row {
+    variant: &'static str,
+    claim: Option<f64>,
+    success: MeanSpread,
+    rates: Vec<f64>,
+    val_loss: MeanSpread,
+    steps: MeanSpread,
+}
+
 fn ablation(a: &AblationArgs) -> Result<()> {
     let base = resolve(&a.pipeline)?;
     if a.seeds == 0 {
@@ -750,7 +760,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
             "no-boundary" => c.boundary = false,
             _ => {}
         }
-        let mut rates = Vec::new();
+        let (mut rates, mut losses, mut steps) = (Vec::new(), Vec::new(), Vec::new());
         for seed in 0..a.seeds {
             let dir = root.join(format!("ablation/{variant}-s{seed}"));
             let mut cs = c.clone();
@@ -770,7 +780,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
             } else {
                 BTreeMap::new()
             };
-            train_stage(
+            let tr = train_stage(
                 &format!("{variant}-s{seed} train"),
                 &dir.join("model"),
                 &cs,
@@ -801,31 +811,49 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                 },
             )?;
             rates.push(d.summary["success_rate"].as_f64().unwrap_or(f64::NAN) * 100.0);
+            losses.push(tr.summary["best_val_loss"].as_f64().unwrap_or(f64::NAN));
+            steps.push(tr.summary["steps"].as_f64().unwrap_or(f64::NAN));
         }
-        rows.push((variant, claim, MeanSpread::of(&rates), rates));
+        rows.push(Row {
+            variant,
+            claim,
+            success: MeanSpread::of(&rates),
+            rates,
+            val_loss: MeanSpread::of(&losses),
+            steps: MeanSpread::of(&steps),
+        });
     }
-    let full = rows.iter().find(|r| r.0 == "full").map(|r| r.2.mean);
+    let full = rows
+        .iter()
+        .find(|r| r.variant == "full")
+        .map(|r| r.success.mean);
     let mut md = format!(
-        "# Ablation ({} seeds, preset {}, AFM budget {}, {} held-out tasks, {})\n\n\
-         | variant | success % (mean +- std) | seeds | gain of the ingredient (full - variant) | seed's claimed gain |\n|---|---:|---|---:|---:|\n",
+        "# Ablation ({} seeds, preset {}, AFM budget {} each, {} held-out tasks, {}, {} cores)\n\n\
+         | variant | success % (mean +- std) | per seed | gain of the ingredient (full - variant) | seed's claimed gain | best val loss (mean +- std) | optimiser steps |\n\
+         |---|---:|---|---:|---:|---:|---:|\n",
         a.seeds,
         base.preset,
         base.afm_time_budget,
         tasks.len(),
-        afm_bench::report::today_utc()
+        afm_bench::report::today_utc(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
-    for (v, claim, ms, rates) in &rows {
-        let gain = match (full, *v) {
+    for r in &rows {
+        let gain = match (full, r.variant) {
             (_, "full") | (None, _) => "".to_string(),
-            (Some(f), _) => format!("{:+.1} pts", f - ms.mean),
+            (Some(f), _) => format!("{:+.1} pts", f - r.success.mean),
         };
-        let claim = claim.map_or("-".to_string(), |g| format!("+{g} pts"));
-        let seeds: Vec<String> = rates.iter().map(|r| format!("{r:.1}")).collect();
+        let claim = r.claim.map_or("-".to_string(), |g| format!("+{g} pts"));
+        let seeds: Vec<String> = r.rates.iter().map(|x| format!("{x:.1}")).collect();
         md.push_str(&format!(
-            "| {v} | {:.1} +- {:.1} | {} | {gain} | {claim} |\n",
-            ms.mean,
-            ms.std,
-            seeds.join(", ")
+            "| {} | {:.1} +- {:.1} | {} | {gain} | {claim} | {:.3} +- {:.3} | {:.0} |\n",
+            r.variant,
+            r.success.mean,
+            r.success.std,
+            seeds.join(", "),
+            r.val_loss.mean,
+            r.val_loss.std,
+            r.steps.mean,
         ));
     }
     let out = root.join("ablation.md");
