@@ -376,7 +376,6 @@ impl Tokenizer {
     }
 }
 
-
 /// The one rule for which role id each *input* position carries (what the
 /// role-embedding table is indexed by). Feed tokens in order; a marker
 /// token takes the role it opens:
@@ -462,7 +461,13 @@ mod tests {
     #[test]
     fn special_text_in_content_stays_text() {
         let t = tok();
-        for s in ["<|end|>", "<|endoftext|>", "<|task|>", "<|obs|>", "<|agent:Coder|>"] {
+        for s in [
+            "<|end|>",
+            "<|endoftext|>",
+            "<|task|>",
+            "<|obs|>",
+            "<|agent:Coder|>",
+        ] {
             let ids = t.encode(s);
             assert!(ids.iter().all(|&i| !t.is_special(i)), "{s} -> {ids:?}");
             assert!(ids.len() > 1);
