@@ -393,10 +393,6 @@ fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Resu
     if c.max_steps > 0 {
         t.max_steps = c.max_steps;
     }
-    // An interrupted stage picks up its own checkpoints.
-    t.resume = std::fs::read_dir(dir.join("checkpoints"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
     t.role_embeddings = s.role_embeddings;
     if s.teachers.is_empty() {
         t.loss.alpha = 1.0;
@@ -418,7 +414,14 @@ fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Resu
         .values()
         .map(|p| std::fs::read_to_string(p.join("../.afm-stage.json")).unwrap_or_default())
         .collect();
+    // The fingerprint covers what determines the weights, not run control
+    // (`resume` flips once checkpoints exist; it must not look like a change).
+    t.resume = false;
     let fp = stage::fingerprint(&["train-v1", &json(&t), &data_marker, &teacher_markers]);
+    // An interrupted stage picks up its own checkpoints.
+    t.resume = std::fs::read_dir(dir.join("checkpoints"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     stage::run(name, dir, &fp, |_| {
         let summary = afm_train::train(&t)?;
         Ok(serde_json::to_value(&summary)?)
