@@ -796,6 +796,13 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                     seed,
                 },
             )?;
+            // Only `final/` is used from here on; 21 runs of checkpoints
+            // (weights + optimiser moments) would fill a small disk.
+            let ckpts = dir.join("model/checkpoints");
+            if ckpts.exists() {
+                std::fs::remove_dir_all(&ckpts)
+                    .with_context(|| format!("removing {}", ckpts.display()))?;
+            }
             let fp = stage::fingerprint(&[
                 "ablation-eval-v1",
                 &std::fs::read_to_string(dir.join("model/.afm-stage.json")).unwrap_or_default(),
