@@ -329,10 +329,7 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
         .enumerate()
         .map(|(i, row)| {
             let mut stats = row.stats;
-            stats.latency_ms = wall_ms / n as f64;
-            stats.batch_latency_ms = wall_ms;
-            stats.batch_size = n;
-            stats.finish_ms = finish_ms[i];
+            stats.close_batch(wall_ms, n, finish_ms[i]);
             let mut run = TaskRun {
                 id: row.task.id.clone(),
                 task: row.task.prompt.clone(),

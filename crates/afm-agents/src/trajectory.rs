@@ -42,6 +42,17 @@ pub struct RunStats {
     pub finish_ms: f64,
 }
 
+impl RunStats {
+    /// Close the timing of one task that ran in a batch of `batch_size`
+    /// tasks taking `wall_ms` together (the amortised-latency rule above).
+    pub fn close_batch(&mut self, wall_ms: f64, batch_size: usize, finish_ms: f64) {
+        self.latency_ms = wall_ms / batch_size.max(1) as f64;
+        self.batch_latency_ms = wall_ms;
+        self.batch_size = batch_size;
+        self.finish_ms = finish_ms;
+    }
+}
+
 /// Per-agent validity counts: how many turns (or tool calls) and how many of
 /// them were well-formed (see [`crate::env::turn_valid`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
