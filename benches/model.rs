@@ -24,6 +24,7 @@ fn presets() -> Vec<(&'static str, usize, usize)> {
 }
 
 fn train_step(c: &mut Criterion) {
+    afm_model::device::tune_allocator();
     let mut g = c.benchmark_group("model_train_step");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(20))
@@ -34,7 +35,7 @@ fn train_step(c: &mut Criterion) {
             let mut step = TrainStep::new(&m, batch, ctx, precision).expect("step");
             g.throughput(Throughput::Elements((batch * ctx) as u64));
             g.bench_function(format!("{preset}_{precision:?}_b{batch}x{ctx}"), |b| {
-                b.iter(|| step.step(&m))
+                b.iter(|| step.step(&m).expect("train step"))
             });
         }
     }
@@ -42,6 +43,7 @@ fn train_step(c: &mut Criterion) {
 }
 
 fn greedy(c: &mut Criterion) {
+    afm_model::device::tune_allocator();
     let mut g = c.benchmark_group("model_greedy_decode");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(10))

@@ -22,6 +22,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
+    afm_model::device::tune_allocator();
     let device =
         afm_model::parse_device(&std::env::var("AFM_BENCH_DEVICE").unwrap_or("cpu".into()))
             .expect("AFM_BENCH_DEVICE");

@@ -52,6 +52,7 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    afm_model::device::tune_allocator();
     let result = match cli.cmd {
         Cmd::Model(c) => cmd_model::run(c),
         Cmd::Data(c) => cmd_data::run(c),

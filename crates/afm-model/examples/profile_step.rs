@@ -7,12 +7,10 @@ use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Kind};
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("AFM_DEFAULT_MALLOC").is_none() {
+        afm_model::device::tune_allocator();
+    }
     let precision = Precision::from_bf16(std::env::args().nth(1).is_some_and(|s| s == "bf16"));
-    let chunk: usize = std::env::args()
-        .nth(2)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(64);
     let tok = Tokenizer::gpt2();
     let cfg = GptConfig::preset("mini", tok.n_vocab(), tok.roles().n_roles())?;
     let m = Model::new(cfg, tok, tch::Device::Cpu, 0)?;
@@ -31,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             .view([-1, 256]);
         let _ = h.sum(Kind::Float).double_value(&[]);
         let t1 = Instant::now();
-        let loss = m.gpt.lm_loss_sum(&h, &tgt, None, precision, chunk) / 2048.0;
+        let loss = m.gpt.lm_loss(&h, &tgt, None, precision)?.loss / 2048.0;
         let _ = loss.double_value(&[]);
         let t2 = Instant::now();
         opt.zero_grad();

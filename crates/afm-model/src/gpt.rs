@@ -111,6 +111,27 @@ pub struct Weights {
     head: Tensor,
 }
 
+/// What [`Gpt::lm_loss`] returns.
+pub struct LmLoss {
+    /// `sum_i w_i * nll_i` (scalar f32) carrying the exact gradient.
+    pub loss: Tensor,
+    /// Unweighted negative log-likelihood of each row's target.
+    pub nll: Vec<f32>,
+}
+
+/// A contiguous CPU tensor's elements as a mutable slice.
+///
+/// # Safety
+/// `t` must be a contiguous CPU tensor whose elements are `T`-sized and
+/// valid `T`s, and no other tensor may view its storage while the slice
+/// lives.
+unsafe fn cpu_slice_mut<T>(t: &mut Tensor) -> &mut [T] {
+    assert!(t.device() == Device::Cpu && t.is_contiguous());
+    assert_eq!(t.kind().elt_size_in_bytes(), std::mem::size_of::<T>());
+    // SAFETY: upheld by the caller (see above); size and layout checked.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel()) }
+}
+
 /// Per-layer key/value cache for incremental decoding:
 /// `[batch, n_head, n_ctx, head_dim]` per layer, preallocated.
 pub struct KvCache {
@@ -461,66 +482,87 @@ impl Gpt {
         h.to_kind(w.kind).matmul(&w.head.tr()).to_kind(Kind::Float)
     }
 
-    /// Fused LM head + cross-entropy: `sum_i w_i * -log p(targets_i)` over
-    /// hidden states `h` `[N, C]` (from [`Gpt::hidden`], typically at
-    /// `select`ed positions), as a scalar whose gradient reaches `h` and the
-    /// tied `wte` exactly as the unfused `lm_head` + `cross_entropy` would.
+    /// Fused LM head + cross-entropy over hidden states `h` `[N, C]` (from
+    /// [`Gpt::hidden`], typically at `select`ed positions): `loss` is the
+    /// scalar `sum_i w_i * -log p(targets_i)` whose gradient reaches `h` and
+    /// the tied `wte` exactly as the unfused `lm_head` + `cross_entropy`
+    /// would (divide it by your normaliser before `backward`); `nll` holds
+    /// each row's unweighted loss on the host. `weights` default to 1.
     ///
-    /// The `[N, V]` logits are produced `chunk_rows` rows at a time (small
-    /// enough to stay in cache); the log-softmax gradient `w * (softmax -
-    /// onehot)` is computed right there and stored once in the compute
-    /// precision, then `dh = G @ wte` and `dwte = G^T @ h` run as two big
-    /// matmuls. The returned scalar is `loss + <h, dh> + <wte, dwte>` with
-    /// the two inner products subtracted out again as constants, so its
-    /// value is the loss and backward delivers `dh`, `dwte` (scaled by the
-    /// incoming gradient, so dividing the result by a normaliser works).
-    /// `weights` default to 1. Divide by your token count for a mean.
-    pub fn lm_loss_sum(
+    /// The `[N, V]` logits are computed once in the compute precision; on
+    /// the CPU the softmax cross-entropy gradient `w * (softmax - onehot)`
+    /// then overwrites them in place, one cache-resident row at a time
+    /// (`crate::xent`; other devices use libtorch ops), and `dh = G @ wte`
+    /// and `dwte = G^T @ h` run as two big matmuls. The returned scalar is
+    /// `loss + <h, dh> + <wte, dwte>` with the two inner products subtracted
+    /// again as constants: its value is the loss and backward delivers `dh`
+    /// and `dwte`, scaled by the incoming gradient. Never materialises f32
+    /// logits, log-probabilities or a one-hot gradient.
+    ///
+    /// Errors when a target is outside the vocabulary or the shapes disagree.
+    pub fn lm_loss(
         &self,
         h: &Tensor,
         targets: &Tensor,
         weights: Option<&Tensor>,
         precision: Precision,
-        chunk_rows: usize,
-    ) -> Tensor {
+    ) -> anyhow::Result<LmLoss> {
         let kind = precision.kind();
-        let n = h.size()[0];
-        let (hd, head) = (h.detach(), self.wte.detach().to_kind(kind));
-        let hk = hd.to_kind(kind);
-        let v = self.config.vocab_size as i64;
-        let dev = h.device();
-        let (total, dh, dw) = tch::no_grad(|| {
-            let g = Tensor::empty([n, v], (kind, dev));
-            let mut total = Tensor::zeros([], (Kind::Double, dev));
-            let step = chunk_rows.max(1) as i64;
-            let minus_one = Tensor::full([step, 1], -1.0, (kind, dev));
-            let mut s = 0;
-            while s < n {
-                let len = step.min(n - s);
-                let hc = hk.narrow(0, s, len);
-                let t = targets.narrow(0, s, len).unsqueeze(1);
-                // One fused kernel each: log-softmax (f32), then exp straight into G.
-                let logp = hc.matmul(&head.tr()).log_softmax(1, Kind::Float); // [len, V]
-                let nll = -logp.gather(1, &t, false);
-                let w = weights.map(|w| w.narrow(0, s, len).to_kind(Kind::Float).unsqueeze(1));
-                total += match &w {
-                    Some(w) => (&nll * w).sum(Kind::Double),
-                    None => nll.sum(Kind::Double),
-                };
-                let mut gc = g.narrow(0, s, len);
-                let _ = logp.exp_out(&gc);
-                let _ = gc.scatter_add_(1, &t, &minus_one.narrow(0, 0, len));
-                if let Some(w) = &w {
-                    gc *= w;
+        let (n, c) = h.size2()?;
+        let v = self.config.vocab_size;
+        if c != self.config.n_embd as i64 || targets.size() != [n] {
+            anyhow::bail!(
+                "lm_loss: hidden states {:?} and targets {:?} do not match [N, {}] and [N]",
+                h.size(),
+                targets.size(),
+                self.config.n_embd
+            );
+        }
+        let head = self.wte.detach().to_kind(kind);
+        let hk = h.detach().to_kind(kind);
+        let host_weights = weights
+            .map(|w| Vec::<f32>::try_from(w.to_kind(Kind::Float).to_device(Device::Cpu)))
+            .transpose()?;
+        let (nll, dh, dw) = tch::no_grad(|| -> anyhow::Result<_> {
+            let mut g = hk.mm(&head.tr()); // [N, V], contiguous
+            let nll = if g.device() == Device::Cpu {
+                let t = Vec::<i64>::try_from(targets.to_device(Device::Cpu))?;
+                let w = host_weights.as_deref();
+                match kind {
+                    // SAFETY: `g` was just allocated by `mm`: a contiguous CPU
+                    // tensor of `n * v` elements of `kind`, not shared with
+                    // anything else while the slice lives.
+                    Kind::Float => {
+                        let s = unsafe { cpu_slice_mut::<f32>(&mut g) };
+                        crate::xent::softmax_xent_grad(s, v, &t, w)?
+                    }
+                    _ => {
+                        let s = unsafe { cpu_slice_mut::<crate::xent::Bf16>(&mut g) };
+                        crate::xent::softmax_xent_grad(s, v, &t, w)?
+                    }
                 }
-                s += len;
-            }
-            let dh = g.matmul(&head).to_kind(Kind::Float); // [N, C]
-            let dw = g.tr().matmul(&hk).to_kind(Kind::Float); // [V, C]
-            (total.to_kind(Kind::Float), dh, dw)
-        });
+            } else {
+                let t = targets.unsqueeze(1);
+                let logp = g.log_softmax(1, Kind::Float);
+                let nll = -logp.gather(1, &t, false).squeeze_dim(1);
+                g = logp.exp().to_kind(kind);
+                let _ = g.scatter_add_(1, &t, &Tensor::full([n, 1], -1.0, (kind, g.device())));
+                if let Some(w) = weights {
+                    g *= w.to_kind(kind).unsqueeze(1);
+                }
+                Vec::<f32>::try_from(nll.to_device(Device::Cpu))?
+            };
+            let dh = g.mm(&head).to_kind(Kind::Float); // [N, C]
+            let dw = g.tr().mm(&hk).to_kind(Kind::Float); // [V, C]
+            Ok((nll, dh, dw))
+        })?;
+        let total: f64 = match &host_weights {
+            Some(w) => nll.iter().zip(w).map(|(&l, &w)| l as f64 * w as f64).sum(),
+            None => nll.iter().map(|&l| l as f64).sum(),
+        };
         let inner = (h * &dh).sum(Kind::Float) + (&self.wte * &dw).sum(Kind::Float);
-        total + &inner - inner.detach()
+        let loss = Tensor::from(total as f32).to_device(h.device()) + &inner - inner.detach();
+        Ok(LmLoss { loss, nll })
     }
 
     fn eps(&self) -> f64 {

@@ -20,9 +20,12 @@ mod model;
 pub mod rng;
 pub mod speed;
 mod st;
+mod xent;
 
 pub use config::GptConfig;
 pub use device::parse_device;
 pub use generate::{generate, Decoder, Generation, SamplingConfig};
-pub use gpt::{positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, Precision, Weights};
+pub use gpt::{
+    positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, LmLoss, Precision, Weights,
+};
 pub use model::{weight_decay_applies, Model, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE};

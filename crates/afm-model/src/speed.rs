@@ -7,12 +7,6 @@ use crate::{generate, ForwardArgs, Model, Precision, SamplingConfig};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 
-/// Rows of the LM head processed at a time by the fused loss. On a 2-core
-/// CPU, small chunks made the chunk matmuls slower than the cache savings
-/// (measured: 32 rows 9.4 s, 128 rows 5.0 s, 2048 rows 2.9 s for mini's
-/// 8x256 batch), so the bench uses whole-batch chunks.
-pub const LOSS_CHUNK_ROWS: usize = 2048;
-
 /// Random `[batch, ctx]` token ids below `vocab` (deterministic in `seed`).
 pub fn random_tokens(batch: usize, ctx: usize, vocab: usize, seed: u64) -> Tensor {
     let mut rng = crate::rng::Rng::new(seed);
@@ -61,7 +55,7 @@ impl TrainStep {
     }
 
     /// One step; returns the mean loss.
-    pub fn step(&mut self, model: &Model) -> f64 {
+    pub fn step(&mut self, model: &Model) -> anyhow::Result<f64> {
         let h = model
             .gpt
             .hidden(&ForwardArgs::new(&self.tokens), self.precision, true);
@@ -69,13 +63,14 @@ impl TrainStep {
         let n = h.size()[0] as f64;
         let loss = model
             .gpt
-            .lm_loss_sum(&h, &self.targets, None, self.precision, LOSS_CHUNK_ROWS)
+            .lm_loss(&h, &self.targets, None, self.precision)?
+            .loss
             / n;
         self.opt.zero_grad();
         loss.backward();
         self.opt.clip_grad_norm(1.0);
         self.opt.step();
-        loss.double_value(&[])
+        Ok(loss.double_value(&[]))
     }
 }
 
@@ -91,13 +86,13 @@ pub fn train_tokens_per_s(
 ) -> anyhow::Result<(f64, f64)> {
     let mut t = TrainStep::new(model, batch, ctx, precision)?;
     for _ in 0..warmup {
-        t.step(model);
+        t.step(model)?;
         on_step();
     }
     let start = Instant::now();
     let mut loss = f64::NAN;
     for _ in 0..steps.max(1) {
-        loss = t.step(model);
+        loss = t.step(model)?;
         on_step();
     }
     let secs = start.elapsed().as_secs_f64();

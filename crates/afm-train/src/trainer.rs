@@ -112,19 +112,28 @@ pub fn batch_loss(
             ce_by_owner: BTreeMap::new(),
         });
     }
+    let distil = teachers.cache.is_some() || !teachers.list.is_empty();
+    if !distil {
+        // Plain SFT: the fused head + cross-entropy never materialises
+        // f32 logits (see `Gpt::lm_loss`).
+        let h = model.gpt.hidden(&forward_args(batch), precision, train);
+        let fused = model
+            .gpt
+            .lm_loss(&h, &batch.targets, Some(&batch.weights), precision)?;
+        let (ce_sum, ce_by_owner) = ce_totals(batch, &fused.nll);
+        return Ok(LossParts {
+            loss: fused.loss / weight_total,
+            ce_sum,
+            kl_sum: 0.0,
+            kl_weight: 0.0,
+            ce_by_owner,
+        });
+    }
     let logits = model.gpt.forward(&forward_args(batch), precision, train);
     let ce = cross_entropy_per_token(&logits, &batch.targets);
     let wce = &ce * &batch.weights;
     let ce_host = Vec::<f32>::try_from(ce.detach().to_device(Device::Cpu))?;
-    let mut ce_sum = 0.0;
-    let mut ce_by_owner: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
-    for (k, &c) in ce_host.iter().enumerate() {
-        let w = batch.weights_host[k] as f64;
-        ce_sum += w * c as f64;
-        let e = ce_by_owner.entry(batch.owners[k]).or_default();
-        e.0 += w * c as f64;
-        e.1 += w;
-    }
+    let (ce_sum, ce_by_owner) = ce_totals(batch, &ce_host);
     // (positions, per-position divergence) per teacher, or from the cache.
     let device = logits.device();
     let to_idx = |pos: &[usize]| {
@@ -187,6 +196,21 @@ pub fn batch_loss(
         kl_weight,
         ce_by_owner,
     })
+}
+
+/// `sum w * CE` over a micro-batch and per owner (`sum w * CE`, `sum w`),
+/// from the per-position CE on the host.
+fn ce_totals(batch: &Batch, ce: &[f32]) -> (f64, BTreeMap<u16, (f64, f64)>) {
+    let mut ce_sum = 0.0;
+    let mut by_owner: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
+    for (k, &c) in ce.iter().enumerate() {
+        let w = batch.weights_host[k] as f64;
+        ce_sum += w * c as f64;
+        let e = by_owner.entry(batch.owners[k]).or_default();
+        e.0 += w * c as f64;
+        e.1 += w;
+    }
+    (ce_sum, by_owner)
 }
 
 /// What one optimiser step did.
