@@ -20,6 +20,7 @@ Skips cleanly (exit 0) when transformers is not importable.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ PRESETS = {  # n_layer, n_head, n_embd, n_ctx (afm-model's GptConfig::preset)
     "gpt2": (12, 12, 768, 1024),
     "gpt2-medium": (24, 16, 1024, 1024),
 }
+# What afm_model::device::tune_allocator() sets with mallopt, as glibc tunables.
+TUNED_MALLOC = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967295"
 AFM_VOCAB = 50260  # GPT-2 BPE + <|task|> <|end|> <|obs|> (afm's Tokenizer::gpt2().n_vocab())
 
 
@@ -47,7 +50,13 @@ def main():
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="torch threads while decoding, both sides (default: as --threads)")
     ap.add_argument("--skip-hf", action="store_true", help="only run afm")
+    ap.add_argument("--hf-tuned-malloc", action="store_true",
+                    help="run HF with the same glibc allocator setting afm applies to itself "
+                         "(GLIBC_TUNABLES mmap/trim thresholds; re-executes this script)")
     args = ap.parse_args()
+    if args.hf_tuned_malloc and "GLIBC_TUNABLES" not in os.environ:
+        env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
     try:
         import torch
@@ -71,8 +80,22 @@ def main():
         h, a = hf.get(key), afm.get(key)
         ratio = f"{a / h:.2f}x" if h and a else "-"
         print(f"{label:<26}{fmt(h):>12}{fmt(a):>12}{ratio:>10}")
+    if os.environ.get("GLIBC_TUNABLES") == TUNED_MALLOC:
+        print("HF ran with afm's glibc allocator setting (--hf-tuned-malloc)")
     if "mfu" in afm:
         print(f"afm train MFU {100 * afm['mfu']:.1f}% of a measured {afm['matmul_peak_gflops']:.0f} GFLOP/s matmul")
+        h = hf.get("train_tokens_per_s")
+        if h:
+            per_tok = afm["train_gflops"] / afm["train_tokens_per_s"]
+            hf_mfu = h * per_tok / afm["matmul_peak_gflops"]
+            print(f"HF  train MFU {100 * hf_mfu:.1f}% (same FLOP count); 2x HF needs {200 * hf_mfu:.1f}% MFU")
+    if "generate_roofline_tokens_per_s" in afm:
+        r = afm["generate_roofline_tokens_per_s"]
+        g = afm.get("generate_tokens_per_s") or 0
+        print(f"greedy memory roofline {r:.0f} tokens/s ({afm['decode_weight_bytes'] / 1e6:.0f} MB of weights a token "
+              f"at a measured {afm['matvec_bandwidth_gbps']:.1f} GB/s matvec): afm at {100 * g / r:.0f}%", end="")
+        h = hf.get("generate_tokens_per_s")
+        print(f"; 5x HF needs {5 * h / r:.2f}x the roofline" if h else "")
     print(json.dumps({"hf": hf, "afm": afm}))
     return 0
 

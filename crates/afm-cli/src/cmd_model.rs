@@ -302,6 +302,15 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         out["decode_threads"] = tch::get_num_threads().into();
         let gps = speed::generate_tokens_per_s(&model, a.prompt_len, a.new_tokens, precision)?;
         out["generate_tokens_per_s"] = gps.into();
+        if device == tch::Device::Cpu {
+            // The memory roofline of batch-1 decoding: every step reads all
+            // matmul weights once.
+            let bytes = speed::decode_weight_bytes(&model, precision);
+            let gbps = speed::matvec_bandwidth_gbps(precision.kind());
+            out["decode_weight_bytes"] = bytes.into();
+            out["matvec_bandwidth_gbps"] = gbps.into();
+            out["generate_roofline_tokens_per_s"] = (gbps * 1e9 / bytes).into();
+        }
         out["generate_prompt_len"] = a.prompt_len.into();
         out["generate_new_tokens"] = a.new_tokens.into();
     }
@@ -333,10 +342,18 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         }
         if let Some(g) = out.get("generate_tokens_per_s") {
             println!(
-                "  greedy decode batch 1, {} new after {}-token prompt: {:.0} tokens/s",
+                "  greedy decode batch 1, {} new after {}-token prompt: {:.0} tokens/s{}",
                 a.new_tokens,
                 a.prompt_len,
-                g.as_f64().unwrap_or(0.0)
+                g.as_f64().unwrap_or(0.0),
+                out.get("generate_roofline_tokens_per_s")
+                    .and_then(|r| r.as_f64())
+                    .map(|r| format!(
+                        " (memory roofline {r:.0} tokens/s: {:.0} MB of weights a token at a measured {:.1} GB/s)",
+                        out["decode_weight_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                        out["matvec_bandwidth_gbps"].as_f64().unwrap_or(0.0)
+                    ))
+                    .unwrap_or_default()
             );
         }
     }

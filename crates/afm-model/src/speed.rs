@@ -153,3 +153,37 @@ pub fn train_flops_per_token(model: &Model, ctx: usize) -> f64 {
     let matmul_params = c.n_layer * per_block + c.vocab_size * c.n_embd;
     6.0 * matmul_params as f64 + 12.0 * (c.n_layer * ctx * c.n_embd) as f64
 }
+
+/// Bytes of weights one decoding step must read at batch 1 in `precision`:
+/// every block matmul weight and the tied LM head (embedding and LayerNorm
+/// reads are one row or a few vectors, left out).
+pub fn decode_weight_bytes(model: &Model, precision: Precision) -> f64 {
+    let c = &model.config;
+    let matmul_params = c.n_layer * 12 * c.n_embd * c.n_embd + c.vocab_size * c.n_embd;
+    let bytes = match precision {
+        Precision::F32 => 4,
+        Precision::Bf16 => 2,
+    };
+    (matmul_params * bytes) as f64
+}
+
+/// Measured read bandwidth (GB/s) of a large matrix-vector product in
+/// `kind` on the CPU, the operation batch-1 decoding is made of: a
+/// `[1, 256] x [256, 131072]` product reading a 128 MiB (f32) or 64 MiB
+/// (bf16) matrix, too big for cache; best of a few runs, with the current
+/// torch thread count.
+pub fn matvec_bandwidth_gbps(kind: Kind) -> f64 {
+    let _g = tch::no_grad_guard();
+    let (k, n) = (256i64, 131_072i64);
+    let w = Tensor::randn([n, k], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+    let x = Tensor::randn([1, k], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+    let _ = x.matmul(&w.tr());
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let s = Instant::now();
+        let y = x.matmul(&w.tr());
+        let _ = y.double_value(&[0, 0]);
+        best = best.min(s.elapsed().as_secs_f64());
+    }
+    (n * k) as f64 * kind.elt_size_in_bytes() as f64 / best / 1e9
+}
