@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             .view([-1, 256]);
         let _ = h.sum(Kind::Float).double_value(&[]);
         let t1 = Instant::now();
-        let loss = m.gpt.lm_loss(&h, &tgt, None, precision)?.loss / 2048.0;
+        let loss = m.gpt.lm_loss(&h, &tgt, None, precision, None)?.loss / 2048.0;
         let _ = loss.double_value(&[]);
         let t2 = Instant::now();
         opt.zero_grad();

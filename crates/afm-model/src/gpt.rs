@@ -113,10 +113,41 @@ pub struct Weights {
 
 /// What [`Gpt::lm_loss`] returns.
 pub struct LmLoss {
-    /// `sum_i w_i * nll_i` (scalar f32) carrying the exact gradient.
+    /// `sum_i w_i * l_i` (scalar f32) carrying the exact gradient, where
+    /// `l_i = nll_i`, or `alpha * nll_i + beta * kl_i` on distilled rows.
     pub loss: Tensor,
     /// Unweighted negative log-likelihood of each row's target.
     pub nll: Vec<f32>,
+    /// Unweighted `T^2 * KL(teacher_T || student_T)` of each row (0 where
+    /// there is no teacher, all 0 without distillation).
+    pub kl: Vec<f32>,
+}
+
+/// Forward-KL distillation inside [`Gpt::lm_loss`] (CPU only).
+pub struct LmDistill<'a> {
+    /// Teacher logits `[M, V]` over the student's vocabulary (any float
+    /// kind; read as f32).
+    pub teacher_logits: &'a Tensor,
+    /// For each row of `h`: its row in `teacher_logits`, or -1 (plain CE).
+    pub teacher_row: &'a [i64],
+    /// Weight of cross-entropy on rows with a teacher.
+    pub alpha: f64,
+    /// Weight of `T^2 * KL(teacher_T || student_T)` on those rows.
+    pub beta: f64,
+    /// Temperature `T` (> 0).
+    pub temperature: f64,
+}
+
+/// A contiguous CPU tensor's elements as a slice.
+///
+/// # Safety
+/// `t` must be a contiguous CPU tensor whose elements are valid `T`s, and
+/// nothing may write to its storage while the slice lives.
+unsafe fn cpu_slice<T>(t: &Tensor) -> &[T] {
+    assert!(t.device() == Device::Cpu && t.is_contiguous());
+    assert_eq!(t.kind().elt_size_in_bytes(), std::mem::size_of::<T>());
+    // SAFETY: upheld by the caller (see above); size and layout checked.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }
 }
 
 /// A contiguous CPU tensor's elements as a mutable slice.
@@ -499,6 +530,12 @@ impl Gpt {
     /// and `dwte`, scaled by the incoming gradient. Never materialises f32
     /// logits, log-probabilities or a one-hot gradient.
     ///
+    /// With `distill`, rows that have a teacher add `beta * T^2 *
+    /// KL(teacher_T || student_T)` (forward KL at temperature `T`) and
+    /// weigh their CE by `alpha`; the kernel writes the combined gradient in
+    /// the same pass (CPU only: elsewhere it is an error, and callers use
+    /// the unfused ops).
+    ///
     /// Errors when a target is outside the vocabulary or the shapes disagree.
     pub fn lm_loss(
         &self,
@@ -506,6 +543,7 @@ impl Gpt {
         targets: &Tensor,
         weights: Option<&Tensor>,
         precision: Precision,
+        distill: Option<&LmDistill>,
     ) -> anyhow::Result<LmLoss> {
         let kind = precision.kind();
         let (n, c) = h.size2()?;
@@ -523,22 +561,39 @@ impl Gpt {
         let host_weights = weights
             .map(|w| Vec::<f32>::try_from(w.to_kind(Kind::Float).to_device(Device::Cpu)))
             .transpose()?;
-        let (nll, dh, dw) = tch::no_grad(|| -> anyhow::Result<_> {
+        if distill.is_some() && h.device() != Device::Cpu {
+            anyhow::bail!("lm_loss: fused distillation runs on the CPU only");
+        }
+        let teacher = distill.map(|d| {
+            let q = d.teacher_logits.to_kind(Kind::Float).contiguous();
+            (q, d)
+        });
+        let (losses, dh, dw) = tch::no_grad(|| -> anyhow::Result<_> {
             let mut g = hk.mm(&head.tr()); // [N, V], contiguous
-            let nll = if g.device() == Device::Cpu {
+            let losses = if g.device() == Device::Cpu {
                 let t = Vec::<i64>::try_from(targets.to_device(Device::Cpu))?;
                 let w = host_weights.as_deref();
+                let d = teacher.as_ref().map(|(q, d)| crate::xent::Distill {
+                    // SAFETY: `q` is a contiguous f32 CPU tensor (made so
+                    // above, on the CPU as checked) that nothing writes to
+                    // while the kernel runs.
+                    teacher: unsafe { cpu_slice::<f32>(q) },
+                    teacher_row: d.teacher_row,
+                    alpha: d.alpha as f32,
+                    beta: d.beta as f32,
+                    temperature: d.temperature as f32,
+                });
                 match kind {
                     // SAFETY: `g` was just allocated by `mm`: a contiguous CPU
                     // tensor of `n * v` elements of `kind`, not shared with
                     // anything else while the slice lives.
                     Kind::Float => {
                         let s = unsafe { cpu_slice_mut::<f32>(&mut g) };
-                        crate::xent::softmax_xent_grad(s, v, &t, w)?
+                        crate::xent::softmax_xent_grad(s, v, &t, w, d.as_ref())?
                     }
                     _ => {
                         let s = unsafe { cpu_slice_mut::<crate::xent::Bf16>(&mut g) };
-                        crate::xent::softmax_xent_grad(s, v, &t, w)?
+                        crate::xent::softmax_xent_grad(s, v, &t, w, d.as_ref())?
                     }
                 }
             } else {
@@ -550,19 +605,29 @@ impl Gpt {
                 if let Some(w) = weights {
                     g *= w.to_kind(kind).unsqueeze(1);
                 }
-                Vec::<f32>::try_from(nll.to_device(Device::Cpu))?
+                let nll = Vec::<f32>::try_from(nll.to_device(Device::Cpu))?;
+                crate::xent::RowLosses {
+                    kl: vec![0.0; nll.len()],
+                    nll,
+                }
             };
             let dh = g.mm(&head).to_kind(Kind::Float); // [N, C]
             let dw = g.tr().mm(&hk).to_kind(Kind::Float); // [V, C]
-            Ok((nll, dh, dw))
+            Ok((losses, dh, dw))
         })?;
-        let total: f64 = match &host_weights {
-            Some(w) => nll.iter().zip(w).map(|(&l, &w)| l as f64 * w as f64).sum(),
-            None => nll.iter().map(|&l| l as f64).sum(),
-        };
+        let crate::xent::RowLosses { nll, kl } = losses;
+        let mut total = 0f64;
+        for i in 0..nll.len() {
+            let w = host_weights.as_ref().map_or(1.0, |w| w[i] as f64);
+            let l = match distill {
+                Some(d) if d.teacher_row[i] >= 0 => d.alpha * nll[i] as f64 + d.beta * kl[i] as f64,
+                _ => nll[i] as f64,
+            };
+            total += w * l;
+        }
         let inner = (h * &dh).sum(Kind::Float) + (&self.wte * &dw).sum(Kind::Float);
         let loss = Tensor::from(total as f32).to_device(h.device()) + &inner - inner.detach();
-        Ok(LmLoss { loss, nll })
+        Ok(LmLoss { loss, nll, kl })
     }
 
     fn eps(&self) -> f64 {

@@ -26,6 +26,7 @@ pub use config::GptConfig;
 pub use device::parse_device;
 pub use generate::{generate, Decoder, Generation, SamplingConfig};
 pub use gpt::{
-    positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, LmLoss, Precision, Weights,
+    positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, LmDistill, LmLoss, Precision,
+    Weights,
 };
 pub use model::{weight_decay_applies, Model, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE};

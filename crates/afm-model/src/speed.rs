@@ -63,7 +63,7 @@ impl TrainStep {
         let n = h.size()[0] as f64;
         let loss = model
             .gpt
-            .lm_loss(&h, &self.targets, None, self.precision)?
+            .lm_loss(&h, &self.targets, None, self.precision, None)?
             .loss
             / n;
         self.opt.zero_grad();

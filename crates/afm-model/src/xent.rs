@@ -88,24 +88,7 @@ fn row_impl<E: Elem>(row: &mut [E], t: usize, w: f32, scratch: &mut [f32]) -> f6
     let v = row.len();
     let xt = row[t].to_f32();
     // Pass 1: widen to f32 and take the max.
-    let mut mx = [f32::NEG_INFINITY; LANES];
-    let mut sc = scratch[..v].chunks_exact_mut(LANES);
-    let mut rc = row.chunks_exact(LANES);
-    for (s, r) in (&mut sc).zip(&mut rc) {
-        for j in 0..LANES {
-            let x = r[j].to_f32();
-            s[j] = x;
-            mx[j] = if x > mx[j] { x } else { mx[j] };
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for (s, r) in sc.into_remainder().iter_mut().zip(rc.remainder()) {
-        *s = r.to_f32();
-        m = if *s > m { *s } else { m };
-    }
-    for x in mx {
-        m = if x > m { x } else { m };
-    }
+    let m = widen_max(row, scratch);
     // Pass 2: exponentials (kept in scratch) and their sum.
     let mut acc = [0f32; LANES];
     let mut sc = scratch[..v].chunks_exact_mut(LANES);
@@ -136,6 +119,164 @@ fn row_impl<E: Elem>(row: &mut [E], t: usize, w: f32, scratch: &mut [f32]) -> f6
         row[t] = E::from_f32(scratch[t] * k - w);
     }
     nll
+}
+
+/// Widen `row` into `scratch` and return its max.
+#[inline(always)]
+fn widen_max<E: Elem>(row: &[E], scratch: &mut [f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut sc = scratch[..row.len()].chunks_exact_mut(LANES);
+    let mut rc = row.chunks_exact(LANES);
+    for (s, r) in (&mut sc).zip(&mut rc) {
+        for j in 0..LANES {
+            let x = r[j].to_f32();
+            s[j] = x;
+            mx[j] = if x > mx[j] { x } else { mx[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for (s, r) in sc.into_remainder().iter_mut().zip(rc.remainder()) {
+        *s = r.to_f32();
+        m = if *s > m { *s } else { m };
+    }
+    for x in mx {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+/// Max of an f32 row.
+#[inline(always)]
+fn max_f32(row: &[f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut rc = row.chunks_exact(LANES);
+    for r in &mut rc {
+        for j in 0..LANES {
+            mx[j] = if r[j] > mx[j] { r[j] } else { mx[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &x in rc.remainder().iter().chain(&mx) {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+/// `sum_j exp((x_j - m) * k)` with lane partials.
+#[inline(always)]
+fn sum_exp(x: &[f32], m: f32, k: f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for r in &mut c {
+        for j in 0..LANES {
+            acc[j] += exp_neg((r[j] - m) * k);
+        }
+    }
+    let mut sum: f64 = c
+        .remainder()
+        .iter()
+        .map(|&v| exp_neg((v - m) * k) as f64)
+        .sum();
+    sum += acc.iter().map(|&a| a as f64).sum::<f64>();
+    sum
+}
+
+/// One row with a teacher (forward KL at temperature `temp`): overwrite
+/// `row` with `w * (a * (p - onehot(t)) + b * temp * (p_T - q_T))` where
+/// `p`, `p_T` are the student's softmax at temperature 1 and `temp` and
+/// `q_T` the teacher's at `temp`. Returns (`nll`, `temp^2 * KL(q_T || p_T)`),
+/// both unweighted.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_distill_impl<E: Elem>(
+    row: &mut [E],
+    q: &[f32],
+    t: usize,
+    w: f32,
+    a: f32,
+    b: f32,
+    temp: f32,
+    scratch: &mut [f32],
+) -> (f64, f64) {
+    let v = row.len();
+    let inv_t = 1.0 / temp;
+    let xt = row[t].to_f32();
+    let m = widen_max(row, scratch);
+    let mq = max_f32(q);
+    let s = &scratch[..v];
+    let z = sum_exp(s, m, 1.0);
+    let zt = sum_exp(s, m, inv_t);
+    let zq = sum_exp(q, mq, inv_t);
+    let (lse, lse_t, lse_q) = (z.ln() as f32, zt.ln() as f32, zq.ln() as f32);
+    let nll = z.ln() + m as f64 - xt as f64;
+    let (wa, wbt) = (w * a, w * b * temp);
+    let mut kl = [0f32; LANES];
+    let mut sc = row.chunks_exact_mut(LANES);
+    let mut xc = s.chunks_exact(LANES);
+    let mut qc = q.chunks_exact(LANES);
+    for ((r, x), qq) in (&mut sc).zip(&mut xc).zip(&mut qc) {
+        for j in 0..LANES {
+            let d = x[j] - m;
+            let ls_t = d * inv_t - lse_t;
+            let lq_t = (qq[j] - mq) * inv_t - lse_q;
+            let p = exp_neg(d - lse);
+            let pq = exp_neg(lq_t);
+            kl[j] += pq * (lq_t - ls_t);
+            r[j] = E::from_f32(wa * p + wbt * (exp_neg(ls_t) - pq));
+        }
+    }
+    let mut kl_sum: f64 = 0.0;
+    for ((r, &x), &qq) in sc
+        .into_remainder()
+        .iter_mut()
+        .zip(xc.remainder())
+        .zip(qc.remainder())
+    {
+        let d = x - m;
+        let ls_t = d * inv_t - lse_t;
+        let lq_t = (qq - mq) * inv_t - lse_q;
+        let pq = exp_neg(lq_t);
+        kl_sum += (pq * (lq_t - ls_t)) as f64;
+        *r = E::from_f32(wa * exp_neg(d - lse) + wbt * (exp_neg(ls_t) - pq));
+    }
+    kl_sum += kl.iter().map(|&k| k as f64).sum::<f64>();
+    let pt = exp_neg(s[t] - m - lse);
+    let gt = wa * (pt - 1.0)
+        + wbt * (exp_neg((s[t] - m) * inv_t - lse_t) - exp_neg((q[t] - mq) * inv_t - lse_q));
+    row[t] = E::from_f32(gt);
+    (nll, kl_sum * (temp as f64) * (temp as f64))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn row_distill_avx2<E: Elem>(
+    row: &mut [E],
+    q: &[f32],
+    t: usize,
+    w: f32,
+    a: f32,
+    b: f32,
+    temp: f32,
+    scratch: &mut [f32],
+) -> (f64, f64) {
+    row_distill_impl(row, q, t, w, a, b, temp, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn row_distill_avx512<E: Elem>(
+    row: &mut [E],
+    q: &[f32],
+    t: usize,
+    w: f32,
+    a: f32,
+    b: f32,
+    temp: f32,
+    scratch: &mut [f32],
+) -> (f64, f64) {
+    row_distill_impl(row, q, t, w, a, b, temp, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -172,16 +313,41 @@ fn detect() -> Isa {
     Isa::Baseline
 }
 
-/// The gradient of `sum_i w_i * nll_i` with respect to the logits, written
-/// over `logits` (`n` rows of `v`), and the unweighted per-row `nll`.
-/// `weights` default to 1. Errors (nothing written) when a target is out of
-/// range or the shapes disagree.
+/// Forward-KL distillation of some rows (see [`softmax_xent_grad`]).
+pub(crate) struct Distill<'a> {
+    /// Teacher logits, `[M, V]` f32 row-major.
+    pub teacher: &'a [f32],
+    /// Per logits row: its teacher row in `teacher`, or -1 for none.
+    pub teacher_row: &'a [i64],
+    /// Weight of cross-entropy on rows with a teacher.
+    pub alpha: f32,
+    /// Weight of `T^2 * KL(teacher_T || student_T)` on those rows.
+    pub beta: f32,
+    /// Temperature `T` (> 0).
+    pub temperature: f32,
+}
+
+/// Per-row results of [`softmax_xent_grad`].
+pub(crate) struct RowLosses {
+    /// Unweighted negative log-likelihood of each row's target.
+    pub nll: Vec<f32>,
+    /// Unweighted `T^2 * KL` of each row (0 without a teacher).
+    pub kl: Vec<f32>,
+}
+
+/// The gradient of `sum_i w_i * l_i` with respect to the logits, written
+/// over `logits` (`n` rows of `v`), and the per-row losses, where
+/// `l_i = nll_i`, or `alpha * nll_i + beta * T^2 * KL_i` for rows that have
+/// a teacher in `distill`. `weights` default to 1. Errors (nothing
+/// written) when a target or teacher row is out of range or the shapes
+/// disagree.
 pub(crate) fn softmax_xent_grad<E: Elem>(
     logits: &mut [E],
     v: usize,
     targets: &[i64],
     weights: Option<&[f32]>,
-) -> anyhow::Result<Vec<f32>> {
+    distill: Option<&Distill>,
+) -> anyhow::Result<RowLosses> {
     let n = targets.len();
     if v == 0 || logits.len() != n * v || weights.is_some_and(|w| w.len() != n) {
         anyhow::bail!(
@@ -197,29 +363,72 @@ pub(crate) fn softmax_xent_grad<E: Elem>(
     {
         anyhow::bail!("fused loss: target {t} of row {i} is outside the vocabulary of {v}");
     }
+    if let Some(d) = distill {
+        let m = d.teacher.len() / v;
+        if d.teacher.len() != m * v || d.teacher_row.len() != n {
+            anyhow::bail!(
+                "fused loss: {} teacher logits (rows of {v}) and {} teacher rows for {n} rows",
+                d.teacher.len(),
+                d.teacher_row.len()
+            );
+        }
+        if let Some(&r) = d.teacher_row.iter().find(|&&r| r >= m as i64) {
+            anyhow::bail!("fused loss: teacher row {r} of {m}");
+        }
+        if !(d.temperature > 0.0) {
+            anyhow::bail!("fused loss: temperature must be > 0, got {}", d.temperature);
+        }
+    }
     let isa = detect();
     let mut nll = vec![0f32; n];
+    let mut kl = vec![0f32; n];
     logits
         .par_chunks_mut(v)
         .zip(nll.par_iter_mut())
+        .zip(kl.par_iter_mut())
         .enumerate()
         .for_each_init(
             || vec![0f32; v],
-            |scratch, (i, (row, out))| {
+            |scratch, (i, ((row, out), kl_out))| {
                 let t = targets[i] as usize;
                 let w = weights.map_or(1.0, |w| w[i]);
-                let l = match isa {
-                    // SAFETY: the CPU supports the features (checked by `detect`).
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { row_avx512(row, t, w, scratch) },
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { row_avx2(row, t, w, scratch) },
-                    Isa::Baseline => row_impl(row, t, w, scratch),
+                let teacher = distill.and_then(|d| {
+                    let r = d.teacher_row[i];
+                    (r >= 0).then(|| (d, &d.teacher[r as usize * v..(r as usize + 1) * v]))
+                });
+                let (l, k) = match teacher {
+                    Some((d, q)) => {
+                        let (a, b, temp) = (d.alpha, d.beta, d.temperature);
+                        match isa {
+                            // SAFETY: the CPU supports the features (checked by `detect`).
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512 => unsafe {
+                                row_distill_avx512(row, q, t, w, a, b, temp, scratch)
+                            },
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => unsafe {
+                                row_distill_avx2(row, q, t, w, a, b, temp, scratch)
+                            },
+                            Isa::Baseline => row_distill_impl(row, q, t, w, a, b, temp, scratch),
+                        }
+                    }
+                    None => {
+                        let l = match isa {
+                            // SAFETY: the CPU supports the features (checked by `detect`).
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512 => unsafe { row_avx512(row, t, w, scratch) },
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => unsafe { row_avx2(row, t, w, scratch) },
+                            Isa::Baseline => row_impl(row, t, w, scratch),
+                        };
+                        (l, 0.0)
+                    }
                 };
                 *out = l as f32;
+                *kl_out = k as f32;
             },
         );
-    Ok(nll)
+    Ok(RowLosses { nll, kl })
 }
 
 #[cfg(test)]
@@ -261,7 +470,9 @@ mod tests {
         let x64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
         let targets = [0i64, 5, 1006, 500, 77];
         let weights = [1.0f32, 0.0, 2.5, 1.0, 0.25];
-        let nll = softmax_xent_grad(&mut logits, v, &targets, Some(&weights)).unwrap();
+        let nll = softmax_xent_grad(&mut logits, v, &targets, Some(&weights), None)
+            .unwrap()
+            .nll;
         for r in 0..n {
             let (g, l) = reference(
                 &x64[r * v..(r + 1) * v],
@@ -280,6 +491,79 @@ mod tests {
     }
 
     #[test]
+    fn distillation_matches_double_precision_reference() {
+        let (n, v) = (4, 515);
+        let mut logits: Vec<f32> = (0..n * v)
+            .map(|i| (i * 37 % 101) as f32 / 9.0 - 5.0)
+            .collect();
+        let teacher: Vec<f32> = (0..2 * v)
+            .map(|i| (i * 53 % 97) as f32 / 7.0 - 6.0)
+            .collect();
+        let x64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
+        let targets = [3i64, 0, 514, 77];
+        let weights = [1.0f32, 2.0, 0.5, 1.0];
+        let rows = [1i64, -1, 0, 1];
+        let (alpha, beta, temp) = (0.3f64, 0.7f64, 2.0f64);
+        let d = Distill {
+            teacher: &teacher,
+            teacher_row: &rows,
+            alpha: alpha as f32,
+            beta: beta as f32,
+            temperature: temp as f32,
+        };
+        let out = softmax_xent_grad(&mut logits, v, &targets, Some(&weights), Some(&d)).unwrap();
+        let softmax = |x: &[f64], t: f64| -> Vec<f64> {
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = x.iter().map(|v| ((v - m) / t).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        for r in 0..n {
+            let x = &x64[r * v..(r + 1) * v];
+            let (w, t) = (weights[r] as f64, targets[r] as usize);
+            let (g_ce, l) = reference(x, t, 1.0);
+            let (want_g, want_kl): (Vec<f64>, f64) = if rows[r] < 0 {
+                (g_ce.iter().map(|g| w * g).collect(), 0.0)
+            } else {
+                let q: Vec<f64> = teacher[rows[r] as usize * v..][..v]
+                    .iter()
+                    .map(|&q| q as f64)
+                    .collect();
+                let (pt, qt) = (softmax(x, temp), softmax(&q, temp));
+                let kl: f64 = qt
+                    .iter()
+                    .zip(&pt)
+                    .map(|(a, b)| a * (a / b).ln())
+                    .sum::<f64>()
+                    * temp
+                    * temp;
+                let g = (0..v)
+                    .map(|j| w * (alpha * g_ce[j] + beta * temp * (pt[j] - qt[j])))
+                    .collect();
+                (g, kl)
+            };
+            assert!(
+                (out.nll[r] as f64 - l).abs() < 1e-5 * l.max(1.0),
+                "row {r} nll"
+            );
+            assert!(
+                (out.kl[r] as f64 - want_kl).abs() < 1e-5 * want_kl.max(1.0),
+                "row {r}: kl {} vs {want_kl}",
+                out.kl[r]
+            );
+            for (j, (a, b)) in logits[r * v..(r + 1) * v].iter().zip(&want_g).enumerate() {
+                assert!((*a as f64 - b).abs() < 1e-6, "row {r} col {j}: {a} vs {b}");
+            }
+        }
+        // A teacher row out of range is an error.
+        let bad = Distill {
+            teacher_row: &[0, 0, 2, 0],
+            ..d
+        };
+        assert!(softmax_xent_grad(&mut logits, v, &targets, None, Some(&bad)).is_err());
+    }
+
+    #[test]
     fn bf16_rows_round_like_libtorch() {
         assert_eq!(Bf16::from_f32(1.0).0, 0x3f80);
         assert_eq!(Bf16::from_f32(1.0 + 1.0 / 256.0).0, 0x3f80); // tie -> even
@@ -288,7 +572,9 @@ mod tests {
         let v = 300;
         let mut row: Vec<Bf16> = (0..v).map(|i| Bf16::from_f32(i as f32 / 30.0)).collect();
         let x: Vec<f64> = row.iter().map(|b| b.to_f32() as f64).collect();
-        let nll = softmax_xent_grad(&mut row, v, &[123], None).unwrap();
+        let nll = softmax_xent_grad(&mut row, v, &[123], None, None)
+            .unwrap()
+            .nll;
         let (g, l) = reference(&x, 123, 1.0);
         assert!((nll[0] as f64 - l).abs() < 1e-5);
         for (a, b) in row.iter().zip(&g) {
@@ -299,18 +585,18 @@ mod tests {
     #[test]
     fn bad_targets_and_shapes_are_errors() {
         let mut x = vec![0f32; 8];
-        assert!(softmax_xent_grad(&mut x, 4, &[0, 4], None).is_err());
-        assert!(softmax_xent_grad(&mut x, 4, &[0, -1], None).is_err());
-        assert!(softmax_xent_grad(&mut x, 4, &[0], None).is_err());
-        assert!(softmax_xent_grad(&mut x, 4, &[0, 1], Some(&[1.0])).is_err());
+        assert!(softmax_xent_grad(&mut x, 4, &[0, 4], None, None).is_err());
+        assert!(softmax_xent_grad(&mut x, 4, &[0, -1], None, None).is_err());
+        assert!(softmax_xent_grad(&mut x, 4, &[0], None, None).is_err());
+        assert!(softmax_xent_grad(&mut x, 4, &[0, 1], Some(&[1.0]), None).is_err());
         assert_eq!(x, vec![0f32; 8]);
     }
 
     #[test]
     fn non_finite_logits_give_non_finite_loss() {
         let mut x = vec![0f32, f32::NAN, 1.0, 2.0];
-        assert!(!softmax_xent_grad(&mut x, 4, &[0], None).unwrap()[0].is_finite());
+        assert!(!softmax_xent_grad(&mut x, 4, &[0], None, None).unwrap().nll[0].is_finite());
         let mut x = vec![0f32, f32::INFINITY, 1.0, 2.0];
-        assert!(!softmax_xent_grad(&mut x, 4, &[0], None).unwrap()[0].is_finite());
+        assert!(!softmax_xent_grad(&mut x, 4, &[0], None, None).unwrap().nll[0].is_finite());
     }
 }

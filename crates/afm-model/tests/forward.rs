@@ -229,7 +229,10 @@ fn fused_loss_matches_unfused_value_and_gradients() {
             .gpt
             .hidden(&ForwardArgs::new(&t), precision, true)
             .view([12, -1]);
-        let fused = m.gpt.lm_loss(&h, &targets, Some(&w), precision).unwrap();
+        let fused = m
+            .gpt
+            .lm_loss(&h, &targets, Some(&w), precision, None)
+            .unwrap();
         let nll_ref = Vec::<f32>::try_from(&nll).unwrap();
         for (a, b) in fused.nll.iter().zip(&nll_ref) {
             let tol = if precision == Precision::F32 {

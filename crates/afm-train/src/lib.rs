@@ -55,5 +55,6 @@ pub use config::{
     parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, TrainConfig,
 };
 pub use trainer::{
-    batch_loss, evaluate, train, train_step, EvalResult, StepStats, StopReason, TrainSummary,
+    batch_loss, batch_loss_unfused, evaluate, train, train_step, EvalResult, StepStats, StopReason,
+    TrainSummary,
 };

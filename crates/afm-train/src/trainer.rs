@@ -2,14 +2,14 @@
 //! [`evaluate`]).
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{FinalWeights, LossConfig, TrainConfig};
+use crate::config::{Divergence, FinalWeights, LossConfig, TrainConfig};
 use crate::data::{check_ids, make_batch, Batch, Cursor, RowStream};
 use crate::loss::{cross_entropy_per_token, divergence_per_token};
 use crate::metrics::{AgentEval, Metrics, Record};
 use crate::optim::{lr_at, AdamW};
 use crate::teacher::Teachers;
 use afm_data::shards::Shards;
-use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, Model, Precision};
+use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, LmDistill, Model, Precision};
 use afm_tokenizer::{Tokenizer, ROLE_NONE, ROLE_OBS};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -112,21 +112,78 @@ pub fn batch_loss(
             ce_by_owner: BTreeMap::new(),
         });
     }
-    let distil = teachers.cache.is_some() || !teachers.list.is_empty();
-    if !distil {
-        // Plain SFT: the fused head + cross-entropy never materialises
-        // f32 logits (see `Gpt::lm_loss`).
-        let h = model.gpt.hidden(&forward_args(batch), precision, train);
-        let fused = model
-            .gpt
-            .lm_loss(&h, &batch.targets, Some(&batch.weights), precision)?;
-        let (ce_sum, ce_by_owner) = ce_totals(batch, &fused.nll);
+    let fusable = model.device() == Device::Cpu
+        && teachers.cache.is_none()
+        && (teachers.list.is_empty() || l.divergence == Divergence::Forward);
+    if !fusable {
+        return batch_loss_unfused(model, teachers, batch, l, precision, train, weight_total);
+    }
+    // The fused LM head + loss (see `Gpt::lm_loss`): no f32 logits, one
+    // in-place gradient pass per row, distillation included.
+    let h = model.gpt.hidden(&forward_args(batch), precision, train);
+    let mut teacher_row = vec![-1i64; n];
+    let mut parts = Vec::new();
+    let mut m = 0;
+    for (ti, pos) in teachers.route(&batch.owners) {
+        parts.push(teachers.list[ti].logits(batch, &pos, &model.tokenizer, precision)?);
+        for (j, &k) in pos.iter().enumerate() {
+            teacher_row[k] = (m + j) as i64;
+        }
+        m += pos.len();
+    }
+    let teacher_logits = (!parts.is_empty()).then(|| Tensor::cat(&parts, 0));
+    let distill = teacher_logits.as_ref().map(|q| LmDistill {
+        teacher_logits: q,
+        teacher_row: &teacher_row,
+        alpha: l.alpha,
+        beta: l.beta,
+        temperature: l.temperature,
+    });
+    let fused = model.gpt.lm_loss(
+        &h,
+        &batch.targets,
+        Some(&batch.weights),
+        precision,
+        distill.as_ref(),
+    )?;
+    let (ce_sum, ce_by_owner) = ce_totals(batch, &fused.nll);
+    let (mut kl_sum, mut kl_weight) = (0.0, 0.0);
+    for (k, &r) in teacher_row.iter().enumerate() {
+        if r >= 0 {
+            let w = batch.weights_host[k] as f64;
+            kl_sum += w * fused.kl[k] as f64;
+            kl_weight += w;
+        }
+    }
+    Ok(LossParts {
+        loss: fused.loss / weight_total,
+        ce_sum,
+        kl_sum,
+        kl_weight,
+        ce_by_owner,
+    })
+}
+
+/// [`batch_loss`] with libtorch ops on full `[N, V]` f32 logits: the
+/// reference the fused path is tested against, and the path for reverse
+/// KL, JSD, the top-k teacher cache and non-CPU devices.
+pub fn batch_loss_unfused(
+    model: &Model,
+    teachers: &Teachers,
+    batch: &Batch,
+    l: &LossConfig,
+    precision: Precision,
+    train: bool,
+    weight_total: f64,
+) -> anyhow::Result<LossParts> {
+    let n = batch.n_select();
+    if n == 0 || weight_total <= 0.0 {
         return Ok(LossParts {
-            loss: fused.loss / weight_total,
-            ce_sum,
+            loss: Tensor::from(0f32),
+            ce_sum: 0.0,
             kl_sum: 0.0,
             kl_weight: 0.0,
-            ce_by_owner,
+            ce_by_owner: BTreeMap::new(),
         });
     }
     let logits = model.gpt.forward(&forward_args(batch), precision, train);

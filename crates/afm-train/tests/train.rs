@@ -7,7 +7,7 @@ use afm_train::data::make_batch;
 use afm_train::metrics::Record;
 use afm_train::synthetic::{write_dataset, SyntheticSpec};
 use afm_train::teacher::{Teacher, Teachers};
-use afm_train::{batch_loss, Divergence, LossConfig, StopReason, TrainConfig};
+use afm_train::{batch_loss, batch_loss_unfused, Divergence, LossConfig, StopReason, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -431,6 +431,98 @@ fn per_agent_routing_picks_the_right_teacher() {
         .unwrap()
         .to_string();
     assert!(e.contains("Tester"), "{e}");
+}
+
+/// The fused LM-head loss (CPU kernel, distillation included) gives the
+/// loss, the reported sums and the gradients of the reference libtorch path,
+/// for plain CE and for per-agent forward-KL distillation, f32 and bf16.
+#[test]
+fn fused_loss_equals_the_unfused_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = dataset(
+        tmp.path(),
+        SyntheticSpec {
+            train_rows: 3,
+            val_rows: 0,
+            row_len: 40,
+            ..Default::default()
+        },
+    );
+    let shards = Shards::open(tmp.path(), "train").unwrap();
+    let mut l = LossConfig::default();
+    l.alpha = 0.4;
+    l.beta = 0.6;
+    l.temperature = 1.7;
+    l.role_token_weight = 2.0;
+    let b = make_batch(&shards, &[0, 1, 2], &l, Device::Cpu);
+    let tdir = tmp.path().join("t_planner");
+    tiny_model(&tok, 11).save(&tdir).unwrap();
+    let map = [("Planner".to_string(), tdir)].into_iter().collect();
+    let student = tiny_model(&tok, 5);
+    for precision in [Precision::F32, Precision::Bf16] {
+        for what in ["ce", "distill"] {
+            let teachers = if what == "distill" {
+                Teachers::load(&map, &tok, tok.n_vocab(), Device::Cpu).unwrap()
+            } else {
+                Teachers::default()
+            };
+            let run = |fused: bool| {
+                zero_grads(&student);
+                let f = if fused {
+                    batch_loss
+                } else {
+                    batch_loss_unfused
+                };
+                let p = f(&student, &teachers, &b, &l, precision, true, b.weight_sum).unwrap();
+                p.loss.backward();
+                (p, grads(&student))
+            };
+            let (pf, gf) = run(true);
+            let (pu, gu) = run(false);
+            let tol = if precision == Precision::F32 {
+                1e-5
+            } else {
+                2e-2
+            };
+            let close = |a: f64, b: f64| (a - b).abs() <= tol * b.abs().max(1.0);
+            let (lf, lu) = (pf.loss.double_value(&[]), pu.loss.double_value(&[]));
+            assert!(close(lf, lu), "{what} {precision:?}: loss {lf} vs {lu}");
+            assert!(
+                close(pf.ce_sum, pu.ce_sum),
+                "{what} {precision:?}: ce_sum {} vs {}",
+                pf.ce_sum,
+                pu.ce_sum
+            );
+            assert!(
+                close(pf.kl_sum, pu.kl_sum),
+                "{what} {precision:?}: kl_sum {} vs {}",
+                pf.kl_sum,
+                pu.kl_sum
+            );
+            assert_eq!(pf.kl_weight, pu.kl_weight);
+            assert_eq!(
+                pf.ce_by_owner.keys().collect::<Vec<_>>(),
+                pu.ce_by_owner.keys().collect::<Vec<_>>()
+            );
+            if what == "distill" {
+                assert!(pf.kl_weight > 0.0 && pf.kl_sum > 0.0);
+            }
+            let gtol = if precision == Precision::F32 {
+                1e-4
+            } else {
+                5e-2
+            };
+            for ((name, a), (_, b)) in gf.iter().zip(&gu) {
+                let scale = b.abs().max().double_value(&[]).max(1e-3);
+                let d = (a - b).abs().max().double_value(&[]) / scale;
+                assert!(
+                    d < gtol,
+                    "{what} {precision:?}: gradient of {name} differs by {d} (relative)"
+                );
+            }
+        }
+    }
+    zero_grads(&student);
 }
 
 /// k micro-batches of B rows give the same gradient as one batch of k*B.
