@@ -52,19 +52,6 @@ pub fn load_cuda_backend() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn parses_devices() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert!(parse_device("tpu").is_err());
-        assert!(parse_device("cuda:x").is_err());
-        let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
-        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
-    }
-}
-
 /// Keep large freed blocks in the heap instead of returning them to the OS.
 ///
 /// glibc serves every allocation above its mmap threshold (128 KiB, growing
@@ -85,5 +72,18 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_devices() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
+        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
     }
 }

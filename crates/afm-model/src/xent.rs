@@ -23,6 +23,27 @@ use rayon::prelude::*;
 /// 32 interleaved partials loses less precision than one running sum).
 const LANES: usize = 32;
 
+/// `multiversion!(generic => avx2_name, avx512_name; (args) -> ret)`: the
+/// same `#[inline(always)]` generic row function compiled again with AVX2+FMA
+/// and with AVX-512 enabled (callers pick one after `detect`).
+macro_rules! multiversion {
+    ($inner:ident => $avx2:ident, $avx512:ident; ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx2<E: Elem>($($arg: $ty),*) -> $ret {
+            $inner($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx512<E: Elem>($($arg: $ty),*) -> $ret {
+            $inner($($arg),*)
+        }
+    };
+}
+
 /// A logits element: f32 or bf16 (raw bits).
 pub(crate) trait Elem: Copy + Send + Sync {
     fn to_f32(self) -> f32;
@@ -247,49 +268,11 @@ fn row_distill_impl<E: Elem>(
     (nll, kl_sum * (temp as f64) * (temp as f64))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn row_distill_avx2<E: Elem>(
-    row: &mut [E],
-    q: &[f32],
-    t: usize,
-    w: f32,
-    a: f32,
-    b: f32,
-    temp: f32,
-    scratch: &mut [f32],
-) -> (f64, f64) {
-    row_distill_impl(row, q, t, w, a, b, temp, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn row_distill_avx512<E: Elem>(
-    row: &mut [E],
-    q: &[f32],
-    t: usize,
-    w: f32,
-    a: f32,
-    b: f32,
-    temp: f32,
-    scratch: &mut [f32],
-) -> (f64, f64) {
-    row_distill_impl(row, q, t, w, a, b, temp, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn row_avx2<E: Elem>(row: &mut [E], t: usize, w: f32, scratch: &mut [f32]) -> f64 {
-    row_impl(row, t, w, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-fn row_avx512<E: Elem>(row: &mut [E], t: usize, w: f32, scratch: &mut [f32]) -> f64 {
-    row_impl(row, t, w, scratch)
-}
+multiversion!(row_impl => row_avx2, row_avx512;
+    (row: &mut [E], t: usize, w: f32, scratch: &mut [f32]) -> f64);
+multiversion!(row_distill_impl => row_distill_avx2, row_distill_avx512;
+    (row: &mut [E], q: &[f32], t: usize, w: f32, a: f32, b: f32, temp: f32, scratch: &mut [f32])
+        -> (f64, f64));
 
 #[derive(Clone, Copy)]
 enum Isa {
@@ -375,7 +358,7 @@ pub(crate) fn softmax_xent_grad<E: Elem>(
         if let Some(&r) = d.teacher_row.iter().find(|&&r| r >= m as i64) {
             anyhow::bail!("fused loss: teacher row {r} of {m}");
         }
-        if !(d.temperature > 0.0) {
+        if d.temperature.is_nan() || d.temperature <= 0.0 {
             anyhow::bail!("fused loss: temperature must be > 0, got {}", d.temperature);
         }
     }

@@ -79,6 +79,19 @@ pub struct LossParts {
     pub ce_by_owner: BTreeMap<u16, (f64, f64)>,
 }
 
+impl LossParts {
+    /// A batch without loss positions.
+    fn none() -> Self {
+        LossParts {
+            loss: Tensor::from(0f32),
+            ce_sum: 0.0,
+            kl_sum: 0.0,
+            kl_weight: 0.0,
+            ce_by_owner: BTreeMap::new(),
+        }
+    }
+}
+
 /// The model inputs of a batch.
 pub fn forward_args(b: &Batch) -> ForwardArgs<'_> {
     ForwardArgs {
@@ -104,13 +117,7 @@ pub fn batch_loss(
 ) -> anyhow::Result<LossParts> {
     let n = batch.n_select();
     if n == 0 || weight_total <= 0.0 {
-        return Ok(LossParts {
-            loss: Tensor::from(0f32),
-            ce_sum: 0.0,
-            kl_sum: 0.0,
-            kl_weight: 0.0,
-            ce_by_owner: BTreeMap::new(),
-        });
+        return Ok(LossParts::none());
     }
     let fusable = model.device() == Device::Cpu
         && teachers.cache.is_none()
@@ -178,13 +185,7 @@ pub fn batch_loss_unfused(
 ) -> anyhow::Result<LossParts> {
     let n = batch.n_select();
     if n == 0 || weight_total <= 0.0 {
-        return Ok(LossParts {
-            loss: Tensor::from(0f32),
-            ce_sum: 0.0,
-            kl_sum: 0.0,
-            kl_weight: 0.0,
-            ce_by_owner: BTreeMap::new(),
-        });
+        return Ok(LossParts::none());
     }
     let logits = model.gpt.forward(&forward_args(batch), precision, train);
     let ce = cross_entropy_per_token(&logits, &batch.targets);

@@ -449,11 +449,13 @@ fn fused_loss_equals_the_unfused_reference() {
         },
     );
     let shards = Shards::open(tmp.path(), "train").unwrap();
-    let mut l = LossConfig::default();
-    l.alpha = 0.4;
-    l.beta = 0.6;
-    l.temperature = 1.7;
-    l.role_token_weight = 2.0;
+    let l = LossConfig {
+        alpha: 0.4,
+        beta: 0.6,
+        temperature: 1.7,
+        role_token_weight: 2.0,
+        ..Default::default()
+    };
     let b = make_batch(&shards, &[0, 1, 2], &l, Device::Cpu);
     let tdir = tmp.path().join("t_planner");
     tiny_model(&tok, 11).save(&tdir).unwrap();
