@@ -271,13 +271,6 @@ impl<'m> Decoder<'m> {
     }
 }
 
-/// `ln sum exp(row)`, stable.
-fn log_sum_exp(row: &[f32]) -> f64 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&x| ((x as f64) - m).exp()).sum();
-    m + s.ln()
-}
-
 fn sample_row(
     row: &[f32],
     cfg: &SamplingConfig,
@@ -286,7 +279,7 @@ fn sample_row(
     if row.iter().any(|x| x.is_nan()) {
         bail!("sample: logits contain NaN");
     }
-    let lse = log_sum_exp(row);
+    let lse = crate::xent::log_sum_exp(row);
     let logp = |t: usize| (row[t] as f64 - lse) as f32;
     let rng = match rng {
         Some(r) if cfg.temperature > 0.0 => r,
