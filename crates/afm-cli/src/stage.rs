@@ -1,11 +1,16 @@
 //! Resumable pipeline stages.
 //!
-//! A stage writes its outputs into its own directory and, last, a marker
+//! A stage writes its outputs into its own directory, next to a marker
 //! `.afm-stage.json` holding the stage's fingerprint (a hash of everything
-//! that determines its outputs), its summary and its wall time. A rerun
-//! skips a stage whose marker carries the same fingerprint; a stage that was
-//! interrupted has no marker and runs again (stages that support resuming,
-//! like training, pick up their own checkpoints).
+//! that determines its outputs), whether it completed, its summary and its
+//! wall time. On a rerun:
+//! - same fingerprint, complete: skipped;
+//! - same fingerprint, not complete (interrupted or failed): runs again over
+//!   what is there (stages that support resuming, like training, pick up
+//!   their own checkpoints);
+//! - another fingerprint, or a directory without a marker: the directory is
+//!   emptied first, so nothing made from other inputs (a checkpoint trained
+//!   on other data or settings) leaks into the new outputs.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -19,6 +24,13 @@ struct Marker {
     fingerprint: String,
     wall_s: f64,
     summary: serde_json::Value,
+    /// False while the stage runs (and after it failed or was killed).
+    #[serde(default = "yes")]
+    complete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Outcome of [`run`].
@@ -51,31 +63,51 @@ pub fn run(
     body: impl FnOnce(&Path) -> anyhow::Result<serde_json::Value>,
 ) -> anyhow::Result<Done> {
     let marker = dir.join(MARKER);
-    if let Ok(text) = std::fs::read_to_string(&marker) {
-        if let Ok(m) = serde_json::from_str::<Marker>(&text) {
-            if m.fingerprint == fingerprint {
-                eprintln!("[{name}] complete in {} (skipped)", dir.display());
-                return Ok(Done {
-                    summary: m.summary,
-                    wall_s: m.wall_s,
-                    cached: true,
-                });
-            }
+    let previous = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Marker>(&text).ok());
+    match previous {
+        Some(m) if m.fingerprint == fingerprint && m.complete => {
+            eprintln!("[{name}] complete in {} (skipped)", dir.display());
+            return Ok(Done {
+                summary: m.summary,
+                wall_s: m.wall_s,
+                cached: true,
+            });
         }
-        eprintln!("[{name}] inputs changed since the last run: running again");
-        std::fs::remove_file(&marker).map_err(|e| anyhow::anyhow!("{}: {e}", marker.display()))?;
+        Some(m) if m.fingerprint == fingerprint => {
+            eprintln!("[{name}] resuming an interrupted run in {}", dir.display());
+        }
+        previous if dir.exists() => {
+            eprintln!(
+                "[{name}] {}: starting over in {}",
+                if previous.is_some() {
+                    "inputs changed since the last run"
+                } else {
+                    "outputs of unknown inputs"
+                },
+                dir.display()
+            );
+            std::fs::remove_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        _ => {}
     }
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     eprintln!("[{name}] running -> {}", dir.display());
     let t0 = Instant::now();
-    let summary = body(dir).map_err(|e| e.context(format!("stage `{name}`")))?;
-    let wall_s = t0.elapsed().as_secs_f64();
-    let m = Marker {
+    let mut m = Marker {
         stage: name.to_string(),
         fingerprint: fingerprint.to_string(),
-        wall_s,
-        summary: summary.clone(),
+        wall_s: 0.0,
+        summary: serde_json::Value::Null,
+        complete: false,
     };
+    afm_bench::report::write_atomic(&marker, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    let summary = body(dir).map_err(|e| e.context(format!("stage `{name}`")))?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    m.wall_s = wall_s;
+    m.summary = summary.clone();
+    m.complete = true;
     afm_bench::report::write_atomic(&marker, serde_json::to_string_pretty(&m)?.as_bytes())?;
     eprintln!("[{name}] done in {wall_s:.1}s");
     Ok(Done {
@@ -113,15 +145,47 @@ mod tests {
         })
         .unwrap();
         assert!(!c.cached);
-        // A failing body leaves no marker, so the next run runs again.
-        assert!(run("s", &d, "fp3", |_| anyhow::bail!("boom")).is_err());
-        let e = run("s", &d, "fp3", |_| {
+        // Changed inputs start over in an emptied directory.
+        std::fs::write(d.join("old-checkpoint"), "x").unwrap();
+        let c2 = run("s", &d, "fp2b", |dir| {
             calls += 1;
+            assert!(!dir.join("old-checkpoint").exists(), "stale output kept");
+            Ok(serde_json::json!({}))
+        })
+        .unwrap();
+        assert!(!c2.cached);
+        // A failing (or killed) body leaves an incomplete marker: the next
+        // run with the same inputs runs again over what is there.
+        assert!(run("s", &d, "fp3", |dir| {
+            std::fs::write(dir.join("partial"), "x").unwrap();
+            anyhow::bail!("boom")
+        })
+        .is_err());
+        let e = run("s", &d, "fp3", |dir| {
+            calls += 1;
+            assert!(
+                dir.join("partial").exists(),
+                "an interrupted run's output was lost"
+            );
             Ok(serde_json::json!({}))
         })
         .unwrap();
         assert!(!e.cached);
-        assert_eq!(calls, 3);
+        assert!(
+            run("s", &d, "fp3", |_| anyhow::bail!("not run"))
+                .unwrap()
+                .cached
+        );
+        // A directory without a marker is emptied before running.
+        let u = dir.path().join("u");
+        std::fs::create_dir_all(&u).unwrap();
+        std::fs::write(u.join("stray"), "x").unwrap();
+        run("u", &u, "fp", |dir| {
+            assert!(!dir.join("stray").exists());
+            Ok(serde_json::json!({}))
+        })
+        .unwrap();
+        assert_eq!(calls, 4);
         assert_ne!(fingerprint(&["a", "b"]), fingerprint(&["ab"]));
     }
 }
