@@ -81,7 +81,8 @@ pub struct PipelineConfig {
     pub boundary: bool,
     /// Wall-clock budget of each per-agent model's training.
     pub mas_time_budget: String,
-    /// Wall-clock budget of the AFM's training.
+    /// Wall-clock budget of the AFM's training (default: the three agent
+    /// models' budgets together, so both systems get the same training time).
     pub afm_time_budget: String,
     /// Step cap of every training (0 = epochs/budget decide).
     pub max_steps: usize,
@@ -140,7 +141,7 @@ impl Default for PipelineConfig {
             distill: true,
             boundary: true,
             mas_time_budget: "60s".into(),
-            afm_time_budget: "150s".into(),
+            afm_time_budget: "180s".into(),
             max_steps: 0,
             eval_limit: 0,
             eval_batch: 16,
@@ -418,11 +419,12 @@ fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Resu
     // (`resume` flips once checkpoints exist; it must not look like a change).
     t.resume = false;
     let fp = stage::fingerprint(&["train-v1", &json(&t), &data_marker, &teacher_markers]);
-    // An interrupted stage picks up its own checkpoints.
-    t.resume = std::fs::read_dir(dir.join("checkpoints"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    stage::run(name, dir, &fp, |_| {
+    stage::run(name, dir, &fp, |out| {
+        // An interrupted stage picks up its own checkpoints (a stage whose
+        // inputs changed has an emptied directory by now).
+        t.resume = std::fs::read_dir(out.join("checkpoints"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         let summary = afm_train::train(&t)?;
         Ok(serde_json::to_value(&summary)?)
     })
