@@ -25,14 +25,14 @@ import subprocess
 import sys
 import time
 
+import tuned_malloc
+
 PRESETS = {  # n_layer, n_head, n_embd, n_ctx (afm-model's GptConfig::preset)
     "tiny": (2, 2, 64, 128),
     "mini": (4, 4, 256, 256),
     "gpt2": (12, 12, 768, 1024),
     "gpt2-medium": (24, 16, 1024, 1024),
 }
-# What afm_model::device::tune_allocator() sets with mallopt, as glibc tunables.
-TUNED_MALLOC = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967295"
 AFM_VOCAB = 50260  # GPT-2 BPE + <|task|> <|end|> <|obs|> (afm's Tokenizer::gpt2().n_vocab())
 
 
@@ -50,13 +50,9 @@ def main():
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="torch threads while decoding, both sides (default: as --threads)")
     ap.add_argument("--skip-hf", action="store_true", help="only run afm")
-    ap.add_argument("--hf-tuned-malloc", action="store_true",
-                    help="run HF with the same glibc allocator setting afm applies to itself "
-                         "(GLIBC_TUNABLES mmap/trim thresholds; re-executes this script)")
+    ap.add_argument("--hf-tuned-malloc", action="store_true", help=tuned_malloc.HELP)
     args = ap.parse_args()
-    if args.hf_tuned_malloc and "GLIBC_TUNABLES" not in os.environ:
-        env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    tuned_malloc.reexec_if_requested(args.hf_tuned_malloc)
 
     try:
         import torch
@@ -80,7 +76,7 @@ def main():
         h, a = hf.get(key), afm.get(key)
         ratio = f"{a / h:.2f}x" if h and a else "-"
         print(f"{label:<26}{fmt(h):>12}{fmt(a):>12}{ratio:>10}")
-    if os.environ.get("GLIBC_TUNABLES") == TUNED_MALLOC:
+    if tuned_malloc.active():
         print("HF ran with afm's glibc allocator setting (--hf-tuned-malloc)")
     if "mfu" in afm:
         print(f"afm train MFU {100 * afm['mfu']:.1f}% of a measured {afm['matmul_peak_gflops']:.0f} GFLOP/s matmul")

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 
-# What afm_model::device::tune_allocator() sets with mallopt, as glibc tunables.
-TUNED_MALLOC = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967295"
+import tuned_malloc
+
 PRESETS = {"tiny": (2, 2, 64, 128), "mini": (4, 4, 256, 256), "gpt2": (12, 12, 768, 1024)}
 
 
@@ -131,12 +131,9 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--hf-tuned-malloc", action="store_true",
-                    help="run HF with the glibc allocator setting afm applies to itself (re-executes this script)")
+    ap.add_argument("--hf-tuned-malloc", action="store_true", help=tuned_malloc.HELP)
     args = ap.parse_args()
-    if args.hf_tuned_malloc and "GLIBC_TUNABLES" not in os.environ:
-        env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC)
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    tuned_malloc.reexec_if_requested(args.hf_tuned_malloc)
     try:
         import numpy as np
         import torch
@@ -173,7 +170,7 @@ def main():
         "afm_positions_per_s": round(afm_tps, 1), "hf_positions_per_s": round(hf_tps, 1),
         "speedup": round(afm_tps / hf_tps, 2), "matmul_peak_gflops": round(peak / 1e9, 1),
         "afm_mfu": round(mfu(afm_tps), 3), "hf_mfu": round(mfu(hf_tps), 3),
-        "hf_allocator": "tuned" if os.environ.get("GLIBC_TUNABLES") == TUNED_MALLOC else "default",
+        "hf_allocator": "tuned" if tuned_malloc.active() else "default",
     }, indent=1))
     return 0
 
