@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="torch threads while decoding, both sides (default: as --threads)")
     ap.add_argument("--skip-hf", action="store_true", help="only run afm")
+    ap.add_argument("--no-train", action="store_true", help="greedy decoding only (both sides)")
     ap.add_argument("--hf-tuned-malloc", action="store_true", help=tuned_malloc.HELP)
     args = ap.parse_args()
     tuned_malloc.reexec_if_requested(args.hf_tuned_malloc)
@@ -72,8 +73,11 @@ def main():
     print(f"preset {args.preset}, {prec}, train batch {args.batch}x{args.ctx} ({afm.get('threads')} threads), "
           f"greedy {args.prompt_len}+{args.new_tokens} (batch 1, {afm.get('decode_threads')} threads)")
     print(f"{'metric':<26}{'HF eager':>12}{'afm':>12}{'afm/HF':>10}")
-    for key, label in [("train_tokens_per_s", "train tokens/s"), ("generate_tokens_per_s", "greedy tokens/s")]:
-        h, a = hf.get(key), afm.get(key)
+    for key, label in [("train_tokens_per_s", "train tokens/s"), ("generate_tokens_per_s", "greedy tokens/s"),
+                       ("generate_libtorch_tokens_per_s", "greedy, libtorch ops only")]:
+        if key not in afm:
+            continue
+        h, a = hf.get(key if key != "generate_libtorch_tokens_per_s" else "generate_tokens_per_s"), afm.get(key)
         ratio = f"{a / h:.2f}x" if h and a else "-"
         print(f"{label:<26}{fmt(h):>12}{fmt(a):>12}{ratio:>10}")
     if tuned_malloc.active():
@@ -89,7 +93,7 @@ def main():
         r = afm["generate_roofline_tokens_per_s"]
         g = afm.get("generate_tokens_per_s") or 0
         print(f"greedy memory roofline {r:.0f} tokens/s ({afm['decode_weight_bytes'] / 1e6:.0f} MB of weights a token "
-              f"at a measured {afm['matvec_bandwidth_gbps']:.1f} GB/s matvec): afm at {100 * g / r:.0f}%", end="")
+              f"at a measured {afm['read_bandwidth_gbps']:.1f} GB/s read bandwidth): afm at {100 * g / r:.0f}%", end="")
         h = hf.get("generate_tokens_per_s")
         print(f"; 5x HF needs {5 * h / r:.2f}x the roofline" if h else "")
     print(json.dumps({"hf": hf, "afm": afm}))
@@ -110,6 +114,8 @@ def run_afm(args):
         cmd += ["--threads", str(args.threads)]
     if args.decode_threads:
         cmd += ["--decode-threads", str(args.decode_threads)]
+    if args.no_train:
+        cmd.append("--no-train")
     print("running:", " ".join(cmd), flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -126,6 +132,13 @@ def run_hf(args, torch, GPT2Config, GPT2LMHeadModel):
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     out = {}
 
+    if not args.no_train:
+        hf_train(args, torch, model, amp, out)
+    hf_generate(args, torch, model, amp, out)
+    return out
+
+
+def hf_train(args, torch, model, amp, out):
     print(f"HF: training {args.preset} ({sum(p.numel() for p in model.parameters())} params)", flush=True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
@@ -145,6 +158,8 @@ def run_hf(args, torch, GPT2Config, GPT2LMHeadModel):
         step()
     out["train_tokens_per_s"] = args.batch * args.ctx * args.steps / (time.perf_counter() - t)
 
+
+def hf_generate(args, torch, model, amp, out):
     print("HF: greedy generate()", flush=True)
     if args.decode_threads:
         torch.set_num_threads(args.decode_threads)
@@ -157,7 +172,6 @@ def run_hf(args, torch, GPT2Config, GPT2LMHeadModel):
         g = model.generate(prompt, **kw)
         dt = time.perf_counter() - t
     out["generate_tokens_per_s"] = (g.shape[1] - args.prompt_len) / dt
-    return out
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 //! `afm bench model`.
 
 use afm_model::speed;
-use afm_model::{generate, parse_device, GptConfig, Model, Precision, SamplingConfig};
+use afm_model::{
+    generate, parse_device, DecodeKernels, GptConfig, Model, Precision, SamplingConfig,
+};
 use afm_tokenizer::{Tokenizer, END, EOT};
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
@@ -303,12 +305,21 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         let gps = speed::generate_tokens_per_s(&model, a.prompt_len, a.new_tokens, precision)?;
         out["generate_tokens_per_s"] = gps.into();
         if device == tch::Device::Cpu {
+            // The same decoding on libtorch ops only, in the same run.
+            afm_model::set_decode_kernels(DecodeKernels::Libtorch);
+            let lt = speed::generate_tokens_per_s(&model, a.prompt_len, a.new_tokens, precision);
+            afm_model::set_decode_kernels(DecodeKernels::Rust);
+            out["generate_libtorch_tokens_per_s"] = lt?.into();
+        }
+        if device == tch::Device::Cpu {
             // The memory roofline of batch-1 decoding: every step reads all
             // matmul weights once.
             let bytes = speed::decode_weight_bytes(&model, precision);
-            let gbps = speed::matvec_bandwidth_gbps(precision.kind());
+            let gbps = speed::read_bandwidth_gbps();
             out["decode_weight_bytes"] = bytes.into();
-            out["matvec_bandwidth_gbps"] = gbps.into();
+            out["read_bandwidth_gbps"] = gbps.into();
+            out["libtorch_matvec_bandwidth_gbps"] =
+                speed::matvec_bandwidth_gbps(precision.kind()).into();
             out["generate_roofline_tokens_per_s"] = (gbps * 1e9 / bytes).into();
         }
         out["generate_prompt_len"] = a.prompt_len.into();
@@ -342,16 +353,21 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         }
         if let Some(g) = out.get("generate_tokens_per_s") {
             println!(
-                "  greedy decode batch 1, {} new after {}-token prompt: {:.0} tokens/s{}",
+                "  greedy decode batch 1, {} new after {}-token prompt: {:.0} tokens/s{}{}",
                 a.new_tokens,
                 a.prompt_len,
                 g.as_f64().unwrap_or(0.0),
+                out.get("generate_libtorch_tokens_per_s")
+                    .and_then(|l| l.as_f64())
+                    .map(|l| format!(" (libtorch ops only: {l:.0} tokens/s)"))
+                    .unwrap_or_default(),
                 out.get("generate_roofline_tokens_per_s")
                     .and_then(|r| r.as_f64())
                     .map(|r| format!(
-                        " (memory roofline {r:.0} tokens/s: {:.0} MB of weights a token at a measured {:.1} GB/s)",
+                        " (memory roofline {r:.0} tokens/s: {:.0} MB of weights a token at a measured {:.1} GB/s read bandwidth; libtorch's matvec reads at {:.1} GB/s)",
                         out["decode_weight_bytes"].as_f64().unwrap_or(0.0) / 1e6,
-                        out["matvec_bandwidth_gbps"].as_f64().unwrap_or(0.0)
+                        out["read_bandwidth_gbps"].as_f64().unwrap_or(0.0),
+                        out["libtorch_matvec_bandwidth_gbps"].as_f64().unwrap_or(0.0)
                     ))
                     .unwrap_or_default()
             );

@@ -16,6 +16,10 @@
 // `x = x + y` on purpose: tch's `+=` is in-place and would break autograd.
 #![allow(clippy::assign_op_pattern)]
 
+mod cpu_step;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::GptConfig;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -77,6 +81,33 @@ impl<'a> ForwardArgs<'a> {
             docs: None,
             select: None,
         }
+    }
+}
+
+/// Which implementation one-token CPU decoding steps use (see
+/// [`Gpt::forward_cached`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernels {
+    /// The Rust step (default).
+    Rust,
+    /// libtorch ops, as on other devices (for comparisons).
+    Libtorch,
+}
+
+static LIBTORCH_DECODING: AtomicBool = AtomicBool::new(false);
+
+/// Choose the decoding kernels for the whole process (like
+/// `tch::set_num_threads`); `afm bench model` times both in one run.
+pub fn set_decode_kernels(k: DecodeKernels) {
+    LIBTORCH_DECODING.store(k == DecodeKernels::Libtorch, Ordering::Relaxed);
+}
+
+/// The current choice of [`set_decode_kernels`].
+pub fn decode_kernels() -> DecodeKernels {
+    if LIBTORCH_DECODING.load(Ordering::Relaxed) {
+        DecodeKernels::Libtorch
+    } else {
+        DecodeKernels::Rust
     }
 }
 
@@ -592,7 +623,7 @@ impl Gpt {
                         crate::xent::softmax_xent_grad(s, v, &t, w, d.as_ref())?
                     }
                     _ => {
-                        let s = unsafe { cpu_slice_mut::<crate::xent::Bf16>(&mut g) };
+                        let s = unsafe { cpu_slice_mut::<crate::simd::Bf16>(&mut g) };
                         crate::xent::softmax_xent_grad(s, v, &t, w, d.as_ref())?
                     }
                 }
@@ -693,7 +724,28 @@ impl Gpt {
     /// fed rows' tokens to the cache and returns f32 logits `[R, V]` of each
     /// fed row's last new token. The caller guarantees
     /// `lens[i] + n_new[i] <= n_ctx` and valid ids.
+    ///
+    /// On the CPU, steps that feed one token per row run in Rust
+    /// (`gpt/cpu_step.rs`: weights streamed once at memory bandwidth, small
+    /// ops fused) unless [`set_decode_kernels`] chose libtorch; everything
+    /// else runs [`Gpt::forward_cached_libtorch`].
     pub fn forward_cached(&self, s: &CachedStep, w: &Weights, cache: &mut KvCache) -> Tensor {
+        if decode_kernels() == DecodeKernels::Rust && cpu_step::eligible(self, s, w, cache) {
+            let _guard = tch::no_grad_guard();
+            return cpu_step::run(self, s, w, cache);
+        }
+        self.forward_cached_libtorch(s, w, cache)
+    }
+
+    /// [`Gpt::forward_cached`] in libtorch ops only, on any device and for
+    /// any number of new tokens (the reference the Rust step is tested
+    /// against).
+    pub fn forward_cached_libtorch(
+        &self,
+        s: &CachedStep,
+        w: &Weights,
+        cache: &mut KvCache,
+    ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let dev = self.device();
         let (r, l) = s.tokens.size2().expect("[R, L]");

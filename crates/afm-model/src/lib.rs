@@ -18,6 +18,7 @@ mod gpt;
 pub mod hf;
 mod model;
 pub mod rng;
+mod simd;
 pub mod speed;
 mod st;
 mod xent;
@@ -26,7 +27,7 @@ pub use config::GptConfig;
 pub use device::parse_device;
 pub use generate::{generate, Decoder, Generation, SamplingConfig};
 pub use gpt::{
-    positions_from_docs, CachedStep, ForwardArgs, Gpt, KvCache, LmDistill, LmLoss, Precision,
-    Weights,
+    decode_kernels, positions_from_docs, set_decode_kernels, CachedStep, DecodeKernels,
+    ForwardArgs, Gpt, KvCache, LmDistill, LmLoss, Precision, Weights,
 };
 pub use model::{weight_decay_applies, Model, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE};

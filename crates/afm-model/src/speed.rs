@@ -167,6 +167,40 @@ pub fn decode_weight_bytes(model: &Model, precision: Precision) -> f64 {
     (matmul_params * bytes) as f64
 }
 
+/// Measured memory read bandwidth (GB/s): a vectorised sum over a 256 MiB
+/// buffer (far beyond cache), split over libtorch's intra-op thread count
+/// as the decoding kernels are; best of a few runs. This is the ceiling of
+/// batch-1 decoding (`decode_weight_bytes` a token).
+pub fn read_bandwidth_gbps() -> f64 {
+    use crate::simd::{detect, dispatch, multiversion, Elem};
+    use rayon::prelude::*;
+    #[inline(always)]
+    fn sum_impl<E: Elem>(x: &[E]) -> f32 {
+        let mut acc = [0f32; 32];
+        for c in x.chunks_exact(32) {
+            for j in 0..32 {
+                acc[j] += c[j].to_f32();
+            }
+        }
+        acc.iter().sum()
+    }
+    multiversion!(sum_impl => sum_avx2, sum_avx512; (x: &[E]) -> f32);
+    let buf: Vec<f32> = (0..64usize << 20).map(|i| (i % 7) as f32).collect();
+    let threads = tch::get_num_threads().max(1) as usize;
+    let isa = detect();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let s = Instant::now();
+        let total: f32 = buf
+            .par_chunks(buf.len().div_ceil(threads))
+            .map(|c| dispatch!(isa, sum_avx512, sum_avx2, sum_impl, (c)))
+            .sum();
+        std::hint::black_box(total);
+        best = best.min(s.elapsed().as_secs_f64());
+    }
+    (buf.len() * 4) as f64 / best / 1e9
+}
+
 /// Measured read bandwidth (GB/s) of a large matrix-vector product in
 /// `kind` on the CPU, the operation batch-1 decoding is made of: a
 /// `[1, 256] x [256, 131072]` product reading a 128 MiB (f32) or 64 MiB

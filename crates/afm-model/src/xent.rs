@@ -17,89 +17,12 @@
 //! x86-64 the row function is compiled again for AVX2+FMA and AVX-512 and
 //! picked at run time.
 
+use crate::simd::{detect, exp_neg, multiversion, Elem, Isa};
 use rayon::prelude::*;
 
 /// Lanes of the partial max/sum accumulators (vectorisable, and a sum over
 /// 32 interleaved partials loses less precision than one running sum).
 const LANES: usize = 32;
-
-/// `multiversion!(generic => avx2_name, avx512_name; (args) -> ret)`: the
-/// same `#[inline(always)]` generic row function compiled again with AVX2+FMA
-/// and with AVX-512 enabled (callers pick one after `detect`).
-macro_rules! multiversion {
-    ($inner:ident => $avx2:ident, $avx512:ident; ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        fn $avx2<E: Elem>($($arg: $ty),*) -> $ret {
-            $inner::<E>($($arg),*)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        fn $avx512<E: Elem>($($arg: $ty),*) -> $ret {
-            $inner::<E>($($arg),*)
-        }
-    };
-}
-
-/// A logits element: f32 or bf16 (raw bits).
-pub(crate) trait Elem: Copy + Send + Sync {
-    fn to_f32(self) -> f32;
-    fn from_f32(x: f32) -> Self;
-}
-
-impl Elem for f32 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-}
-
-/// bf16 as stored by libtorch: the high 16 bits of an f32.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub(crate) struct Bf16(pub u16);
-
-impl Elem for Bf16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f32::from_bits((self.0 as u32) << 16)
-    }
-    /// Round to nearest even, as libtorch's cast does (NaN stays NaN).
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        let b = x.to_bits();
-        let round = 0x7fff + ((b >> 16) & 1);
-        Bf16((b.wrapping_add(round) >> 16) as u16)
-    }
-}
-
-/// `exp(x)` for `x <= 0` (anything below -87 is clamped to -87, i.e.
-/// ~1e-38). NaN stays NaN.
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two (Cephes): `n * LN2_HI` is exact for |n| < 2^9.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
-    const MAGIC: f32 = 12_582_912.0;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * LOG2E + MAGIC) - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
-    p * scale
-}
 
 /// One row: overwrite `row` with `w * (softmax - onehot(t))` and return the
 /// unweighted negative log-likelihood of `t`. `scratch` must hold
@@ -317,28 +240,6 @@ pub(crate) fn log_sum_exp(row: &[f32]) -> f64 {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Isa {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            return Isa::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Baseline
-}
-
 /// Forward-KL distillation of some rows (see [`softmax_xent_grad`]).
 pub(crate) struct Distill<'a> {
     /// Teacher logits, `[M, V]` f32 row-major.
@@ -460,6 +361,7 @@ pub(crate) fn softmax_xent_grad<E: Elem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::Bf16;
 
     fn reference(x: &[f64], t: usize, w: f64) -> (Vec<f64>, f64) {
         let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
