@@ -32,8 +32,6 @@ use tch::{Device, Kind, Tensor};
 const LANES: usize = 16;
 /// Floats of matmul accumulators one piece keeps (in L1).
 const ACC_FLOATS: usize = 4096;
-/// How far ahead (in weight rows) a matmul piece prefetches.
-const PREFETCH_ROWS: usize = 8;
 /// Ranges of weight rows a matmul is cut into (a fixed number, so the sum
 /// order, and the result, is the same whatever the thread count).
 const K_SPLIT: usize = 4;
@@ -297,13 +295,6 @@ fn matmul_piece_impl<E: Elem>(
     let row = |kk: usize| &w[kk * n + c0..][..cw];
     let mut kk = k0;
     while kk + 4 <= k1 {
-        // Short pieces end before the hardware prefetcher ramps up: ask for
-        // the rows PREFETCH_ROWS ahead now.
-        if kk + PREFETCH_ROWS + 4 <= k1 {
-            for j in 0..4 {
-                prefetch(row(kk + PREFETCH_ROWS + j));
-            }
-        }
         let (w0, w1, w2, w3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
         for (xi, a) in x.chunks_exact(k).zip(acc.chunks_exact_mut(cw)) {
             let (x0, x1, x2, x3) = (xi[kk], xi[kk + 1], xi[kk + 2], xi[kk + 3]);
@@ -323,23 +314,6 @@ fn matmul_piece_impl<E: Elem>(
         }
         kk += 1;
     }
-}
-
-/// Hint the CPU to load `s` into cache (no effect on results).
-#[inline(always)]
-fn prefetch<T>(s: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = std::mem::size_of_val(s);
-        let p = s.as_ptr() as *const i8;
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch never faults; the address is inside `s`.
-            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T0) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = s;
 }
 
 /// Tied LM head: `out[i, v] = <h_i, head_v>` for `h` `[R, C]` (already in
