@@ -17,7 +17,7 @@
 //! x86-64 the row function is compiled again for AVX2+FMA and AVX-512 and
 //! picked at run time.
 
-use crate::simd::{detect, exp_neg, multiversion, Elem, Isa};
+use crate::simd::{detect, dispatch, exp_neg, multiversion, Elem};
 use rayon::prelude::*;
 
 /// Lanes of the partial max/sum accumulators (vectorisable, and a sum over
@@ -230,14 +230,13 @@ multiversion!(log_sum_exp_impl => log_sum_exp_avx2, log_sum_exp_avx512; (row: &[
 /// same vectorised `exp` as the loss kernel: relative error of the sum below
 /// 1e-6, instead of 50k scalar `f64::exp` calls per decoded token.
 pub(crate) fn log_sum_exp(row: &[f32]) -> f64 {
-    match detect() {
-        // SAFETY: the CPU supports the features (checked by `detect`).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { log_sum_exp_avx512::<f32>(row) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { log_sum_exp_avx2::<f32>(row) },
-        Isa::Baseline => log_sum_exp_impl::<f32>(row),
-    }
+    dispatch!(
+        detect(),
+        log_sum_exp_avx512::<f32>,
+        log_sum_exp_avx2::<f32>,
+        log_sum_exp_impl::<f32>,
+        (row)
+    )
 }
 
 /// Forward-KL distillation of some rows (see [`softmax_xent_grad`]).
@@ -326,28 +325,17 @@ pub(crate) fn softmax_xent_grad<E: Elem>(
                 let (l, k) = match teacher {
                     Some((d, q)) => {
                         let (a, b, temp) = (d.alpha, d.beta, d.temperature);
-                        match isa {
-                            // SAFETY: the CPU supports the features (checked by `detect`).
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx512 => unsafe {
-                                row_distill_avx512(row, q, t, w, a, b, temp, scratch)
-                            },
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 => unsafe {
-                                row_distill_avx2(row, q, t, w, a, b, temp, scratch)
-                            },
-                            Isa::Baseline => row_distill_impl(row, q, t, w, a, b, temp, scratch),
-                        }
+                        dispatch!(
+                            isa,
+                            row_distill_avx512,
+                            row_distill_avx2,
+                            row_distill_impl,
+                            (row, q, t, w, a, b, temp, scratch)
+                        )
                     }
                     None => {
-                        let l = match isa {
-                            // SAFETY: the CPU supports the features (checked by `detect`).
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx512 => unsafe { row_avx512(row, t, w, scratch) },
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 => unsafe { row_avx2(row, t, w, scratch) },
-                            Isa::Baseline => row_impl(row, t, w, scratch),
-                        };
+                        let l =
+                            dispatch!(isa, row_avx512, row_avx2, row_impl, (row, t, w, scratch));
                         (l, 0.0)
                     }
                 };

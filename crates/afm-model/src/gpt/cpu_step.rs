@@ -23,7 +23,7 @@
 //! thread count (`tch::set_num_threads(1)` makes these kernels sequential
 //! too, as the pipeline does for latency measurements).
 
-use super::{cpu_slice, cpu_slice_mut, CachedStep, Gpt, KvCache, Ln, Weights};
+use super::{cpu_slice, cpu_slice_mut, CachedStep, Gpt, KvCache, Lin, Ln, Weights};
 use crate::simd::{detect, dispatch, exp_neg, multiversion, Bf16, Elem, Isa};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -119,10 +119,14 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
     let mut y = vec![0f32; r * c];
     let mut proj = vec![0f32; r * c];
     let mut hidden = vec![0f32; r * 4 * c];
+    // `out = x @ l.w + l.b` in `E`.
+    let linear = |l: &Lin, x: &[f32], out: &mut [f32]| {
+        matmul::<E>(isa, threads, x, e_of(&l.w), e_of(&l.b), out)
+    };
     for (li, (blk, bw)) in gpt.h.iter().zip(&w.blocks).enumerate() {
         layer_norm::<E>(&x, c, f32_of(&blk.ln_1.w), f32_of(&blk.ln_1.b), eps, &mut a);
         let [c_attn, attn_proj, c_fc, mlp_proj] = bw;
-        matmul::<E>(isa, threads, &a, e_of(&c_attn.w), e_of(&c_attn.b), &mut qkv);
+        linear(c_attn, &a, &mut qkv);
         // Append each row's key and value at its slot, then attend.
         {
             // SAFETY: `eligible` checked the cache tensors; they are views of
@@ -165,17 +169,10 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
                     (q, keys, values, scale, scores, out)
                 );
             });
-        matmul::<E>(
-            isa,
-            threads,
-            &y,
-            e_of(&attn_proj.w),
-            e_of(&attn_proj.b),
-            &mut proj,
-        );
+        linear(attn_proj, &y, &mut proj);
         add(&mut x, &proj);
         layer_norm::<E>(&x, c, f32_of(&blk.ln_2.w), f32_of(&blk.ln_2.b), eps, &mut a);
-        matmul::<E>(isa, threads, &a, e_of(&c_fc.w), e_of(&c_fc.b), &mut hidden);
+        linear(c_fc, &a, &mut hidden);
         dispatch!(
             isa,
             gelu_avx512::<E>,
@@ -183,14 +180,7 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
             gelu_impl::<E>,
             (&mut hidden)
         );
-        matmul::<E>(
-            isa,
-            threads,
-            &hidden,
-            e_of(&mlp_proj.w),
-            e_of(&mlp_proj.b),
-            &mut proj,
-        );
+        linear(mlp_proj, &hidden, &mut proj);
         add(&mut x, &proj);
     }
     layer_norm::<E>(&x, c, f32_of(&gpt.ln_f.w), f32_of(&gpt.ln_f.b), eps, &mut a);
