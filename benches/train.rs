@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         let batches: Vec<_> = (0..4)
             .map(|i| {
                 let rows: Vec<usize> = (i * batch..(i + 1) * batch).collect();
-                vec![make_batch(&shards, &rows, &cfg.loss, device)]
+                vec![make_batch(&shards, &rows, &cfg.loss, &tok, device)]
             })
             .collect();
         for (name, prec) in [("fp32", Precision::F32), ("bf16", Precision::Bf16)] {

@@ -23,6 +23,9 @@ verbs:
   compare            setup, install transformers into the torch venv, run benches/compare_hf.py
   ablation [args]    setup, build release, then `afm ablation` [args]
   lint               cargo fmt --check and cargo clippy -D warnings
+  gpu-smoke          on a CUDA machine: setup, the afm-model/afm-train/afm-agents tests (release,
+                     AFM_TEST_DEVICE=cuda), then a short `afm pipeline --device cuda --name gpu-smoke`;
+                     prints the seconds of each phase; fails at once if nvidia-smi -L lists no GPU
 
 environment:
   AFM_TORCH_HOME     where the torch venv is cached (default: $XDG_CACHE_HOME/afm or ~/.cache/afm)
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         "compare" => verbs::compare(rest),
         "ablation" => verbs::ablation(rest),
         "lint" => verbs::lint(),
+        "gpu-smoke" => verbs::gpu_smoke(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

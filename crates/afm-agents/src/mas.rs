@@ -70,13 +70,23 @@ impl<'a> MasLms<'a> {
                 );
             }
         }
-        let first = agents[env::PLANNER].tokenizer().roles();
+        let first = agents[env::PLANNER].tokenizer();
         for (a, lm) in &agents {
-            if lm.tokenizer().roles() != first {
+            if lm.tokenizer().roles() != first.roles() {
                 bail!(
                     "MAS: the model of {a} has role vocabulary {:?}, the Planner's is {:?}",
                     lm.tokenizer().roles().agents(),
-                    first.agents()
+                    first.roles().agents()
+                );
+            }
+            // The agents share one token context: every id one of them
+            // writes must be an id the others can read.
+            if lm.tokenizer().corpus() != first.corpus() {
+                let size = |t: &Tokenizer| t.corpus().map(|c| c.n_bpe());
+                bail!(
+                    "MAS: the model of {a} has a different BPE vocabulary ({:?} corpus tokens) from the Planner's ({:?}): prepare every agent's data from the same inputs with the same corpus_vocab setting",
+                    size(lm.tokenizer()),
+                    size(first)
                 );
             }
         }

@@ -104,7 +104,14 @@ impl Session for ModelSession<'_> {
                 .to_device(tch::Device::Cpu);
             let best = Vec::<i64>::try_from(&best)
                 .map_err(|e| anyhow::anyhow!("decoder session: reading argmax: {e}"))?;
-            Ok(best.into_iter().map(|t| t as u32).collect())
+            let tok = &self.decoder.model().tokenizer;
+            best.into_iter()
+                .map(|r| {
+                    tok.id_of_row(r as u32).ok_or_else(|| {
+                        anyhow::anyhow!("decoder session: argmax row {r} has no token")
+                    })
+                })
+                .collect()
         }
     }
 

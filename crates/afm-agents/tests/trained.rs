@@ -52,11 +52,14 @@ fn encode(t: &Tokenizer, task: &Task) -> Vec<u32> {
 fn overfit(model: &Model, docs: &[Vec<u32>], keep: impl Fn(u32) -> bool, steps: usize) -> f64 {
     let t = docs.iter().map(Vec::len).max().unwrap() - 1;
     let (mut x, mut y, mut r, mut w) = (vec![], vec![], vec![], vec![]);
+    // The model is indexed by rows of its vocabulary (= ids without a
+    // corpus vocabulary).
+    let row = |id: u32| model.tokenizer.row(id).unwrap() as i64;
     for d in docs {
         let lab = label(d);
         for i in 0..t {
-            x.push(*d.get(i).unwrap_or(&END) as i64);
-            y.push(*d.get(i + 1).unwrap_or(&END) as i64);
+            x.push(row(*d.get(i).unwrap_or(&END)));
+            y.push(row(*d.get(i + 1).unwrap_or(&END)));
             r.push(*lab.roles.get(i).unwrap_or(&ROLE_NONE) as i64);
             let owner = if i + 1 < d.len() { lab.owners[i] } else { 0 };
             w.push(if owner != 0 && keep(owner) { 1f32 } else { 0.0 });
@@ -115,6 +118,35 @@ fn trained_afm_and_mas_solve_their_tasks() {
         .take(1)
         .collect();
     assert_eq!(tasks.len(), 1);
+    trained_models_solve(&t, &tasks);
+}
+
+/// The same with a corpus vocabulary: models with rows only for the
+/// data's tokens, and one of the task prompt's tokens left out so the
+/// runtimes must encode it as bytes (byte fallback) to solve the task.
+#[test]
+fn trained_models_with_a_corpus_vocabulary_solve_their_tasks() {
+    tch::set_num_threads(1);
+    let full = tok();
+    let tasks: Vec<Task> = tasks(30)
+        .into_iter()
+        .filter(|x| encode(&full, x).len() <= 40)
+        .take(1)
+        .collect();
+    assert_eq!(tasks.len(), 1);
+    let ids = encode(&full, &tasks[0]);
+    let prompt = full.encode(&tasks[0].prompt);
+    let dropped = *prompt.iter().find(|&&i| full.decode(&[i]).unwrap().len() > 1).unwrap();
+    let corpus = afm_tokenizer::CorpusVocab::from_ids(ids.into_iter().filter(|&i| i != dropped));
+    let t = tok().with_corpus(corpus);
+    assert!(t.n_vocab() < 400, "{}", t.n_vocab());
+    assert!(t.row(dropped).is_none());
+    assert!(encode(&t, &tasks[0]).len() > encode(&full, &tasks[0]).len());
+    trained_models_solve(&t, &tasks);
+}
+
+fn trained_models_solve(t: &Tokenizer, tasks: &[Task]) {
+    let t = t.clone();
     let docs: Vec<Vec<u32>> = tasks.iter().map(|x| encode(&t, x)).collect();
     let opts = RunOptions {
         max_new_tokens: 100,
@@ -124,7 +156,7 @@ fn trained_afm_and_mas_solve_their_tasks() {
     let model = tiny(&t, 5);
     let loss = overfit(&model, &docs, |_| true, 300);
     assert!(loss < 0.01, "AFM did not fit: loss {loss}");
-    let runs = afm::run_batch(&model, &tasks, &opts).unwrap();
+    let runs = afm::run_batch(&model, tasks, &opts).unwrap();
     for r in &runs {
         assert!(r.success, "{r:#?}");
         assert_eq!(r.stats.calls, 1);
@@ -145,7 +177,7 @@ fn trained_afm_and_mas_solve_their_tasks() {
         })
         .collect();
     let mas = Mas::from_models(models).unwrap();
-    let mas_runs = mas.run_batch(&tasks, &opts).unwrap();
+    let mas_runs = mas.run_batch(tasks, &opts).unwrap();
     for (m, a) in mas_runs.iter().zip(&runs) {
         assert!(m.success, "{m:#?}");
         assert_eq!(m.stats.calls, 3);

@@ -7,9 +7,13 @@
 //! - [`compare`]: run the multi-agent system and the AFM on the same
 //!   held-out tasks with the same generation engine, interleaved, and turn
 //!   the runs into [`report::SystemMetrics`].
-//! - [`report`]: `report.json`, `report.md` and PNG charts.
+//! - [`reference`]: the scripted agents (the source of the training data)
+//!   measured on the same held-out tasks, as the report's reference.
+//! - [`report`]: `report.json`, `report.md` and PNG charts (summary table,
+//!   learning curve).
 
 pub mod compare;
 pub mod price;
+pub mod reference;
 pub mod report;
 pub mod stats;

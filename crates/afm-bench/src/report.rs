@@ -16,8 +16,11 @@ pub struct SystemMetrics {
     pub tasks: usize,
     /// Fraction of tasks whose final answer the verifier accepts.
     pub success_rate: f64,
-    /// Per-task latency at batch 1, milliseconds.
+    /// Per-task latency at batch 1, milliseconds; NaN (`null` in JSON) when
+    /// not measured.
+    #[serde(deserialize_with = "nan_from_null")]
     pub latency_ms_p50: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub latency_ms_p95: f64,
     /// Tasks per second at each measured batch size (`"1"`, `"8"`).
     pub throughput_tasks_per_s: BTreeMap<String, f64>,
@@ -158,6 +161,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// One point of a learning curve: a system's held-out task success after
+/// some training time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// `"MAS"` or `"AFM"` (one line of the chart per distinct name).
+    pub system: String,
+    /// Seconds of training behind this point (for the MAS, of its agent
+    /// models together).
+    pub train_secs: f64,
+    /// Optimiser steps behind this point.
+    pub step: usize,
+    /// Held-out tasks evaluated.
+    pub tasks: usize,
+    /// Fraction of those tasks whose final answer the verifier accepts.
+    pub success_rate: f64,
+}
+
 /// The whole report of one pipeline run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -179,6 +199,15 @@ pub struct Report {
     /// Honest caveats to print with the numbers.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The scripted agents (the system the training data came from) on the
+    /// same held-out tasks, when measured (see [`crate::reference`]): the
+    /// level both trained systems imitate. Only success, tokens, calls and
+    /// tool calls are meaningful for it.
+    #[serde(default)]
+    pub reference: Option<SystemMetrics>,
+    /// Held-out success against training time, per system (may be empty).
+    #[serde(default)]
+    pub learning_curve: Vec<CurvePoint>,
 }
 
 impl Report {
@@ -197,35 +226,55 @@ impl Report {
         Ok(())
     }
 
-    /// The summary table printed at the end of the pipeline.
+    /// The summary table printed at the end of the pipeline. With a
+    /// [`Report::reference`], a last column shows the scripted agents
+    /// (success, tokens, calls, tool calls; blank where a scripted system
+    /// has nothing comparable: latency, throughput, models, cost).
     pub fn summary_table(&self) -> String {
         let a = &self.afm;
         let m = &self.mas;
         let r = &self.ratios;
+        let reference = self.reference.as_ref();
         let cur = self.price_table.currency;
         let mut s = String::new();
-        s.push_str("| metric | multi-agent (MAS) | AFM (one model) | MAS / AFM |\n");
-        s.push_str("|---|---:|---:|---:|\n");
-        let mut row = |k: &str, mv: String, av: String, rv: String| {
-            s.push_str(&format!("| {k} | {mv} | {av} | {rv} |\n"));
+        s.push_str("| metric | multi-agent (MAS) | AFM (one model) | MAS / AFM |");
+        if reference.is_some() {
+            s.push_str(" scripted agents (data source) |");
+        }
+        s.push_str("\n|---|---:|---:|---:|");
+        if reference.is_some() {
+            s.push_str("---:|");
+        }
+        s.push('\n');
+        // The reference column of a row: `f` of the reference, or blank.
+        let refv = |f: fn(&SystemMetrics) -> String| reference.map(f).unwrap_or_default();
+        let mut row = |k: &str, mv: String, av: String, rv: String, sv: String| {
+            s.push_str(&format!("| {k} | {mv} | {av} | {rv} |"));
+            if reference.is_some() {
+                s.push_str(&format!(" {sv} |"));
+            }
+            s.push('\n');
         };
         row(
             "task success (held-out)",
             pct(m.success_rate),
             pct(a.success_rate),
             format!("{:+.1} pts (AFM - MAS)", r.success_delta * 100.0),
+            refv(|rm| pct(rm.success_rate)),
         );
         row(
             "latency p50 (ms, batch 1)",
             f1(m.latency_ms_p50),
             f1(a.latency_ms_p50),
             x(r.latency_p50),
+            String::new(),
         );
         row(
             "latency p95 (ms, batch 1)",
             f1(m.latency_ms_p95),
             f1(a.latency_ms_p95),
             x(r.latency_p95),
+            String::new(),
         );
         for b in ["1", "8"] {
             let mv = m.throughput_tasks_per_s.get(b).copied().unwrap_or(f64::NAN);
@@ -235,6 +284,7 @@ impl Report {
                 f2(mv),
                 f2(av),
                 format!("AFM {}", x(ratio(av, mv))),
+                String::new(),
             );
         }
         row(
@@ -242,43 +292,69 @@ impl Report {
             m.tokens_prefill.to_string(),
             a.tokens_prefill.to_string(),
             x(r.tokens_prefill),
+            refv(|rm| rm.tokens_prefill.to_string()),
         );
         row(
             "tokens decode",
             m.tokens_decode.to_string(),
             a.tokens_decode.to_string(),
             x(ratio(m.tokens_decode as f64, a.tokens_decode as f64)),
+            refv(|rm| rm.tokens_decode.to_string()),
         );
         row(
             "model calls",
             m.calls.to_string(),
             a.calls.to_string(),
             x(r.calls),
+            refv(|rm| rm.calls.to_string()),
         );
         row(
             "tool calls",
             m.tool_calls.to_string(),
             a.tool_calls.to_string(),
             String::new(),
+            refv(|rm| rm.tool_calls.to_string()),
         );
         row(
             "resident models (weights MiB)",
             format!("{} ({:.1})", m.models, m.memory_bytes as f64 / 1048576.0),
             format!("{} ({:.1})", a.models, a.memory_bytes as f64 / 1048576.0),
             x(r.memory),
+            String::new(),
         );
         row(
             &format!("cost ({cur})"),
             format!("{:.6}", m.cost),
             format!("{:.6}", a.cost),
             x(r.cost),
+            String::new(),
         );
         row(
             "answer agreement",
             String::new(),
             pct(self.answer_agreement),
             String::new(),
+            String::new(),
         );
+        s
+    }
+
+    /// The learning-curve table: one row per point, in the order given.
+    pub fn learning_curve_table(&self) -> String {
+        let mut s = String::from(
+            "| system | training seconds | steps | held-out tasks | success % |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        for p in &self.learning_curve {
+            s.push_str(&format!(
+                "| {} | {:.1} | {} | {} | {:.1} |\n",
+                p.system,
+                p.train_secs,
+                p.step,
+                p.tasks,
+                p.success_rate * 100.0
+            ));
+        }
         s
     }
 
@@ -303,7 +379,25 @@ impl Report {
             self.price_table.output_per_1k,
             self.price_table.per_call
         ));
+        if let Some(r) = &self.reference {
+            s.push_str(&format!(
+                "\nScripted agents (data source): the rule-based Planner, Coder and Reviewer that \
+                 wrote the training trajectories, with the dataset's error rates, on {} of the same \
+                 held-out tasks. Their tokens are what a multi-agent system of LMs would read and \
+                 write for the same turns (`afm_bench::reference`); they run no model, so latency, \
+                 models and cost are left blank.\n",
+                r.tasks
+            ));
+        }
         s.push_str("\n![latency](latency.png) ![tokens](tokens.png) ![cost](cost.png)\n");
+        if !self.learning_curve.is_empty() {
+            s.push_str(
+                "\n## Learning curve\n\nHeld-out task success after each amount of training \
+                 (each point a checkpoint evaluated with the same decoder, tool and verifier).\n\n",
+            );
+            s.push_str(&self.learning_curve_table());
+            s.push_str("\n![learning curve](learning_curve.png)\n");
+        }
         s.push_str("\n## Wall time per stage\n\n| stage | seconds |\n|---|---:|\n");
         for (k, v) in &self.wall_s {
             s.push_str(&format!("| {k} | {v:.1} |\n"));
@@ -353,10 +447,116 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub mod charts {
-    //! PNG bar charts MAS vs AFM (plotters, bitmap backend).
+    //! PNG charts MAS vs AFM (plotters, bitmap backend): grouped bars, and
+    //! the learning curve as lines.
     use super::Report;
     use plotters::prelude::*;
     use std::path::Path;
+
+    /// The MAS's colour in every chart.
+    pub const MAS_COLOR: RGBColor = RGBColor(214, 96, 77);
+    /// The AFM's colour in every chart.
+    pub const AFM_COLOR: RGBColor = RGBColor(67, 147, 195);
+    /// Colours of other series, in turn.
+    const OTHER_COLORS: [RGBColor; 4] = [
+        RGBColor(77, 175, 74),
+        RGBColor(152, 78, 163),
+        RGBColor(255, 127, 0),
+        RGBColor(166, 86, 40),
+    ];
+    /// The colour of a reference level (a horizontal dashed line).
+    const REFERENCE_COLOR: RGBColor = RGBColor(90, 90, 90);
+
+    /// The colour of the `i`-th series named `name`: MAS and AFM keep their
+    /// colours, others take the next of a small palette.
+    fn series_color(name: &str, i: usize) -> RGBColor {
+        match name {
+            "MAS" => MAS_COLOR,
+            "AFM" => AFM_COLOR,
+            _ => OTHER_COLORS[i % OTHER_COLORS.len()],
+        }
+    }
+
+    /// Line chart: one line with points per named series of `(x, y)` points
+    /// (drawn in x order; non-finite points are skipped), the y axis from 0
+    /// to `y_max`, and optionally a labelled horizontal dashed line at a
+    /// reference level. The x axis starts at 0 and ends past the largest x.
+    pub fn line_chart(
+        path: &Path,
+        title: &str,
+        x_desc: &str,
+        y_desc: &str,
+        y_max: f64,
+        series: &[(&str, Vec<(f64, f64)>)],
+        reference: Option<(&str, f64)>,
+    ) -> anyhow::Result<()> {
+        let root = BitMapBackend::new(path, (640, 400)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+        let xmax = series
+            .iter()
+            .flat_map(|(_, pts)| pts.iter().filter(finite).map(|p| p.0))
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..xmax, 0.0..y_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = series_color(name, i);
+            let mut pts: Vec<(f64, f64)> = pts.iter().filter(finite).copied().collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if let Some((name, level)) = reference.filter(|r| r.1.is_finite()) {
+            let color = REFERENCE_COLOR;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(0.0, level), (xmax, level)],
+                    8,
+                    6,
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(())
+    }
 
     /// Grouped bars: one group per metric, MAS and AFM side by side.
     pub fn bars(
@@ -399,8 +599,7 @@ pub mod charts {
             .y_desc(unit)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mas = RGBColor(214, 96, 77);
-        let afm = RGBColor(67, 147, 195);
+        let (mas, afm) = (MAS_COLOR, AFM_COLOR);
         for (i, g) in groups.iter().enumerate() {
             let x0 = i as f64;
             for (k, (v, color, name)) in [(g.1, mas, "MAS"), (g.2, afm, "AFM")]
@@ -435,7 +634,8 @@ pub mod charts {
         Ok(())
     }
 
-    /// latency.png, tokens.png, cost.png.
+    /// latency.png, tokens.png, cost.png, and learning_curve.png when the
+    /// report has a learning curve.
     pub fn draw(r: &Report, dir: &Path) -> anyhow::Result<()> {
         bars(
             &dir.join("latency.png"),
@@ -479,7 +679,35 @@ pub mod charts {
                 r.afm.cost / r.afm.tasks.max(1) as f64 * 1000.0,
             )],
         )?;
+        if !r.learning_curve.is_empty() {
+            learning_curve(r, &dir.join("learning_curve.png"))?;
+        }
         Ok(())
+    }
+
+    /// learning_curve.png: held-out success % against training seconds, one
+    /// line per system (in order of first appearance), and the scripted
+    /// agents' success as a dashed reference level when the report has it.
+    pub fn learning_curve(r: &Report, path: &Path) -> anyhow::Result<()> {
+        let mut series: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+        for p in &r.learning_curve {
+            let point = (p.train_secs, p.success_rate * 100.0);
+            match series.iter_mut().find(|(name, _)| *name == p.system) {
+                Some((_, pts)) => pts.push(point),
+                None => series.push((&p.system, vec![point])),
+            }
+        }
+        line_chart(
+            path,
+            "Held-out task success vs training time",
+            "training seconds",
+            "success %",
+            100.0,
+            &series,
+            r.reference
+                .as_ref()
+                .map(|m| ("scripted agents (data source)", m.success_rate * 100.0)),
+        )
     }
 }
 
@@ -549,6 +777,111 @@ mod tests {
             let b = std::fs::read(dir.path().join(png)).unwrap();
             assert_eq!(&b[..4], b"\x89PNG");
         }
+    }
+
+    /// [`sample`] with a scripted reference and a learning curve.
+    fn sample_with_reference_and_curve() -> Report {
+        let mut r = sample();
+        r.reference = Some(SystemMetrics {
+            tasks: 10,
+            success_rate: 0.9,
+            latency_ms_p50: f64::NAN,
+            latency_ms_p95: f64::NAN,
+            tokens_prefill: 4000,
+            tokens_decode: 700,
+            calls: 31,
+            tool_calls: 11,
+            ..Default::default()
+        });
+        let point = |system: &str, train_secs: f64, step: usize, success_rate: f64| CurvePoint {
+            system: system.into(),
+            train_secs,
+            step,
+            tasks: 10,
+            success_rate,
+        };
+        r.learning_curve = vec![
+            point("MAS", 20.0, 40, 0.1),
+            point("AFM", 30.0, 20, 0.2),
+            point("MAS", 60.0, 120, 0.7),
+            point("AFM", 90.0, 60, 0.8),
+            point("AFM", 60.0, 40, 0.5),
+        ];
+        r
+    }
+
+    #[test]
+    fn reference_column_and_learning_curve_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sample_with_reference_and_curve();
+        r.write(dir.path()).unwrap();
+        if let Some(keep) = std::env::var_os("AFM_KEEP_CHARTS") {
+            r.write(std::path::Path::new(&keep)).unwrap();
+        }
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(
+            md.contains("| MAS / AFM | scripted agents (data source) |"),
+            "{md}"
+        );
+        assert!(md.contains("|---|---:|---:|---:|---:|"), "{md}");
+        assert!(
+            md.contains(
+                "| task success (held-out) | 70.0% | 80.0% | +10.0 pts (AFM - MAS) | 90.0% |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| model calls | 30 | 10 | 3.00x | 31 |"),
+            "{md}"
+        );
+        assert!(md.contains("| tool calls | 0 | 0 |  | 11 |"), "{md}");
+        assert!(
+            md.contains("| latency p50 (ms, batch 1) | 300.0 | 100.0 | 3.00x |  |"),
+            "{md}"
+        );
+        assert!(md.contains("## Learning curve"), "{md}");
+        assert!(
+            md.contains("| system | training seconds | steps | held-out tasks | success % |"),
+            "{md}"
+        );
+        assert!(md.contains("| AFM | 90.0 | 60 | 10 | 80.0 |"), "{md}");
+        assert!(md.contains("![learning curve](learning_curve.png)"), "{md}");
+        let png = std::fs::read(dir.path().join("learning_curve.png")).unwrap();
+        assert!(png.len() > 1000, "{} bytes", png.len());
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+        // Round trip, NaN latencies of the reference included.
+        let back: Report =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(back.learning_curve, r.learning_curve);
+        let reference = back.reference.unwrap();
+        assert!(reference.latency_ms_p50.is_nan());
+        assert_eq!(reference.calls, 31);
+    }
+
+    #[test]
+    fn without_reference_or_curve_the_report_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sample();
+        r.write(dir.path()).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("| metric | multi-agent (MAS) | AFM (one model) | MAS / AFM |\n|---|---:|---:|---:|\n"), "{md}");
+        assert!(!md.contains("scripted agents"), "{md}");
+        assert!(!md.contains("Learning curve"), "{md}");
+        assert!(!dir.path().join("learning_curve.png").exists());
+    }
+
+    #[test]
+    fn old_report_json_without_new_fields_loads() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        assert!(obj.remove("reference").is_some());
+        assert!(obj.remove("learning_curve").is_some());
+        let old: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(old.reference, None);
+        assert!(old.learning_curve.is_empty());
+        assert_eq!(old.afm, sample().afm);
     }
 
     #[test]

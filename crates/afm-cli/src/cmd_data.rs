@@ -33,15 +33,20 @@ pub struct PrepareArgs {
     /// Longer documents: window, truncate or drop.
     #[arg(long, default_value = "window")]
     pub long: LongMode,
-    /// Order rows easy -> hard (the trainer will not shuffle them).
+    /// Order rows easy -> hard, in `--curriculum-stages` buckets.
     #[arg(long)]
     pub curriculum: bool,
-    /// Curriculum stages (0: one fully sorted order).
-    #[arg(long, default_value_t = 0)]
+    /// Curriculum stages: difficulty buckets the trainer walks easy -> hard,
+    /// shuffling inside each every epoch (0: one strict sorted order).
+    #[arg(long, default_value_t = 4)]
     pub curriculum_stages: usize,
     /// Add target-preserving augmentations of training records.
     #[arg(long)]
     pub augment: bool,
+    /// Model rows only for the BPE tokens the data uses (a corpus
+    /// vocabulary; for models trained from scratch; not exportable to HF).
+    #[arg(long)]
+    pub corpus_vocab: bool,
     /// Share of tasks held out for validation.
     #[arg(long, default_value_t = 0.05)]
     pub val_fraction: f64,
@@ -113,6 +118,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         long: a.long,
         curriculum: a.curriculum,
         curriculum_stages: a.curriculum_stages,
+        corpus_vocab: a.corpus_vocab,
         augment: a.augment,
         val_fraction: a.val_fraction,
         seq_len: a.seq_len,

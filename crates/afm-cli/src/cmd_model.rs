@@ -190,9 +190,9 @@ fn stop_tokens(a: &GenerateArgs, tok: &Tokenizer) -> anyhow::Result<Vec<u32>> {
                     .trim()
                     .parse()
                     .with_context(|| format!("--stop-tokens: {s:?} is not a token id"))?;
-                if id as usize >= tok.n_vocab() {
+                if tok.row(id).is_none() {
                     bail!(
-                        "--stop-tokens: {id} is outside the vocabulary ({})",
+                        "--stop-tokens: {id} is not in the model's vocabulary ({} rows)",
                         tok.n_vocab()
                     );
                 }
@@ -208,9 +208,9 @@ fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_tokens) {
         (Some(text), _) => m.tokenizer.encode(text),
         (None, Some(ids)) => {
-            if let Some(&bad) = ids.iter().find(|&&i| i as usize >= m.config.vocab_size) {
+            if let Some(&bad) = ids.iter().find(|&&i| m.tokenizer.row(i).is_none()) {
                 bail!(
-                    "--prompt-tokens: id {bad} is outside the model vocabulary ({})",
+                    "--prompt-tokens: id {bad} is not in the model vocabulary ({} rows)",
                     m.config.vocab_size
                 );
             }

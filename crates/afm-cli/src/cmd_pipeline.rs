@@ -19,7 +19,7 @@ use afm_agents::mas::Mas;
 use afm_agents::{evaluate, EvalReport, RunOptions, TaskRun};
 use afm_bench::compare::{self, BenchOptions, System, TimingRun};
 use afm_bench::price::PriceTable;
-use afm_bench::report::{Machine, Report};
+use afm_bench::report::{CurvePoint, Machine, Report};
 use afm_bench::stats::MeanSpread;
 use afm_data::{AgentWeights, PrepareConfig};
 use afm_model::{parse_device, Model};
@@ -71,6 +71,10 @@ pub struct PipelineConfig {
     pub min_score: f64,
     pub curriculum: bool,
     pub augment: bool,
+    /// Corpus vocabulary: the models get embedding and LM-head rows only for
+    /// the BPE tokens the data uses (text outside it is encoded as bytes).
+    /// Off: the full GPT-2 table (needed for `export-hf`).
+    pub corpus_vocab: bool,
     /// Packed row length; 0 = the preset's context length.
     pub seq_len: usize,
     /// Agent-role embeddings in the AFM.
@@ -79,10 +83,11 @@ pub struct PipelineConfig {
     pub distill: bool,
     /// Extra loss weight on role tokens and the first tokens after a hand-off.
     pub boundary: bool,
-    /// Wall-clock budget of each per-agent model's training.
+    /// Training budget of each per-agent model ("60s", "2m"...), or one per
+    /// agent: "Planner=20s,Coder=80s,Reviewer=60s".
     pub mas_time_budget: String,
-    /// Wall-clock budget of the AFM's training (default: the three agent
-    /// models' budgets together, so both systems get the same training time).
+    /// Training budget of the AFM; "auto" = the agent models' budgets
+    /// together, so both systems get the same training time.
     pub afm_time_budget: String,
     /// Step cap of every training (0 = epochs/budget decide).
     pub max_steps: usize,
@@ -94,6 +99,15 @@ pub struct PipelineConfig {
     pub bench_tasks: usize,
     /// Batch sizes of the throughput bench (1 also gives latency).
     pub bench_batches: Vec<usize>,
+    /// Learning curve: each model saves its weights at 1/N .. (N-1)/N of
+    /// its training budget, and both systems are evaluated at each point
+    /// on the first `curve_tasks` held-out tasks (N = 0 or 1: no curve).
+    pub curve_points: usize,
+    /// Held-out tasks of each learning-curve point.
+    pub curve_tasks: usize,
+    /// Evaluate the scripted agents that wrote the training data on the
+    /// same held-out tasks (the report's reference row).
+    pub reference: bool,
     /// Price table of the cost comparison.
     pub prices: PriceTable,
     /// Base training configuration for every model (the pipeline sets data,
@@ -136,17 +150,21 @@ impl Default for PipelineConfig {
             min_score: 60.0,
             curriculum: true,
             augment: true,
+            corpus_vocab: true,
             seq_len: 0,
             role_embeddings: true,
             distill: true,
             boundary: true,
             mas_time_budget: "60s".into(),
-            afm_time_budget: "180s".into(),
+            afm_time_budget: "auto".into(),
             max_steps: 0,
             eval_limit: 0,
             eval_batch: 16,
             bench_tasks: 24,
             bench_batches: vec![1, 8],
+            curve_points: 4,
+            curve_tasks: 50,
+            reference: true,
             prices: PriceTable::default(),
             train,
         }
@@ -262,20 +280,62 @@ pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
     if c.bench_batches.is_empty() || c.bench_batches.contains(&0) {
         bail!("bench_batches must be non-empty batch sizes >= 1");
     }
-    for (f, v) in [
-        ("mas_time_budget", &c.mas_time_budget),
-        ("afm_time_budget", &c.afm_time_budget),
-    ] {
-        afm_train::parse_duration(v).map_err(|e| anyhow::anyhow!("{f} = {v:?}: {e}"))?;
+    for a in MAS_AGENTS {
+        mas_budget(&c, a)?;
     }
+    afm_budget(&c)?;
     parse_device(&c.device)?;
+    check_train_table(&c)?;
     if c.seq_len == 0 {
         let g =
             afm_model::GptConfig::preset(&c.preset, afm_tokenizer::FIRST_ROLE_TOKEN as usize, 0)
                 .with_context(|| format!("preset {:?}", c.preset))?;
-        c.seq_len = g.n_ctx;
+        c.seq_len = c.train.shape.apply(g).n_ctx;
     }
     Ok(c)
+}
+
+/// Training budget of agent `agent`'s model (see `mas_time_budget`).
+fn mas_budget(c: &PipelineConfig, agent: &str) -> Result<String> {
+    let v = c.mas_time_budget.trim();
+    let text = if v.contains('=') {
+        let mut found = None;
+        for part in v.split(',') {
+            let (name, b) = part.split_once('=').with_context(|| {
+                format!("mas_time_budget = {v:?}: {part:?} is not AGENT=DURATION")
+            })?;
+            if !MAS_AGENTS.contains(&name.trim()) {
+                bail!(
+                    "mas_time_budget = {v:?}: unknown agent {:?} (agents: {})",
+                    name.trim(),
+                    MAS_AGENTS.join(", ")
+                );
+            }
+            if name.trim() == agent {
+                found = Some(b.trim().to_string());
+            }
+        }
+        found.with_context(|| format!("mas_time_budget = {v:?}: no budget for {agent}"))?
+    } else {
+        v.to_string()
+    };
+    afm_train::parse_duration(&text)
+        .map_err(|e| anyhow::anyhow!("mas_time_budget = {v:?}: {e}"))?;
+    Ok(text)
+}
+
+/// Training budget of the AFM (see `afm_time_budget`).
+fn afm_budget(c: &PipelineConfig) -> Result<String> {
+    let v = c.afm_time_budget.trim();
+    if v == "auto" {
+        let mut total = 0.0;
+        for a in MAS_AGENTS {
+            total += afm_train::parse_duration(&mas_budget(c, a)?).unwrap_or(0.0);
+        }
+        return Ok(format!("{total}s"));
+    }
+    afm_train::parse_duration(v).map_err(|e| anyhow::anyhow!("afm_time_budget = {v:?}: {e}"))?;
+    Ok(v.to_string())
 }
 
 /// The agents of the multi-agent system (afm-tasks' chain).
@@ -333,11 +393,11 @@ fn prepare_stage(
 ) -> Result<stage::Done> {
     let ins = inputs(c);
     let fp = stage::fingerprint(&[
-        "prepare-v1",
+        "prepare-v2",
         &files_key(&ins),
         &format!(
-            "{only:?}{curriculum}{augment}{min_score}{}{}",
-            c.seq_len, c.seed
+            "only={only:?} curriculum={curriculum} augment={augment} min_score={min_score} seq_len={} seed={} corpus_vocab={}",
+            c.seq_len, c.seed, c.corpus_vocab
         ),
     ]);
     stage::run(name, dir, &fp, |out| {
@@ -346,6 +406,7 @@ fn prepare_stage(
             min_score,
             curriculum,
             augment,
+            corpus_vocab: c.corpus_vocab,
             seq_len: c.seq_len,
             seed: c.seed,
             weights: AgentWeights {
@@ -381,6 +442,82 @@ struct TrainSpec<'a> {
     seed: u64,
 }
 
+/// The boundary weighting `boundary = true` stands for when the user's
+/// `[train.loss]` leaves it at the defaults: role tokens x2, the first 3
+/// tokens after a hand-off x1.5.
+const BOUNDARY_DEFAULTS: (f64, usize, f64) = (2.0, 3, 1.5);
+
+/// True when `[train.loss]` sets any boundary-weighting field.
+fn user_sets_boundary(l: &afm_train::LossConfig) -> bool {
+    let d = afm_train::LossConfig::default();
+    (l.role_token_weight, l.handoff_tokens, l.handoff_weight)
+        != (d.role_token_weight, d.handoff_tokens, d.handoff_weight)
+}
+
+/// The loss of one training stage: the user's `[train.loss]` as given. With
+/// `boundary`, fields the user left at the defaults get
+/// [`BOUNDARY_DEFAULTS`] (the user's own boundary values are kept); without
+/// it (the per-agent models, the no-boundary ablation) the boundary fields
+/// are neutral unless the user set them (a pipeline with `boundary = false`
+/// and such values is rejected by [`resolve`]).
+fn boundary_loss(user: &afm_train::LossConfig, boundary: bool) -> afm_train::LossConfig {
+    let mut l = user.clone();
+    if boundary && !user_sets_boundary(user) {
+        (l.role_token_weight, l.handoff_tokens, l.handoff_weight) = BOUNDARY_DEFAULTS;
+    }
+    l
+}
+
+/// Fields of `[train]` the pipeline sets itself from its own settings: a
+/// `[train]` value for one of them that differs from the default would be
+/// overwritten, so it is an error that names the pipeline field to use.
+fn check_train_table(c: &PipelineConfig) -> Result<()> {
+    let (t, d) = (&c.train, TrainConfig::default());
+    let owned: [(&str, bool, &str); 9] = [
+        ("data", t.data != d.data, "the pipeline prepares its own data (use `input`)"),
+        ("out", t.out != d.out, "use `runs_dir` and `name`"),
+        ("init", t.init != d.init, "the pipeline trains fresh models"),
+        ("preset", t.preset != d.preset, "use the top-level `preset`"),
+        ("seed", t.seed != d.seed, "use the top-level `seed`"),
+        ("device", t.device != d.device, "use the top-level `device`"),
+        ("bf16", t.bf16 != d.bf16, "use the top-level `bf16`"),
+        (
+            "time_budget",
+            t.time_budget != d.time_budget,
+            "use `mas_time_budget` and `afm_time_budget`",
+        ),
+        ("teachers", t.teachers != d.teachers, "the pipeline's teachers are its agent models (switch with `distill`)"),
+    ];
+    for (field, set, how) in owned {
+        if set {
+            bail!("[train] {field}: set by the pipeline itself; {how}");
+        }
+    }
+    if t.role_embeddings != c.role_embeddings {
+        bail!(
+            "[train] role_embeddings = {} conflicts with the pipeline's role_embeddings = {}: set the top-level `role_embeddings` only",
+            t.role_embeddings,
+            c.role_embeddings
+        );
+    }
+    if c.max_steps > 0 && t.max_steps > 0 && t.max_steps != c.max_steps {
+        bail!(
+            "[train] max_steps = {} conflicts with max_steps = {}: set one",
+            t.max_steps,
+            c.max_steps
+        );
+    }
+    if !c.boundary && user_sets_boundary(&t.loss) {
+        bail!(
+            "boundary = false conflicts with [train.loss] role_token_weight = {}, handoff_tokens = {}, handoff_weight = {}: drop those or set boundary = true",
+            t.loss.role_token_weight,
+            t.loss.handoff_tokens,
+            t.loss.handoff_weight
+        );
+    }
+    Ok(())
+}
+
 fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Result<stage::Done> {
     let mut t = c.train.clone();
     t.data = s.data.to_path_buf();
@@ -395,20 +532,9 @@ fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Resu
         t.max_steps = c.max_steps;
     }
     t.role_embeddings = s.role_embeddings;
-    if s.teachers.is_empty() {
-        t.loss.alpha = 1.0;
-        t.loss.beta = 0.0;
-    }
     t.teachers = s.teachers;
-    if s.boundary {
-        t.loss.role_token_weight = 2.0;
-        t.loss.handoff_tokens = 3;
-        t.loss.handoff_weight = 1.5;
-    } else {
-        t.loss.role_token_weight = 1.0;
-        t.loss.handoff_tokens = 0;
-        t.loss.handoff_weight = 1.0;
-    }
+    t.snapshots = c.curve_points;
+    t.loss = boundary_loss(&c.train.loss, s.boundary);
     let data_marker = std::fs::read_to_string(s.data.join(".afm-stage.json")).unwrap_or_default();
     let teacher_markers: String = t
         .teachers
@@ -478,6 +604,90 @@ fn mas_map(root: &Path) -> Vec<(String, PathBuf)> {
         .iter()
         .map(|a| (a.to_string(), root.join(format!("models/mas-{a}/final"))))
         .collect()
+}
+
+/// Success rate of `runs`.
+fn success_of(runs: &[TaskRun]) -> f64 {
+    evaluate(runs, None).success_rate
+}
+
+/// Evaluate every learning-curve snapshot of both systems on `subset`, and
+/// the final models as the last point. A system's training seconds at a
+/// point: the AFM's, or the sum of the three agent models'.
+fn learning_curve(
+    c: &PipelineConfig,
+    root: &Path,
+    subset: &[Task],
+    device: tch::Device,
+) -> Result<Vec<CurvePoint>> {
+    let n = c.curve_points;
+    let opts = run_opts(c, c.eval_batch);
+    let info = |dir: &Path| -> Result<afm_train::SnapshotInfo> {
+        let p = dir.join("snapshot.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(serde_json::from_str(&text).with_context(|| p.display().to_string())?)
+    };
+    let summary = |dir: &Path| -> Result<afm_train::TrainSummary> {
+        let p = dir.join("summary.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(serde_json::from_str(&text).with_context(|| p.display().to_string())?)
+    };
+    let mut points = Vec::new();
+    let pb = bar((2 * n) as u64, "curve");
+    for k in 1..=n {
+        // The AFM.
+        let afm_dir = root.join("models/afm");
+        let (afm_model_dir, secs, step) = if k < n {
+            let d = afm_train::snapshot_dir(&afm_dir, k, n);
+            let i = info(&d)?;
+            (d, i.train_secs, i.step)
+        } else {
+            let s = summary(&afm_dir)?;
+            (afm_dir.join("final"), s.train_secs, s.steps)
+        };
+        if afm_model_dir.is_dir() {
+            let m = Model::load(&afm_model_dir, device)?;
+            let runs = System::Afm(&m).run(subset, &opts, &mut |_| {})?;
+            points.push(CurvePoint {
+                system: "AFM".into(),
+                train_secs: secs,
+                step,
+                tasks: subset.len(),
+                success_rate: success_of(&runs),
+            });
+        }
+        pb.inc(1);
+        // The MAS: every agent's model at the same fraction of its budget.
+        let mut map = Vec::new();
+        let (mut secs, mut step) = (0.0, 0);
+        for a in MAS_AGENTS {
+            let run = root.join(format!("models/mas-{a}"));
+            if k < n {
+                let d = afm_train::snapshot_dir(&run, k, n);
+                let i = info(&d)?;
+                secs += i.train_secs;
+                step += i.step;
+                map.push((a.to_string(), d));
+            } else {
+                let s = summary(&run)?;
+                secs += s.train_secs;
+                step += s.steps;
+                map.push((a.to_string(), run.join("final")));
+            }
+        }
+        let mas = Mas::load(&map, device)?;
+        let runs = System::Mas(&mas).run(subset, &opts, &mut |_| {})?;
+        points.push(CurvePoint {
+            system: "MAS".into(),
+            train_secs: secs,
+            step,
+            tasks: subset.len(),
+            success_rate: success_of(&runs),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(points)
 }
 
 /// Run the pipeline; returns the report.
@@ -562,7 +772,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 &c,
                 TrainSpec {
                     data: &root.join(format!("prepared/mas-{ag}")),
-                    budget: &c.mas_time_budget,
+                    budget: &mas_budget(&c, ag)?,
                     teachers: BTreeMap::new(),
                     role_embeddings: c.role_embeddings,
                     boundary: false,
@@ -584,7 +794,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
         &c,
         TrainSpec {
             data: &root.join("prepared/afm"),
-            budget: &c.afm_time_budget,
+            budget: &afm_budget(&c)?,
             teachers,
             role_embeddings: c.role_embeddings,
             boundary: c.boundary,
@@ -681,6 +891,24 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
         report.afm = compare::metrics(&systems[0], &afm_rep, &timing, &c.prices);
         report.mas = compare::metrics(&systems[1], &mas_rep, &timing, &c.prices);
         report.answer_agreement = afm_rep.answer_agreement.unwrap_or(f64::NAN);
+
+        // 7. the learning curve: both systems' snapshots on a fixed subset
+        if c.curve_points > 1 && c.curve_tasks > 0 {
+            let subset = &tasks[..c.curve_tasks.min(tasks.len())];
+            let fp = stage::fingerprint(&["curve-v1", &fp, &format!("{}", subset.len())]);
+            let d = stage::run("curve", &root.join("curve"), &fp, |_| {
+                let points = learning_curve(&c, &root, subset, device)?;
+                Ok(serde_json::to_value(points)?)
+            })?;
+            record("7 curve", &d, &mut wall);
+            report.learning_curve = serde_json::from_value(d.summary.clone())?;
+        }
+        // 8. the reference: the scripted agents the data came from
+        if c.reference && c.input.is_empty() {
+            let t0 = std::time::Instant::now();
+            report.reference = Some(afm_bench::reference::scripted_reference(&tasks, c.seed)?);
+            wall.insert("8 reference".into(), t0.elapsed().as_secs_f64());
+        }
     }
     report.compute_ratios();
     report.wall_s = wall;
@@ -791,7 +1019,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                 &cs,
                 TrainSpec {
                     data: &dir.join("prepared"),
-                    budget: &cs.afm_time_budget,
+                    budget: &afm_budget(&cs)?,
                     teachers,
                     role_embeddings: cs.role_embeddings,
                     boundary: cs.boundary,
@@ -845,7 +1073,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
          |---|---:|---|---:|---:|---:|---:|\n",
         a.seeds,
         base.preset,
-        base.afm_time_budget,
+        afm_budget(&base)?,
         tasks.len(),
         afm_bench::report::today_utc(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -911,5 +1139,51 @@ mod tests {
         };
         let e = resolve(&a).unwrap_err().to_string();
         assert!(e.contains("afm_time_budget"), "{e}");
+    }
+
+    /// `[train.loss]` boundary weights and `role_embeddings` are kept as the
+    /// user wrote them, or a conflict with the pipeline's own switches is an
+    /// error; nothing is silently overwritten.
+    #[test]
+    fn user_loss_settings_are_kept_or_conflicts_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        let with = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            resolve(&PipelineArgs {
+                config: Some(p.clone()),
+                ..Default::default()
+            })
+        };
+        // Defaults: the AFM gets the boundary weighting, the agents' models none.
+        let c = with("").unwrap();
+        let afm = boundary_loss(&c.train.loss, true);
+        assert_eq!(
+            (afm.role_token_weight, afm.handoff_tokens, afm.handoff_weight),
+            BOUNDARY_DEFAULTS
+        );
+        assert_eq!(boundary_loss(&c.train.loss, false), c.train.loss);
+        // The user's own values are kept, for both systems.
+        let c = with("[train.loss]\nrole_token_weight = 3.0\nhandoff_tokens = 1\nalpha = 0.7\n")
+            .unwrap();
+        for on in [true, false] {
+            let l = boundary_loss(&c.train.loss, on);
+            assert_eq!(
+                (l.role_token_weight, l.handoff_tokens, l.alpha),
+                (3.0, 1, 0.7)
+            );
+        }
+        // Conflicts name the fields.
+        let e = with("boundary = false\n[train.loss]\nrole_token_weight = 3.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("boundary") && e.contains("role_token_weight"), "{e}");
+        let e = with("[train]\nrole_embeddings = false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("role_embeddings"), "{e}");
+        assert!(with("role_embeddings = false\n[train]\nrole_embeddings = false\n").is_ok());
+        let e = with("[train]\npreset = \"tiny\"\n").unwrap_err().to_string();
+        assert!(e.contains("preset"), "{e}");
     }
 }

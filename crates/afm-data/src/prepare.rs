@@ -50,9 +50,15 @@ pub struct PrepareConfig {
     pub max_tokens: Option<usize>,
     pub long: LongMode,
     pub curriculum: bool,
-    /// Curriculum stages (0 = one fully sorted easy -> hard order).
+    /// Curriculum stages: difficulty buckets walked easy -> hard, the rows
+    /// of each shuffled by the trainer every epoch (0 = one strict sorted
+    /// order, never shuffled).
     pub curriculum_stages: usize,
     pub augment: bool,
+    /// Give the model rows only for the BPE tokens the prepared data uses
+    /// (a corpus vocabulary in `vocab.json`; see `afm_tokenizer::CorpusVocab`):
+    /// much smaller embedding and LM head for models trained from scratch.
+    pub corpus_vocab: bool,
     /// Share of tasks held out for validation.
     pub val_fraction: f64,
     /// Row length of the shards.
@@ -81,8 +87,9 @@ impl Default for PrepareConfig {
             max_tokens: None,
             long: LongMode::Window,
             curriculum: false,
-            curriculum_stages: 0,
+            curriculum_stages: 4,
             augment: false,
+            corpus_vocab: false,
             val_fraction: 0.05,
             seq_len: 256,
             weights: AgentWeights::default(),
@@ -524,7 +531,7 @@ pub fn prepare_with_progress(
         ShardWriter::create(&cfg.out, "val", cfg.seq_len)?,
     ];
     for w in writers.iter_mut() {
-        w.set_curriculum(cfg.curriculum);
+        w.set_curriculum(cfg.curriculum, cfg.curriculum_stages);
     }
     let mut packers = [
         Packer::new(cfg.seq_len, cfg.pack_buffer),
@@ -688,6 +695,21 @@ pub fn prepare_with_progress(
         .finish(&mut |pk: crate::pack::Packed| w_val.push(&pk.row, pk.real_tokens, pk.documents))?;
     let i_train = w_train.finish()?;
     let i_val = w_val.finish()?;
+    if cfg.corpus_vocab {
+        // Rows only for the BPE ids the data uses (see `CorpusVocab`).
+        let mut ids = Vec::new();
+        for split in ["train", "val"] {
+            if crate::shards::Shards::exists(&cfg.out, split) {
+                let sh = crate::shards::Shards::open(&cfg.out, split)?;
+                ids.extend(sh.tokens.iter().chain(&sh.targets).copied());
+            }
+        }
+        let tok = tok
+            .clone()
+            .with_corpus(afm_tokenizer::CorpusVocab::from_ids(ids));
+        m.n_vocab = tok.n_vocab();
+        std::fs::write(cfg.out.join("vocab.json"), tok.to_json()).context("writing vocab.json")?;
+    }
     let split = |st: PackStats, loss: usize, s: usize| SplitStats {
         records: split_records[s],
         tasks: split_tasks[s].len(),

@@ -81,9 +81,14 @@ pub struct ShardIndex {
     pub loss_tokens: usize,
     /// Documents packed (a windowed trajectory counts once per window).
     pub documents: usize,
-    /// True when rows are in curriculum order (easy -> hard) and the trainer
-    /// should not shuffle them.
+    /// True when rows are in curriculum order (easy -> hard): the trainer
+    /// keeps that order across `curriculum_stages` buckets.
     pub curriculum: bool,
+    /// With `curriculum`: the number of equal contiguous row buckets
+    /// (stages) the trainer walks in order, shuffling inside each every
+    /// epoch; 0 keeps the stored order exactly.
+    #[serde(default)]
+    pub curriculum_stages: usize,
 }
 
 /// Errors reading or writing shards.
@@ -150,6 +155,7 @@ impl ShardWriter {
                 loss_tokens: 0,
                 documents: 0,
                 curriculum: false,
+                curriculum_stages: 0,
             },
         })
     }
@@ -186,9 +192,11 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Mark the split as curriculum-ordered.
-    pub fn set_curriculum(&mut self, on: bool) {
+    /// Mark the split as curriculum-ordered in `stages` buckets (see
+    /// [`ShardIndex::curriculum_stages`]).
+    pub fn set_curriculum(&mut self, on: bool, stages: usize) {
         self.index.curriculum = on;
+        self.index.curriculum_stages = stages;
     }
 
     /// Flush and write the index. Returns it.

@@ -100,6 +100,11 @@ impl<'m> Decoder<'m> {
         }
     }
 
+    /// The model decoded.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
     /// Tokens fed so far to `row` (0 for an unknown row).
     pub fn row_len(&self, row: usize) -> usize {
         self.lens.get(row).copied().unwrap_or(0)
@@ -121,7 +126,9 @@ impl<'m> Decoder<'m> {
     }
 
     /// Append tokens to some rows (any lengths; rows not listed, or listed
-    /// with no tokens, are untouched). Returns f32 logits `[batch, V]` of
+    /// with no tokens, are untouched). Token ids are mapped to the model's
+    /// rows (see `Tokenizer::row`). Returns f32 logits `[batch, V]` (over
+    /// rows) of
     /// each row's last position; rows not fed keep their previous logits
     /// (zeros before the first feed). Errors (nothing is fed) on an unknown
     /// or repeated row, an out-of-vocabulary id, or when a row would exceed
@@ -141,10 +148,19 @@ impl<'m> Decoder<'m> {
             if toks.is_empty() {
                 continue;
             }
-            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            let tok = &self.model.tokenizer;
+            if let Some(&bad) = toks
+                .iter()
+                .find(|&&t| tok.row(t).is_none_or(|r| r as usize >= cfg.vocab_size))
+            {
                 bail!(
-                    "decoder: row {row}: token id {bad} is outside the model vocabulary ({})",
-                    cfg.vocab_size
+                    "decoder: row {row}: token id {bad} has no row in the model vocabulary ({} rows{})",
+                    cfg.vocab_size,
+                    if tok.corpus().is_some() {
+                        "; a corpus vocabulary: encode text with the model's tokenizer"
+                    } else {
+                        ""
+                    }
                 );
             }
             if self.lens[row] + toks.len() > cfg.n_ctx {
@@ -172,7 +188,7 @@ impl<'m> Decoder<'m> {
                 let k = i * l + j;
                 positions[k] = (self.lens[*row] + j).min(cfg.n_ctx - 1) as i64;
                 if let Some(&t) = toks.get(j) {
-                    tokens[k] = t as i64;
+                    tokens[k] = self.model.tokenizer.row(t).unwrap_or(0) as i64;
                     let role = trackers[*row].next(t) as usize;
                     if self.model.gpt.role_emb().is_some() && role >= cfg.n_roles {
                         bail!(
@@ -221,8 +237,9 @@ impl<'m> Decoder<'m> {
         Ok(self.logits.shallow_clone())
     }
 
-    /// Choose one token per row of `logits` (`[batch, V]` or `[V]`).
-    /// Returns `(token, log p)` where `log p` is the natural-log probability
+    /// Choose one token per row of `logits` (`[batch, V]` or `[V]`, over
+    /// the model's rows as [`Decoder::feed`] returns them).
+    /// Returns `(token id, log p)` where `log p` is the natural-log probability
     /// under the model's raw distribution (`log_softmax` of the unscaled
     /// logits), whatever the temperature / top-k / top-p. Deterministic
     /// given `cfg.seed`: row `r` draws from its own stream, which advances
@@ -265,7 +282,14 @@ impl<'m> Decoder<'m> {
                 (Some((_, rngs)), true) => Some(&mut rngs[r]),
                 _ => None,
             };
-            out.push(sample_row(row, cfg, rng)?);
+            let (pick, logp) = sample_row(row, cfg, rng)?;
+            let id = self.model.tokenizer.id_of_row(pick).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "sample: picked row {pick}, a padding row beyond the tokenizer's {} (narrow the logits to the vocabulary)",
+                    self.model.tokenizer.n_vocab()
+                )
+            })?;
+            out.push((id, logp));
         }
         Ok(out)
     }

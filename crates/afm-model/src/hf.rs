@@ -299,7 +299,18 @@ impl Model {
     }
 
     /// Export as an HF GPT-2 directory (see the module docs).
+    ///
+    /// A model with a corpus vocabulary is refused: its rows are not GPT-2's
+    /// ids, and padding the missing ids would give them logits the afm
+    /// model never has (a different model in transformers).
     pub fn export_hf(&self, dir: &Path) -> anyhow::Result<()> {
+        if let Some(c) = self.tokenizer.corpus() {
+            anyhow::bail!(
+                "export-hf: this model has a corpus vocabulary ({} of GPT-2's {} BPE tokens): its rows are not GPT-2 ids, so transformers would read a different model. Train with the full GPT-2 vocabulary (`corpus_vocab = false` in the pipeline config, or prepare without --corpus-vocab) to export",
+                c.n_bpe(),
+                afm_tokenizer::EOT
+            );
+        }
         export(
             &self.named_parameters(),
             &self.config,

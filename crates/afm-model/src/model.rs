@@ -213,7 +213,15 @@ impl Model {
     /// (old agents are a prefix). New token rows of `wte` are the mean of
     /// the existing rows; new rows of the role table are zero (a model
     /// without role embeddings keeps them off). Rebuild any optimizer after.
+    ///
+    /// Only the role vocabulary is taken from `tokenizer`: the model keeps
+    /// its own BPE table (all of GPT-2's, or its corpus vocabulary), so a
+    /// pretrained model fine-tunes on data prepared with any vocabulary.
     pub fn extend_vocab(&mut self, tokenizer: Tokenizer) -> anyhow::Result<()> {
+        let tokenizer = match self.tokenizer.corpus() {
+            None => Tokenizer::new(tokenizer.roles().clone()),
+            Some(c) => Tokenizer::new(tokenizer.roles().clone()).with_corpus(c.clone()),
+        };
         let old = self.tokenizer.roles().agents();
         let new = tokenizer.roles().agents();
         if new.len() < old.len() || &new[..old.len()] != old {

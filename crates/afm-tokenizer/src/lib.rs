@@ -39,7 +39,9 @@ use std::collections::HashMap;
 use tiktoken_rs::CoreBPE;
 
 mod bpe;
+mod corpus;
 mod pretok;
+pub use corpus::CorpusVocab;
 
 pub use pretok::{pieces, Pieces};
 
@@ -205,6 +207,10 @@ pub struct VocabFile {
     pub first_role_token: u32,
     /// Agent names in role order.
     pub agents: Vec<String>,
+    /// The corpus vocabulary's kept BPE ids (see [`CorpusVocab`]); absent
+    /// for the full GPT-2 table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<Vec<u32>>,
 }
 
 /// GPT-2 BPE plus afm's special tokens and a role vocabulary.
@@ -215,6 +221,8 @@ pub struct Tokenizer {
     /// The fast exact encoder over the same ranks.
     fast: &'static bpe::FastBpe,
     roles: RoleVocab,
+    /// Which BPE ids the model has rows for (None: all of GPT-2's).
+    corpus: Option<CorpusVocab>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -222,6 +230,7 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("bpe", &"r50k_base")
             .field("roles", &self.roles.agents)
+            .field("corpus", &self.corpus.as_ref().map(CorpusVocab::n_bpe))
             .finish()
     }
 }
@@ -233,6 +242,50 @@ impl Tokenizer {
             bpe: tiktoken_rs::r50k_base_singleton(),
             fast: bpe::FastBpe::r50k(),
             roles,
+            corpus: None,
+        }
+    }
+
+    /// This tokenizer restricted to a corpus vocabulary: the model gets
+    /// rows only for its BPE ids, and [`Tokenizer::encode`] writes other
+    /// tokens as their bytes (see [`CorpusVocab`]).
+    pub fn with_corpus(mut self, corpus: CorpusVocab) -> Self {
+        self.corpus = Some(corpus);
+        self
+    }
+
+    /// The corpus vocabulary, if any.
+    pub fn corpus(&self) -> Option<&CorpusVocab> {
+        self.corpus.as_ref()
+    }
+
+    /// Model row of token `id` (embedding row, LM-head output column);
+    /// `None` for an id without a row. Rows equal ids without a corpus
+    /// vocabulary.
+    pub fn row(&self, id: u32) -> Option<u32> {
+        let n_special = FIRST_ROLE_TOKEN + self.roles.len() as u32;
+        match &self.corpus {
+            None => (id < n_special).then_some(id),
+            Some(c) if id < EOT => c.bpe_row(id),
+            Some(c) => (id < n_special).then(|| c.n_bpe() as u32 + (id - EOT)),
+        }
+    }
+
+    /// Token id of model row `row` (inverse of [`Tokenizer::row`]).
+    pub fn id_of_row(&self, row: u32) -> Option<u32> {
+        if row as usize >= self.n_vocab() {
+            return None;
+        }
+        match &self.corpus {
+            None => Some(row),
+            Some(c) => {
+                let nb = c.n_bpe() as u32;
+                Some(if row < nb {
+                    c.kept()[row as usize]
+                } else {
+                    EOT + (row - nb)
+                })
+            }
         }
     }
 
@@ -251,9 +304,11 @@ impl Tokenizer {
         &mut self.roles
     }
 
-    /// Vocabulary size: BPE + 3 afm specials + one token per agent.
+    /// Vocabulary size in model rows: BPE (all of GPT-2's, or the corpus
+    /// vocabulary's) + `<|endoftext|>` + 3 afm specials + one token per agent.
     pub fn n_vocab(&self) -> usize {
-        FIRST_ROLE_TOKEN as usize + self.roles.len()
+        let bpe = self.corpus.as_ref().map_or(EOT as usize, CorpusVocab::n_bpe);
+        bpe + (FIRST_ROLE_TOKEN - EOT) as usize + self.roles.len()
     }
 
     /// Encode text as plain BPE. Never yields a special token, whatever the
@@ -261,16 +316,27 @@ impl Tokenizer {
     ///
     /// The ids are exactly tiktoken's `CoreBPE::encode_ordinary` for
     /// `r50k_base` (the same ids as OpenAI's GPT-2 tokenizer).
+    ///
+    /// With a corpus vocabulary, BPE tokens outside it are written as their
+    /// bytes' tokens (the same text when decoded).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.fast.encode_into(text, &mut out);
+        self.encode_into(text, &mut out);
         out
     }
 
     /// [`Tokenizer::encode`] appending to `out` (reuse one buffer across
     /// texts).
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.fast.encode_into(text, out);
+        match &self.corpus {
+            None => self.fast.encode_into(text, out),
+            Some(c) => {
+                let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+                self.fast.encode_into(text, &mut ids);
+                c.byte_fallback(&mut ids);
+                out.extend(ids);
+            }
+        }
     }
 
     /// The same ids as [`Tokenizer::encode`], computed by tiktoken-rs'
@@ -383,6 +449,7 @@ impl Tokenizer {
             obs: OBS,
             first_role_token: FIRST_ROLE_TOKEN,
             agents: self.roles.agents.clone(),
+            corpus: self.corpus.as_ref().map(|c| c.kept().to_vec()),
         }
     }
 
@@ -403,7 +470,13 @@ impl Tokenizer {
         }
         let mut roles = RoleVocab::from_agents(v.agents.iter().cloned())?;
         roles.rebuild_index();
-        Ok(Self::new(roles))
+        let tok = Self::new(roles);
+        Ok(match &v.corpus {
+            None => tok,
+            Some(kept) => tok.with_corpus(
+                CorpusVocab::from_kept(kept.clone()).map_err(TokenizerError::File)?,
+            ),
+        })
     }
 
     /// JSON text of [`Tokenizer::vocab_file`].
@@ -485,6 +558,43 @@ mod tests {
         // Reference ids from OpenAI's GPT-2 tokenizer.
         assert_eq!(tok().encode("Hello world"), vec![15496, 995]);
         assert_eq!(tok().encode(" the"), vec![262]);
+    }
+
+    /// A corpus vocabulary: rows for the kept BPE ids, the specials and the
+    /// roles; other tokens encode as bytes and decode to the same text; the
+    /// vocabulary file round-trips.
+    #[test]
+    fn corpus_vocabulary_rows_and_byte_fallback() {
+        let full = tok();
+        let text = "Hello world, reverse \"bottle\" ✓";
+        let seen = full.encode("Hello world");
+        let t = tok().with_corpus(CorpusVocab::from_ids(seen.iter().copied()));
+        assert_eq!(t.n_vocab(), 256 + 2 + 4 + 3);
+        // Kept tokens keep their ids; the rest falls back to byte tokens.
+        assert_eq!(t.encode("Hello world"), seen);
+        let ids = t.encode(text);
+        assert!(ids.len() > full.encode(text).len());
+        assert!(ids.iter().all(|&i| t.row(i).is_some()), "{ids:?}");
+        assert_eq!(t.decode(&ids).unwrap(), text);
+        // Rows and ids are inverse maps over the whole row range.
+        for r in 0..t.n_vocab() as u32 {
+            let id = t.id_of_row(r).unwrap();
+            assert_eq!(t.row(id), Some(r), "row {r} id {id}");
+        }
+        assert_eq!(t.id_of_row(t.n_vocab() as u32), None);
+        assert_eq!(t.row(t.role_token("Reviewer").unwrap()), Some(264));
+        assert_eq!(t.row(END), Some(260));
+        assert_eq!(t.row(FIRST_ROLE_TOKEN + 3), None);
+        assert_eq!(t.row(262), None); // " the": not in this corpus
+        // Without a corpus vocabulary rows are ids.
+        assert_eq!(full.row(262), Some(262));
+        assert_eq!(full.id_of_row(END), Some(END));
+        // Saved and loaded with the vocabulary file.
+        let back = Tokenizer::from_json(&t.to_json()).unwrap();
+        assert_eq!(back.corpus(), t.corpus());
+        assert_eq!(back.n_vocab(), t.n_vocab());
+        assert!(Tokenizer::from_json(&full.to_json()).unwrap().corpus().is_none());
+        assert!(!full.to_json().contains("corpus"));
     }
 
     #[test]

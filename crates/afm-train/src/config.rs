@@ -121,6 +121,34 @@ impl Default for OptimConfig {
     }
 }
 
+/// Overrides of a fresh preset model's shape (0 keeps the preset's value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapeConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Context length (rows of the position embedding).
+    pub n_ctx: usize,
+}
+
+impl ShapeConfig {
+    /// `g` with the overrides applied (validated by the caller).
+    pub fn apply(&self, mut g: afm_model::GptConfig) -> afm_model::GptConfig {
+        for (over, field) in [
+            (self.n_layer, &mut g.n_layer),
+            (self.n_head, &mut g.n_head),
+            (self.n_embd, &mut g.n_embd),
+            (self.n_ctx, &mut g.n_ctx),
+        ] {
+            if over > 0 {
+                *field = over;
+            }
+        }
+        g
+    }
+}
+
 /// A training run. `Default` gives sensible values for everything except
 /// `data`, `out` and the model source (`init` or `preset`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +162,8 @@ pub struct TrainConfig {
     pub init: Option<PathBuf>,
     /// Or create a fresh model from this preset (tiny, mini, gpt2, gpt2-medium).
     pub preset: Option<String>,
+    /// Shape overrides of a fresh preset model (ignored with `init`).
+    pub shape: ShapeConfig,
     /// Dropout of a fresh preset model (ignored with `init`).
     pub dropout: f64,
     /// Agent-role embeddings in a fresh preset model (off: the model sees
@@ -164,17 +194,28 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Validate every N steps (0 = only at the end).
     pub eval_interval: usize,
-    /// At most this many validation batches per evaluation (0 = all).
+    /// At most this many validation batches per evaluation (0 = all rows):
+    /// a fixed sample of rows that covers every agent (`val_sample`), the
+    /// same in every evaluation and every run on the same data.
     pub eval_batches: usize,
     /// Checkpoint every N steps (0 = at evaluations and at the end only).
     pub checkpoint_interval: usize,
     /// Step checkpoints to keep (the best is kept in addition).
     pub keep_last: usize,
+    /// Weight snapshots for learning curves: with n > 1, the weights are
+    /// saved to `RUN/snapshots/K-of-N/` when the run is K/N done (K = 1 ..
+    /// N-1; by the time budget, or by steps without one), with the step and
+    /// training seconds in `snapshot.json`. 0 = off.
+    pub snapshots: usize,
     /// Stop after this many evaluations without improvement (0 = off).
     pub patience: usize,
     /// Minimum decrease of validation loss that counts as improvement.
     pub min_delta: f64,
-    /// Wall-clock budget of this invocation, e.g. "10m", "90s", "1h30m".
+    /// Wall-clock training budget of the run, e.g. "10m", "90s", "1h30m":
+    /// the time of every invocation counts (a resumed run continues where
+    /// the last one stopped), and the learning rate's cosine decay spans it
+    /// (reaching `optim.min_lr` when it ends) unless `max_steps`/`epochs`
+    /// end the run sooner.
     pub time_budget: Option<String>,
     /// Log a train record every N steps.
     pub log_interval: usize,
@@ -197,6 +238,7 @@ impl Default for TrainConfig {
             out: PathBuf::new(),
             init: None,
             preset: None,
+            shape: ShapeConfig::default(),
             dropout: 0.0,
             role_embeddings: true,
             teachers: BTreeMap::new(),
@@ -213,6 +255,7 @@ impl Default for TrainConfig {
             eval_batches: 0,
             checkpoint_interval: 0,
             keep_last: 2,
+            snapshots: 0,
             patience: 0,
             min_delta: 0.0,
             time_budget: None,

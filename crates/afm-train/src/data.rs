@@ -4,7 +4,7 @@
 
 use crate::config::LossConfig;
 use afm_data::shards::Shards;
-use afm_tokenizer::{END, FIRST_ROLE_TOKEN, OBS};
+use afm_tokenizer::{Tokenizer, END, FIRST_ROLE_TOKEN, OBS};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -34,19 +34,56 @@ impl SplitMix64 {
     }
 }
 
-/// Order of the rows in `epoch`: a seeded Fisher-Yates shuffle, or the
-/// identity (curriculum order). A pure function of (seed, epoch, rows), so
-/// a resumed run rebuilds it from the cursor alone.
-pub fn epoch_order(rows: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..rows).collect();
-    if shuffle {
-        let mut rng = SplitMix64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED);
-        for i in (1..rows).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
+/// How the rows of a split are ordered in each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RowOrder {
+    /// A seeded shuffle of all rows.
+    Shuffle,
+    /// The stored order (a strict curriculum).
+    Stored,
+    /// A curriculum of `n` stages: the rows (stored easy -> hard) are cut
+    /// into `n` equal contiguous buckets, walked in order, each shuffled
+    /// afresh every epoch.
+    Stages(usize),
+}
+
+impl RowOrder {
+    /// The order a split's index asks for (see `ShardIndex::curriculum`).
+    pub fn of_index(index: &afm_data::shards::ShardIndex) -> Self {
+        match (index.curriculum, index.curriculum_stages) {
+            (false, _) => RowOrder::Shuffle,
+            (true, 0) => RowOrder::Stored,
+            (true, n) => RowOrder::Stages(n),
         }
     }
-    order
+}
+
+/// Seeded Fisher-Yates shuffle of `v`.
+fn shuffle_in_place(v: &mut [usize], rng: &mut SplitMix64) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// Order of the rows in `epoch` (see [`RowOrder`]). A pure function of
+/// (seed, epoch, rows, order), so a resumed run rebuilds it from the
+/// cursor alone.
+pub fn epoch_order(rows: usize, seed: u64, epoch: u64, order: RowOrder) -> Vec<usize> {
+    let mut out: Vec<usize> = (0..rows).collect();
+    let mut rng = SplitMix64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED);
+    match order {
+        RowOrder::Stored => {}
+        RowOrder::Shuffle => shuffle_in_place(&mut out, &mut rng),
+        RowOrder::Stages(n) => {
+            let n = n.clamp(1, rows.max(1));
+            for k in 0..n {
+                let (a, b) = (k * rows / n, (k + 1) * rows / n);
+                shuffle_in_place(&mut out[a..b], &mut rng);
+            }
+        }
+    }
+    out
 }
 
 /// Where the train stream is: epoch and position in that epoch's order.
@@ -60,19 +97,19 @@ pub struct Cursor {
 pub struct RowStream {
     rows: usize,
     seed: u64,
-    shuffle: bool,
+    how: RowOrder,
     order: Vec<usize>,
     cursor: Cursor,
 }
 
 impl RowStream {
     /// Start (or continue) at `cursor`.
-    pub fn new(rows: usize, seed: u64, shuffle: bool, cursor: Cursor) -> Self {
-        let order = epoch_order(rows, seed, cursor.epoch, shuffle);
+    pub fn new(rows: usize, seed: u64, how: RowOrder, cursor: Cursor) -> Self {
+        let order = epoch_order(rows, seed, cursor.epoch, how);
         Self {
             rows,
             seed,
-            shuffle,
+            how,
             order,
             cursor,
         }
@@ -92,7 +129,7 @@ impl RowStream {
                     epoch: self.cursor.epoch + 1,
                     pos: 0,
                 };
-                self.order = epoch_order(self.rows, self.seed, self.cursor.epoch, self.shuffle);
+                self.order = epoch_order(self.rows, self.seed, self.cursor.epoch, self.how);
             }
             out.push(self.order[self.cursor.pos]);
             self.cursor.pos += 1;
@@ -160,7 +197,7 @@ pub struct Batch {
     pub owners: Vec<u16>,
     /// Same as `select`, on the CPU.
     pub select_host: Vec<i64>,
-    /// Target ids at the selected positions (CPU copy).
+    /// Target rows at the selected positions (CPU copy).
     pub targets_host: Vec<u32>,
     /// Sum of `weights`.
     pub weight_sum: f64,
@@ -168,7 +205,8 @@ pub struct Batch {
     pub n_positions: usize,
     /// Positions per row.
     pub row_len: usize,
-    /// CPU copies of the `[B*T]` inputs (teachers map ids from these).
+    /// CPU copies of the `[B*T]` inputs (tokens as model rows; teachers map
+    /// them to their own rows).
     pub tokens_host: Vec<i64>,
     pub roles_host: Vec<i64>,
     pub positions_host: Vec<i64>,
@@ -182,8 +220,19 @@ impl Batch {
     }
 }
 
-/// Build a micro-batch from rows of `shards`.
-pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Device) -> Batch {
+/// Build a micro-batch from rows of `shards`. The shards hold token ids;
+/// the batch's `tokens`/`targets` (and their host copies) hold the model
+/// rows of `vocab` (the model's tokenizer: equal to the ids unless it has a
+/// corpus vocabulary). Ids without a row become row 0; [`check_ids`] rejects
+/// such data before training.
+pub fn make_batch(
+    shards: &Shards,
+    rows: &[usize],
+    l: &LossConfig,
+    vocab: &Tokenizer,
+    device: Device,
+) -> Batch {
+    let row_of = |id: u32| vocab.row(id).unwrap_or(0);
     let t = shards.index.row_len;
     let b = rows.len();
     let mut tokens = Vec::with_capacity(b * t);
@@ -203,14 +252,14 @@ pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Devic
             &shards.docs[s.clone()],
             l,
         );
-        tokens.extend(shards.tokens[s.clone()].iter().map(|&x| x as i64));
+        tokens.extend(shards.tokens[s.clone()].iter().map(|&x| row_of(x) as i64));
         roles.extend(shards.roles[s.clone()].iter().map(|&x| x as i64));
         positions.extend(shards.positions[s.clone()].iter().map(|&x| x as i64));
         docs.extend(shards.docs[s.clone()].iter().map(|&x| x as i64));
         for (i, &wi) in w.iter().enumerate() {
             if wi > 0.0 {
                 select.push((bi * t + i) as i64);
-                targets.push(shards.targets[r * t + i]);
+                targets.push(row_of(shards.targets[r * t + i]));
                 weights.push(wi);
                 owners.push(shards.owners[r * t + i]);
             }
@@ -245,23 +294,40 @@ pub fn make_batch(shards: &Shards, rows: &[usize], l: &LossConfig, device: Devic
     }
 }
 
-/// Check that every id in the split fits the model and its role table.
+/// Check that every id in the split has a row in the model (`vocab` is the
+/// model's tokenizer, `vocab_size` its row count) and every role a role
+/// embedding.
 pub fn check_ids(
     shards: &Shards,
     split: &str,
+    vocab: &Tokenizer,
     vocab_size: usize,
     n_roles: usize,
 ) -> anyhow::Result<()> {
-    if let Some(i) = shards.tokens.iter().position(|&x| x as usize >= vocab_size) {
+    let has_row = |id: u32| vocab.row(id).is_some_and(|r| (r as usize) < vocab_size);
+    let what = |id: u32| match vocab.corpus() {
+        Some(c) => format!(
+            "the model's corpus vocabulary ({} BPE tokens + specials; was the data prepared with another vocabulary?)",
+            c.n_bpe()
+        ),
+        None => format!(
+            "the model's vocabulary (vocab_size {vocab_size}, token {id} has no row)"
+        ),
+    };
+    if let Some(i) = shards.tokens.iter().position(|&x| !has_row(x)) {
+        let id = shards.tokens[i];
         anyhow::bail!(
-            "{split}.tokens.u32: position {i} has token {} but the model's vocab_size is {vocab_size}",
-            shards.tokens[i]
+            "{split}.tokens.u32: position {i} has token {id} ({:?}), which is not in {}",
+            vocab.decode(&[id]).unwrap_or_default(),
+            what(id)
         );
     }
     for (i, (&tg, &w)) in shards.targets.iter().zip(&shards.weights).enumerate() {
-        if w > 0.0 && tg as usize >= vocab_size {
+        if w > 0.0 && !has_row(tg) {
             anyhow::bail!(
-                "{split}.targets.u32: position {i} has target {tg} but the model's vocab_size is {vocab_size}"
+                "{split}.targets.u32: position {i} has target {tg} ({:?}), which is not in {}",
+                vocab.decode(&[tg]).unwrap_or_default(),
+                what(tg)
             );
         }
     }
@@ -282,26 +348,52 @@ mod tests {
 
     #[test]
     fn order_is_a_seeded_permutation() {
-        let a = epoch_order(100, 7, 0, true);
+        let a = epoch_order(100, 7, 0, RowOrder::Shuffle);
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(100, 7, 0, true));
-        assert_ne!(a, epoch_order(100, 7, 1, true));
-        assert_ne!(a, epoch_order(100, 8, 0, true));
-        assert_eq!(epoch_order(5, 7, 3, false), vec![0, 1, 2, 3, 4]);
+        assert_eq!(a, epoch_order(100, 7, 0, RowOrder::Shuffle));
+        assert_ne!(a, epoch_order(100, 7, 1, RowOrder::Shuffle));
+        assert_ne!(a, epoch_order(100, 8, 0, RowOrder::Shuffle));
+        assert_eq!(epoch_order(5, 7, 3, RowOrder::Stored), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn curriculum_rows_are_shuffled_inside_stages_every_epoch() {
+        let (rows, stages) = (103, 4);
+        let e0 = epoch_order(rows, 7, 0, RowOrder::Stages(stages));
+        let e1 = epoch_order(rows, 7, 1, RowOrder::Stages(stages));
+        for e in [&e0, &e1] {
+            // Each stage's slot range holds exactly that stage's rows...
+            for k in 0..stages {
+                let (a, b) = (k * rows / stages, (k + 1) * rows / stages);
+                let mut got = e[a..b].to_vec();
+                got.sort();
+                assert_eq!(got, (a..b).collect::<Vec<_>>(), "stage {k}");
+                // ...shuffled, not in stored order.
+                assert_ne!(e[a..b].to_vec(), (a..b).collect::<Vec<_>>(), "stage {k}");
+            }
+        }
+        // A new shuffle every epoch; the same one for the same (seed, epoch).
+        assert_ne!(e0, e1);
+        assert_eq!(e0, epoch_order(rows, 7, 0, RowOrder::Stages(stages)));
+        // The stream walks the stages easy -> hard in every epoch.
+        let mut s = RowStream::new(rows, 7, RowOrder::Stages(stages), Cursor::default());
+        let two: Vec<usize> = s.take(2 * rows);
+        assert_eq!(&two[..rows], &e0[..]);
+        assert_eq!(&two[rows..], &e1[..]);
     }
 
     #[test]
     fn stream_resumes_from_cursor() {
-        let mut a = RowStream::new(7, 1, true, Cursor::default());
+        let mut a = RowStream::new(7, 1, RowOrder::Shuffle, Cursor::default());
         let first: Vec<usize> = (0..5).flat_map(|_| a.take(3)).collect();
-        let mut b = RowStream::new(7, 1, true, Cursor::default());
+        let mut b = RowStream::new(7, 1, RowOrder::Shuffle, Cursor::default());
         let mut got = b.take(3);
         got.extend(b.take(3));
         let c = b.cursor();
         assert_eq!(c, Cursor { epoch: 0, pos: 6 });
-        let mut b2 = RowStream::new(7, 1, true, c);
+        let mut b2 = RowStream::new(7, 1, RowOrder::Shuffle, c);
         for _ in 0..3 {
             got.extend(b2.take(3));
         }

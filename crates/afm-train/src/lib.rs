@@ -52,9 +52,10 @@ pub mod teacher_cache;
 pub mod trainer;
 
 pub use config::{
-    parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, TrainConfig,
+    parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, ShapeConfig,
+    TrainConfig,
 };
 pub use trainer::{
-    batch_loss, batch_loss_unfused, evaluate, train, train_step, EvalResult, StepStats, StopReason,
-    TrainSummary,
+    batch_loss, batch_loss_unfused, evaluate, snapshot_dir, train, train_step, val_sample,
+    EvalResult, SnapshotInfo, StepStats, StopReason, TrainSummary,
 };

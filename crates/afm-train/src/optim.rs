@@ -12,14 +12,44 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// Learning rate at `step` (0-based): linear warm-up from `lr/warmup` to
-/// `lr` over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`.
-pub fn lr_at(o: &OptimConfig, step: usize, total_steps: usize) -> f64 {
+/// `lr` over `warmup_steps`, then cosine decay from `lr` to `min_lr` as
+/// `decay` (the fraction of the decay phase done, clamped to 0..=1) goes
+/// from 0 to 1. A step-counted run passes [`step_decay`]; a run with a
+/// time budget passes the larger of that and the fraction of its budget
+/// spent ([`run_decay`]), so the rate reaches `min_lr` when the budget ends.
+pub fn lr_at(o: &OptimConfig, step: usize, decay: f64) -> f64 {
     if o.warmup_steps > 0 && step < o.warmup_steps {
         return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
     }
-    let decay = total_steps.saturating_sub(o.warmup_steps).max(1);
-    let t = ((step - o.warmup_steps.min(step)) as f64 / decay as f64).min(1.0);
+    let t = if decay.is_finite() {
+        decay.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
     o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// Fraction of the decay phase done at `step` of a `total_steps` run.
+pub fn step_decay(o: &OptimConfig, step: usize, total_steps: usize) -> f64 {
+    let decay = total_steps.saturating_sub(o.warmup_steps).max(1);
+    (step - o.warmup_steps.min(step)) as f64 / decay as f64
+}
+
+/// The decay fraction of a run: by steps, and with a time budget by the
+/// training seconds spent (`used_secs`, all invocations) out of
+/// `budget_secs`, whichever is further along.
+pub fn run_decay(
+    o: &OptimConfig,
+    step: usize,
+    total_steps: usize,
+    used_secs: f64,
+    budget_secs: Option<f64>,
+) -> f64 {
+    let by_steps = step_decay(o, step, total_steps);
+    match budget_secs {
+        Some(b) if b > 0.0 => by_steps.max(used_secs / b),
+        _ => by_steps,
+    }
 }
 
 /// One parameter and its AdamW state.
@@ -233,18 +263,27 @@ mod tests {
             warmup_steps: 10,
             ..Default::default()
         };
-        assert!((lr_at(&o, 0, 110) - 0.1).abs() < 1e-12);
-        assert!((lr_at(&o, 9, 110) - 1.0).abs() < 1e-12);
-        assert!((lr_at(&o, 10, 110) - 1.0).abs() < 1e-12);
-        assert!((lr_at(&o, 60, 110) - 0.55).abs() < 1e-12);
-        assert!((lr_at(&o, 110, 110) - 0.1).abs() < 1e-12);
-        assert!((lr_at(&o, 500, 110) - 0.1).abs() < 1e-12);
+        let at = |s: usize| lr_at(&o, s, step_decay(&o, s, 110));
+        assert!((at(0) - 0.1).abs() < 1e-12);
+        assert!((at(9) - 1.0).abs() < 1e-12);
+        assert!((at(10) - 1.0).abs() < 1e-12);
+        assert!((at(60) - 0.55).abs() < 1e-12);
+        assert!((at(110) - 0.1).abs() < 1e-12);
+        assert!((at(500) - 0.1).abs() < 1e-12);
         let mut prev = f64::INFINITY;
         for s in 10..=110 {
-            let l = lr_at(&o, s, 110);
+            let l = at(s);
             assert!(l <= prev + 1e-15);
             prev = l;
         }
+        // A time budget decays by the fraction of it spent (the huge step
+        // count of an epoch-derived total does not hold the rate at its peak).
+        let total = 280_000;
+        let d = |s: usize, used: f64| run_decay(&o, s, total, used, Some(60.0));
+        assert!((lr_at(&o, 50, d(50, 30.0)) - 0.55).abs() < 1e-9);
+        assert!((lr_at(&o, 90, d(90, 60.0)) - 0.1).abs() < 1e-12);
+        assert!((lr_at(&o, 95, d(95, 75.0)) - 0.1).abs() < 1e-12);
+        assert_eq!(run_decay(&o, 60, 110, 1e9, None), step_decay(&o, 60, 110));
     }
 
     /// Matches a hand-written AdamW (torch semantics) on a toy problem,

@@ -21,7 +21,7 @@ pub struct Teacher {
     /// Its checkpoint directory.
     pub dir: PathBuf,
     pub model: Model,
-    /// Student token id -> teacher token id (-1: the teacher lacks it).
+    /// Student row -> teacher row (-1: the teacher lacks the token).
     token_map: Vec<i64>,
     /// Student role id -> teacher role id (-1: the teacher lacks it).
     role_map: Vec<i64>,
@@ -32,8 +32,9 @@ pub struct Teacher {
     any_missing: bool,
 }
 
-/// Map a student id to the teacher's: shared ids are equal, agent tokens
-/// and agent roles go by name.
+/// Map each student row to the teacher's row of the same token: shared
+/// tokens by id (through each side's vocabulary, which may be a corpus
+/// vocabulary), agent tokens and agent roles by name.
 fn build_maps(
     student: &Tokenizer,
     student_vocab: usize,
@@ -41,17 +42,20 @@ fn build_maps(
     teacher_vocab: usize,
 ) -> (Vec<i64>, Vec<i64>) {
     let mut token_map = vec![-1i64; student_vocab];
-    for (id, slot) in token_map.iter_mut().enumerate() {
-        let id32 = id as u32;
-        if id32 < FIRST_ROLE_TOKEN {
-            if id < teacher_vocab {
-                *slot = id as i64;
-            }
-        } else if let Some(agent) = student.token_agent(id32) {
-            if let Some(t) = teacher.role_token(agent) {
-                if (t as usize) < teacher_vocab {
-                    *slot = t as i64;
-                }
+    for (row, slot) in token_map.iter_mut().enumerate() {
+        let Some(id) = student.id_of_row(row as u32) else {
+            continue;
+        };
+        let t_id = if id < FIRST_ROLE_TOKEN {
+            Some(id)
+        } else {
+            student
+                .token_agent(id)
+                .and_then(|agent| teacher.role_token(agent))
+        };
+        if let Some(t_row) = t_id.and_then(|t| teacher.row(t)) {
+            if (t_row as usize) < teacher_vocab {
+                *slot = t_row as i64;
             }
         }
     }
@@ -156,12 +160,13 @@ impl Teacher {
                 let s = batch.tokens_host[i];
                 let m = self.token_map.get(s as usize).copied().unwrap_or(-1);
                 if m < 0 {
+                    let id = student.id_of_row(s as u32).unwrap_or(u32::MAX);
                     bail!(
-                        "teacher of agent {:?} ({}) has no token {} ({}) that appears in its rows (data row {}): a teacher's vocabulary must cover the student's tokens",
+                        "teacher of agent {:?} ({}) has no token {} ({:?}) that appears in its rows (data row {}): a teacher's vocabulary must cover the student's tokens",
                         self.agent,
                         self.dir.display(),
-                        s,
-                        student.special_text(s as u32).unwrap_or_default(),
+                        id,
+                        student.decode(&[id]).unwrap_or_default(),
                         batch.rows[b]
                     );
                 }

@@ -92,7 +92,7 @@ pub fn build(
     let rows: Vec<usize> = (0..shards.rows()).collect();
     let mut entries = 0usize;
     for chunk in rows.chunks(batch_size) {
-        let b = make_batch(shards, chunk, &plain, device);
+        let b = make_batch(shards, chunk, &plain, student, device);
         // Per selected position: (teacher logits row) for routed ones.
         let mut per_pos: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; b.n_select()];
         for (ti, pos) in teachers.route(&b.owners) {

@@ -3,10 +3,10 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Divergence, FinalWeights, LossConfig, TrainConfig};
-use crate::data::{check_ids, make_batch, Batch, Cursor, RowStream};
+use crate::data::{check_ids, make_batch, Batch, Cursor, RowOrder, RowStream};
 use crate::loss::{cross_entropy_per_token, divergence_per_token};
 use crate::metrics::{AgentEval, Metrics, Record};
-use crate::optim::{lr_at, AdamW};
+use crate::optim::{lr_at, run_decay, AdamW};
 use crate::teacher::Teachers;
 use afm_data::shards::Shards;
 use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, LmDistill, Model, Precision};
@@ -46,6 +46,10 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     /// Wall-clock seconds of this invocation.
     pub wall_secs: f64,
+    /// Training seconds of the run, all invocations (what the time budget
+    /// counts).
+    #[serde(default)]
+    pub train_secs: f64,
     /// `RUN/final` (Model::save layout).
     pub checkpoint: PathBuf,
     /// The best step checkpoint, if any.
@@ -367,25 +371,67 @@ pub struct EvalResult {
     pub per_agent: BTreeMap<String, AgentEval>,
 }
 
-/// Evaluate on `shards` (the first `max_batches` batches; 0 = all).
+/// The validation rows an evaluation scores: every row when `max_rows` is 0
+/// or covers the split, else a fixed sample of `max_rows` rows that holds
+/// loss positions of every agent present in the split. The sample depends
+/// only on the split's contents (a constant seed, not the run's), so every
+/// run and every evaluation of a run scores the same rows. Sorted.
+pub fn val_sample(shards: &Shards, max_rows: usize) -> Vec<usize> {
+    let n = shards.rows();
+    if max_rows == 0 || max_rows >= n {
+        return (0..n).collect();
+    }
+    let order = crate::data::epoch_order(n, 0x7A1D_5A3F, 0, RowOrder::Shuffle);
+    let t = shards.index.row_len;
+    let owners_of = |r: usize| -> std::collections::BTreeSet<u16> {
+        (r * t..(r + 1) * t)
+            .filter(|&i| shards.weights[i] > 0.0)
+            .map(|i| shards.owners[i])
+            .collect()
+    };
+    let mut missing: std::collections::BTreeSet<u16> = (0..n).flat_map(owners_of).collect();
+    let mut picked: Vec<usize> = Vec::with_capacity(max_rows);
+    // First the rows (in the seeded order) that bring an agent not yet
+    // covered, then the rest of the seeded order.
+    for &r in &order {
+        if missing.is_empty() || picked.len() == max_rows {
+            break;
+        }
+        let o = owners_of(r);
+        if o.iter().any(|x| missing.contains(x)) {
+            for x in &o {
+                missing.remove(x);
+            }
+            picked.push(r);
+        }
+    }
+    for &r in &order {
+        if picked.len() == max_rows {
+            break;
+        }
+        if !picked.contains(&r) {
+            picked.push(r);
+        }
+    }
+    picked.sort_unstable();
+    picked
+}
+
+/// Evaluate on `rows` of `shards` (see [`val_sample`]).
 pub fn evaluate(
     model: &Model,
     shards: &Shards,
+    rows: &[usize],
     labels: &Tokenizer,
     batch_size: usize,
-    max_batches: usize,
     precision: Precision,
 ) -> EvalResult {
     let plain = LossConfig::default();
     let device = model.device();
     let mut tot = (0.0f64, 0.0f64, 0usize, 0usize); // w*ce, w, correct, n
     let mut per: BTreeMap<u16, (f64, f64, usize, usize)> = BTreeMap::new();
-    let rows: Vec<usize> = (0..shards.rows()).collect();
-    for (bi, chunk) in rows.chunks(batch_size).enumerate() {
-        if max_batches > 0 && bi >= max_batches {
-            break;
-        }
-        let b = make_batch(shards, chunk, &plain, device);
+    for chunk in rows.chunks(batch_size) {
+        let b = make_batch(shards, chunk, &plain, &model.tokenizer, device);
         if b.n_select() == 0 {
             continue;
         }
@@ -544,8 +590,11 @@ fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyho
     } else {
         0
     };
-    let mut gc = GptConfig::preset(name, data_tok.n_vocab(), n_roles)?;
+    let mut gc = cfg
+        .shape
+        .apply(GptConfig::preset(name, data_tok.n_vocab(), n_roles)?);
     gc.dropout = cfg.dropout;
+    gc.validate().context("train config: shape")?;
     Model::new(gc, data_tok.clone(), device, cfg.seed as i64)
 }
 
@@ -635,6 +684,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
     check_ids(
         &train_set,
         "train",
+        &model.tokenizer,
         model.config.vocab_size,
         model.config.n_roles,
     )?;
@@ -646,7 +696,13 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 model.config.n_ctx
             );
         }
-        check_ids(v, "val", model.config.vocab_size, model.config.n_roles)?;
+        check_ids(
+            v,
+            "val",
+            &model.tokenizer,
+            model.config.vocab_size,
+            model.config.n_roles,
+        )?;
     }
     let mut teachers = Teachers::load(
         &cfg.teachers,
@@ -712,8 +768,8 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
     std::fs::write(run.join("train_config.toml"), cfg.to_toml()?)
         .with_context(|| format!("writing {}", run.join("train_config.toml").display()))?;
 
-    let shuffle = !train_set.index.curriculum;
-    let mut stream = RowStream::new(train_set.rows(), cfg.seed, shuffle, state.cursor);
+    let order = RowOrder::of_index(&train_set.index);
+    let mut stream = RowStream::new(train_set.rows(), cfg.seed, order, state.cursor);
     let pb = if cfg.progress {
         indicatif::ProgressBar::new(total_steps as u64)
     } else {
@@ -736,14 +792,18 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
     let (mut win_loss, mut win_ce, mut win_kl, mut win_w, mut win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut win_agents: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
 
+    let val_rows = val_set
+        .as_ref()
+        .map(|v| val_sample(v, cfg.eval_batches * cfg.batch_size))
+        .unwrap_or_default();
     let do_eval = |model: &Model| -> Option<EvalResult> {
         val_set.as_ref().map(|v| {
             evaluate(
                 model,
                 v,
+                &val_rows,
                 &data_tok,
                 cfg.batch_size,
-                cfg.eval_batches,
                 precision,
             )
         })
@@ -751,7 +811,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
 
     while state.step < total_steps {
         if let Some(b) = budget {
-            if started.elapsed().as_secs_f64() >= b {
+            if state.train_secs + started.elapsed().as_secs_f64() >= b {
                 stop = StopReason::TimeBudget;
                 break;
             }
@@ -763,10 +823,15 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         let batches: Vec<Batch> = (0..cfg.grad_accum)
             .map(|_| {
                 let rows = stream.take(cfg.batch_size);
-                make_batch(&train_set, &rows, &cfg.loss, device)
+                make_batch(&train_set, &rows, &cfg.loss, &model.tokenizer, device)
             })
             .collect();
-        let lr = lr_at(&cfg.optim, step, total_steps);
+        let used = state.train_secs + started.elapsed().as_secs_f64();
+        let lr = lr_at(
+            &cfg.optim,
+            step,
+            run_decay(&cfg.optim, step, total_steps, used, budget),
+        );
         let st = train_step(&model, &mut opt, &teachers, &batches, &cfg, precision, lr).map_err(|e| {
             anyhow::anyhow!(
                 "{e} at step {} (epoch {}, position {} of the permutation); the last good checkpoint is kept in {}",
@@ -816,7 +881,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
                 grad_norm: gnorm,
                 tokens_per_s: tps,
                 tokens: state.tokens_seen,
-                elapsed_s: state.train_secs + loop_start.elapsed().as_secs_f64(),
+                elapsed_s: state.train_secs + started.elapsed().as_secs_f64(),
                 per_agent: win_agents
                     .iter()
                     .filter(|(_, (_, w))| *w > 0.0)
@@ -829,6 +894,13 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
             (win_loss, win_ce, win_kl, win_w, win_klw) = (0.0, 0.0, 0.0, 0.0, 0.0);
         }
 
+        if cfg.snapshots > 1 {
+            let used = state.train_secs + started.elapsed().as_secs_f64();
+            let done = run_decay(&cfg.optim, state.step, total_steps, used, budget).max(
+                state.step as f64 / total_steps as f64,
+            );
+            save_snapshot(&run, &model, cfg.snapshots, done, state.step, used)?;
+        }
         let eval_due = cfg.eval_interval > 0 && state.step % cfg.eval_interval == 0;
         let mut improved = false;
         if eval_due {
@@ -856,7 +928,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         let ckpt_due =
             eval_due || (cfg.checkpoint_interval > 0 && state.step % cfg.checkpoint_interval == 0);
         if ckpt_due && state.step < total_steps {
-            save_checkpoint(&run, &model, &opt, &mut state, &cfg, loop_start)?;
+            save_checkpoint(&run, &model, &opt, &mut state, &cfg, started)?;
             if improved {
                 write_best(&run, &state)?;
             }
@@ -878,7 +950,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
             }
         }
     }
-    let last_ckpt = save_checkpoint(&run, &model, &opt, &mut state, &cfg, loop_start)?;
+    let last_ckpt = save_checkpoint(&run, &model, &opt, &mut state, &cfg, started)?;
     if state.best_step == Some(state.step) {
         write_best(&run, &state)?;
     }
@@ -917,6 +989,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
             .unwrap_or_default(),
         tokens_per_s: positions_this_run as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
         wall_secs: wall,
+        train_secs: state.train_secs + wall,
         checkpoint: final_dir,
         best_checkpoint,
     };
@@ -968,13 +1041,61 @@ fn save_checkpoint(
     opt: &AdamW,
     state: &mut TrainerState,
     cfg: &TrainConfig,
-    loop_start: Instant,
+    started: Instant,
 ) -> anyhow::Result<PathBuf> {
     let mut s = state.clone();
-    s.train_secs += loop_start.elapsed().as_secs_f64();
+    s.train_secs += started.elapsed().as_secs_f64();
     let dir = checkpoint::save(run, model, opt, &s, cfg)?;
     checkpoint::prune(run, cfg.keep_last, state.best_step)?;
     Ok(dir)
+}
+
+/// What `RUN/snapshots/K-of-N/snapshot.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// K / N.
+    pub fraction: f64,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Training seconds spent (all invocations).
+    pub train_secs: f64,
+}
+
+/// `RUN/snapshots/K-of-N`.
+pub fn snapshot_dir(run: &Path, k: usize, n: usize) -> PathBuf {
+    run.join("snapshots").join(format!("{k}-of-{n}"))
+}
+
+/// Save the weights as the latest due snapshot (see
+/// `TrainConfig::snapshots`) unless it exists; `done` is the fraction of
+/// the run done.
+fn save_snapshot(
+    run: &Path,
+    model: &Model,
+    n: usize,
+    done: f64,
+    step: usize,
+    train_secs: f64,
+) -> anyhow::Result<()> {
+    let k = ((done * n as f64).floor() as usize).min(n - 1);
+    if k == 0 {
+        return Ok(());
+    }
+    let dir = snapshot_dir(run, k, n);
+    if dir.join("snapshot.json").is_file() {
+        return Ok(());
+    }
+    model.save(&dir)?;
+    let info = SnapshotInfo {
+        fraction: k as f64 / n as f64,
+        step,
+        train_secs,
+    };
+    std::fs::write(
+        dir.join("snapshot.json"),
+        serde_json::to_string_pretty(&info)?,
+    )
+    .with_context(|| format!("writing {}", dir.join("snapshot.json").display()))
 }
 
 fn write_best(run: &Path, state: &TrainerState) -> anyhow::Result<()> {

@@ -178,7 +178,7 @@ fn masked_positions_carry_no_gradient() {
     let model = tiny_model(&tok, 3);
     let l = LossConfig::default();
     let rows = [0usize, 1, 2];
-    let b = make_batch(&shards, &rows, &l, Device::Cpu);
+    let b = make_batch(&shards, &rows, &l, &tok, Device::Cpu);
     let n_weighted = shards.weights.iter().filter(|&&w| w > 0.0).count();
     assert_eq!(b.n_select(), n_weighted);
     assert!(n_weighted > 0 && n_weighted < shards.weights.len());
@@ -199,7 +199,7 @@ fn masked_positions_carry_no_gradient() {
         }
     }
     assert!(changed > 10);
-    let b2 = make_batch(&shards, &rows, &l, Device::Cpu);
+    let b2 = make_batch(&shards, &rows, &l, &tok, Device::Cpu);
     batch_loss(&model, &t, &b2, &l, Precision::F32, true, b2.weight_sum)
         .unwrap()
         .loss
@@ -268,7 +268,7 @@ fn per_agent_routing_picks_the_right_teacher() {
     );
     let shards = Shards::open(tmp.path(), "train").unwrap();
     let l = LossConfig::default();
-    let b = make_batch(&shards, &[0, 1, 2, 3], &l, Device::Cpu);
+    let b = make_batch(&shards, &[0, 1, 2, 3], &l, &tok, Device::Cpu);
     // Planner's teacher: same vocabulary. Coder's: agents in another order.
     let planner_dir = tmp.path().join("t_planner");
     tiny_model(&tok, 11).save(&planner_dir).unwrap();
@@ -456,7 +456,7 @@ fn fused_loss_equals_the_unfused_reference() {
         role_token_weight: 2.0,
         ..Default::default()
     };
-    let b = make_batch(&shards, &[0, 1, 2], &l, Device::Cpu);
+    let b = make_batch(&shards, &[0, 1, 2], &l, &tok, Device::Cpu);
     let tdir = tmp.path().join("t_planner");
     tiny_model(&tok, 11).save(&tdir).unwrap();
     let map = [("Planner".to_string(), tdir)].into_iter().collect();
@@ -544,7 +544,7 @@ fn accumulation_equals_one_big_batch() {
     let model = tiny_model(&tok, 4);
     let l = LossConfig::default();
     let none = Teachers::default();
-    let big = make_batch(&shards, &[0, 1, 2, 3], &l, Device::Cpu);
+    let big = make_batch(&shards, &[0, 1, 2, 3], &l, &tok, Device::Cpu);
     batch_loss(
         &model,
         &none,
@@ -560,8 +560,8 @@ fn accumulation_equals_one_big_batch() {
     let g_big = grads(&model);
     zero_grads(&model);
     let parts = [
-        make_batch(&shards, &[0, 1], &l, Device::Cpu),
-        make_batch(&shards, &[2, 3], &l, Device::Cpu),
+        make_batch(&shards, &[0, 1], &l, &tok, Device::Cpu),
+        make_batch(&shards, &[2, 3], &l, &tok, Device::Cpu),
     ];
     let total: f64 = parts.iter().map(|b| b.weight_sum).sum();
     assert!((total - big.weight_sum).abs() < 1e-9);
@@ -755,6 +755,123 @@ fn time_budget_and_early_stopping() {
     }
 }
 
+/// Validation scores a fixed sample of rows that holds every agent's
+/// turns, whatever the run's seed or the split's order: here only one row
+/// of 40 has Reviewer loss positions, and a 3-row sample must include it.
+#[test]
+fn validation_sample_covers_every_agent_and_is_identical_across_runs() {
+    use afm_data::shards::{Row, ShardWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let (rows, t) = (40usize, 8usize);
+    let mut w = ShardWriter::create(tmp.path(), "val", t).unwrap();
+    for r in 0..rows {
+        let owner: u16 = if r == 17 { 4 } else { 2 + (r % 2) as u16 };
+        let row = Row {
+            tokens: vec![1; t],
+            targets: vec![2; t],
+            weights: (0..t).map(|i| if i > 2 { 1.0 } else { 0.0 }).collect(),
+            roles: vec![owner; t],
+            owners: (0..t).map(|i| if i > 2 { owner } else { 0 }).collect(),
+            positions: (0..t as u16).collect(),
+            docs: vec![0; t],
+        };
+        w.push(&row, t, 1).unwrap();
+    }
+    w.finish().unwrap();
+    let v = Shards::open(tmp.path(), "val").unwrap();
+    let a = afm_train::val_sample(&v, 3);
+    assert_eq!(a.len(), 3);
+    assert!(a.contains(&17), "{a:?}");
+    let owners: std::collections::BTreeSet<u16> = a
+        .iter()
+        .flat_map(|&r| v.owners[r * t..(r + 1) * t].to_vec())
+        .filter(|&o| o != 0)
+        .collect();
+    assert_eq!(owners.into_iter().collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(a, afm_train::val_sample(&v, 3));
+    assert!(a.windows(2).all(|w| w[0] < w[1]));
+    // Not simply the first rows (the old behaviour).
+    assert_ne!(a, vec![0, 1, 2]);
+    assert_eq!(afm_train::val_sample(&v, 0), (0..rows).collect::<Vec<_>>());
+    assert_eq!(afm_train::val_sample(&v, 99).len(), rows);
+}
+
+/// A time-budgeted run schedules its learning rate over the budget: it
+/// reaches `min_lr` when the budget ends (not the peak an epoch-derived step
+/// count would hold it at), and a resumed run continues the schedule from
+/// the time already spent instead of starting it over.
+#[test]
+fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 4,
+            val_rows: 0,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
+    let lrs = |run: &Path| -> Vec<f64> {
+        records(run)
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Train { lr, .. } => Some(lr),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = tmp.path().join("run");
+    let mut c = base_config(&data, &out);
+    c.epochs = 1_000_000; // an epoch-derived total far beyond the budget
+    c.max_steps = 0;
+    c.optim.lr = 1e-3;
+    c.optim.min_lr = 1e-4;
+    c.optim.warmup_steps = 2;
+    c.time_budget = Some("1.5s".into());
+    c.snapshots = 3;
+    let s = afm_train::train(&c).unwrap();
+    assert_eq!(s.stop, StopReason::TimeBudget);
+    // Learning-curve snapshots at a third and two thirds of the budget.
+    let mut prev = (0usize, 0.0f64);
+    for k in 1..3 {
+        let d = afm_train::snapshot_dir(&out, k, 3);
+        let info: afm_train::SnapshotInfo =
+            serde_json::from_str(&std::fs::read_to_string(d.join("snapshot.json")).unwrap())
+                .unwrap();
+        assert!(Model::load(&d, Device::Cpu).is_ok());
+        assert!((info.fraction - k as f64 / 3.0).abs() < 1e-12);
+        assert!(info.train_secs >= 1.5 * k as f64 / 3.0 && info.train_secs < 1.5);
+        assert!(info.step > prev.0 && info.train_secs > prev.1, "{info:?}");
+        prev = (info.step, info.train_secs);
+    }
+    let first = lrs(&out);
+    assert!(first.len() >= 10, "only {} steps in 1.5 s", first.len());
+    let last = *first.last().unwrap();
+    // The last step ran just before the budget ended: near min_lr.
+    assert!(last < 1e-4 + 0.1 * 9e-4, "last lr {last}");
+    // Monotone after warm-up.
+    for w in first[2..].windows(2) {
+        assert!(w[1] <= w[0] + 1e-12, "{first:?}");
+    }
+    // Resume with a budget twice as long: the schedule continues at about
+    // half-way (1.5 of 3 s spent), not at the peak.
+    let mut c2 = c.clone();
+    c2.resume = true;
+    c2.time_budget = Some("3s".into());
+    let s2 = afm_train::train(&c2).unwrap();
+    assert_eq!(s2.stop, StopReason::TimeBudget);
+    assert!(s2.steps > s.steps);
+    let all = lrs(&out);
+    let resumed = &all[first.len()..];
+    let r0 = resumed[0];
+    let half = 1e-4 + 0.5 * 9e-4;
+    assert!((r0 - half).abs() < 0.25 * 9e-4, "first resumed lr {r0}, half-way is {half}");
+    let r_last = *resumed.last().unwrap();
+    assert!(r_last < 1e-4 + 0.1 * 9e-4, "last lr after resume {r_last}");
+}
+
 // ---------------------------------------------------------------------------
 // Exact resume after SIGKILL, with the trainer in child processes.
 
@@ -938,7 +1055,7 @@ fn teacher_topk_cache_matches_live_teachers() {
         ..Default::default()
     };
     // Rows in a different order than the cache was built in.
-    let b = make_batch(&shards, &[1, 0], &l, Device::Cpu);
+    let b = make_batch(&shards, &[1, 0], &l, &tok, Device::Cpu);
     let a = batch_loss(&student, &live, &b, &l, Precision::F32, false, b.weight_sum).unwrap();
     let c = batch_loss(
         &student,
