@@ -136,7 +136,10 @@ fn trained_models_with_a_corpus_vocabulary_solve_their_tasks() {
     assert_eq!(tasks.len(), 1);
     let ids = encode(&full, &tasks[0]);
     let prompt = full.encode(&tasks[0].prompt);
-    let dropped = *prompt.iter().find(|&&i| full.decode(&[i]).unwrap().len() > 1).unwrap();
+    let dropped = *prompt
+        .iter()
+        .find(|&&i| full.decode(&[i]).unwrap().len() > 1)
+        .unwrap();
     let corpus = afm_tokenizer::CorpusVocab::from_ids(ids.into_iter().filter(|&i| i != dropped));
     let t = tok().with_corpus(corpus);
     assert!(t.n_vocab() < 400, "{}", t.n_vocab());

@@ -235,6 +235,22 @@ impl Doc {
         self.tokens.is_empty()
     }
 
+    /// Drop the tokens after the last trained target. Attention is causal,
+    /// so they cannot change any loss: for a per-agent dataset (other
+    /// agents' turns weigh 0) they are pure cost, e.g. everything after the
+    /// Planner's turn for the Planner's model. A document without any
+    /// trained target is left as it is.
+    pub fn trim_untrained(&mut self) {
+        let Some(last) = self.weights.iter().rposition(|&w| w > 0.0) else {
+            return;
+        };
+        let keep = (last + 2).min(self.tokens.len());
+        self.tokens.truncate(keep);
+        self.roles.truncate(keep);
+        self.owners.truncate(keep);
+        self.weights.truncate(keep);
+    }
+
     /// Target of position i: the next token, or `EOT` at the last position.
     pub fn target(&self, i: usize) -> u32 {
         self.tokens
@@ -273,6 +289,32 @@ mod tests {
             answer: Some("5".into()),
             meta: None,
         }
+    }
+
+    /// A Planner-only document ends right after the Planner's turn (its
+    /// closing marker is its last target); an untrained one is kept whole.
+    #[test]
+    fn trim_drops_only_what_follows_the_last_trained_target() {
+        let t = tok();
+        let e = encode_trajectory(&t, &traj()).unwrap();
+        let planner_only = [0.0, 0.0, 1.0, 0.0];
+        let mut d = Doc::new(e.tokens.clone(), &planner_only);
+        let full = d.clone();
+        d.trim_untrained();
+        let last = full.weights.iter().rposition(|&w| w > 0.0).unwrap();
+        assert_eq!(d.len(), last + 2);
+        assert!(d.len() < full.len());
+        assert_eq!(d.tokens[..], full.tokens[..d.len()]);
+        assert_eq!(d.weights[..], full.weights[..d.len()]);
+        // The Planner's turn ends with a marker that opens the Coder's turn.
+        assert_eq!(d.tokens.last(), t.role_token("Coder").as_ref());
+        let mut all = Doc::new(e.tokens.clone(), &[0.0, 0.0, 1.0, 1.0]);
+        let before = all.len();
+        all.trim_untrained();
+        assert!(all.len() <= before && all.len() >= before - 1);
+        let mut none = Doc::new(e.tokens.clone(), &[0.0; 4]);
+        none.trim_untrained();
+        assert_eq!(none, Doc::new(e.tokens, &[0.0; 4]));
     }
 
     #[test]

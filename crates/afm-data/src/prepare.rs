@@ -545,6 +545,7 @@ pub fn prepare_with_progress(
         File::create(cfg.out.join("augmented.jsonl")).context("creating augmented.jsonl")?,
     );
     let total_plan = plan.len() as u64;
+    let mut corpus_seen = vec![false; afm_tokenizer::EOT as usize];
     enum Out {
         Docs(Vec<window::Window>, bool, bool, u64, String),
         Filtered(&'static str),
@@ -672,7 +673,17 @@ pub fn prepare_with_progress(
                             }
                         }
                         let (packer, writer) = (&mut packers[s], &mut writers[s]);
-                        packer.push(w.doc, &mut |pk: crate::pack::Packed| {
+                        // The corpus vocabulary covers whole documents, so
+                        // every dataset prepared from the same records
+                        // (each agent's, the AFM's) gets the same one.
+                        for &t in &w.doc.tokens {
+                            if let Some(x) = corpus_seen.get_mut(t as usize) {
+                                *x = true;
+                            }
+                        }
+                        let mut doc = w.doc;
+                        doc.trim_untrained();
+                        packer.push(doc, &mut |pk: crate::pack::Packed| {
                             writer.push(&pk.row, pk.real_tokens, pk.documents)
                         })?;
                     }
@@ -696,14 +707,8 @@ pub fn prepare_with_progress(
     let i_train = w_train.finish()?;
     let i_val = w_val.finish()?;
     if cfg.corpus_vocab {
-        // Rows only for the BPE ids the data uses (see `CorpusVocab`).
-        let mut ids = Vec::new();
-        for split in ["train", "val"] {
-            if crate::shards::Shards::exists(&cfg.out, split) {
-                let sh = crate::shards::Shards::open(&cfg.out, split)?;
-                ids.extend(sh.tokens.iter().chain(&sh.targets).copied());
-            }
-        }
+        // Rows only for the BPE ids the documents use (see `CorpusVocab`).
+        let ids = (0..corpus_seen.len() as u32).filter(|&i| corpus_seen[i as usize]);
         let tok = tok
             .clone()
             .with_corpus(afm_tokenizer::CorpusVocab::from_ids(ids));

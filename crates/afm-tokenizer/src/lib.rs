@@ -307,7 +307,10 @@ impl Tokenizer {
     /// Vocabulary size in model rows: BPE (all of GPT-2's, or the corpus
     /// vocabulary's) + `<|endoftext|>` + 3 afm specials + one token per agent.
     pub fn n_vocab(&self) -> usize {
-        let bpe = self.corpus.as_ref().map_or(EOT as usize, CorpusVocab::n_bpe);
+        let bpe = self
+            .corpus
+            .as_ref()
+            .map_or(EOT as usize, CorpusVocab::n_bpe);
         bpe + (FIRST_ROLE_TOKEN - EOT) as usize + self.roles.len()
     }
 
@@ -473,9 +476,9 @@ impl Tokenizer {
         let tok = Self::new(roles);
         Ok(match &v.corpus {
             None => tok,
-            Some(kept) => tok.with_corpus(
-                CorpusVocab::from_kept(kept.clone()).map_err(TokenizerError::File)?,
-            ),
+            Some(kept) => {
+                tok.with_corpus(CorpusVocab::from_kept(kept.clone()).map_err(TokenizerError::File)?)
+            }
         })
     }
 
@@ -586,14 +589,17 @@ mod tests {
         assert_eq!(t.row(END), Some(260));
         assert_eq!(t.row(FIRST_ROLE_TOKEN + 3), None);
         assert_eq!(t.row(262), None); // " the": not in this corpus
-        // Without a corpus vocabulary rows are ids.
+                                      // Without a corpus vocabulary rows are ids.
         assert_eq!(full.row(262), Some(262));
         assert_eq!(full.id_of_row(END), Some(END));
         // Saved and loaded with the vocabulary file.
         let back = Tokenizer::from_json(&t.to_json()).unwrap();
         assert_eq!(back.corpus(), t.corpus());
         assert_eq!(back.n_vocab(), t.n_vocab());
-        assert!(Tokenizer::from_json(&full.to_json()).unwrap().corpus().is_none());
+        assert!(Tokenizer::from_json(&full.to_json())
+            .unwrap()
+            .corpus()
+            .is_none());
         assert!(!full.to_json().contains("corpus"));
     }
 

@@ -305,7 +305,8 @@ pub fn check_ids(
     n_roles: usize,
 ) -> anyhow::Result<()> {
     let has_row = |id: u32| vocab.row(id).is_some_and(|r| (r as usize) < vocab_size);
-    let what = |id: u32| match vocab.corpus() {
+    let what = |id: u32| {
+        match vocab.corpus() {
         Some(c) => format!(
             "the model's corpus vocabulary ({} BPE tokens + specials; was the data prepared with another vocabulary?)",
             c.n_bpe()
@@ -313,6 +314,7 @@ pub fn check_ids(
         None => format!(
             "the model's vocabulary (vocab_size {vocab_size}, token {id} has no row)"
         ),
+    }
     };
     if let Some(i) = shards.tokens.iter().position(|&x| !has_row(x)) {
         let id = shards.tokens[i];

@@ -797,16 +797,9 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         .map(|v| val_sample(v, cfg.eval_batches * cfg.batch_size))
         .unwrap_or_default();
     let do_eval = |model: &Model| -> Option<EvalResult> {
-        val_set.as_ref().map(|v| {
-            evaluate(
-                model,
-                v,
-                &val_rows,
-                &data_tok,
-                cfg.batch_size,
-                precision,
-            )
-        })
+        val_set
+            .as_ref()
+            .map(|v| evaluate(model, v, &val_rows, &data_tok, cfg.batch_size, precision))
     };
 
     while state.step < total_steps {
@@ -896,9 +889,8 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
 
         if cfg.snapshots > 1 {
             let used = state.train_secs + started.elapsed().as_secs_f64();
-            let done = run_decay(&cfg.optim, state.step, total_steps, used, budget).max(
-                state.step as f64 / total_steps as f64,
-            );
+            let done = run_decay(&cfg.optim, state.step, total_steps, used, budget)
+                .max(state.step as f64 / total_steps as f64);
             save_snapshot(&run, &model, cfg.snapshots, done, state.step, used)?;
         }
         let eval_due = cfg.eval_interval > 0 && state.step % cfg.eval_interval == 0;

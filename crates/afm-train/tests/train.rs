@@ -867,7 +867,10 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
     let resumed = &all[first.len()..];
     let r0 = resumed[0];
     let half = 1e-4 + 0.5 * 9e-4;
-    assert!((r0 - half).abs() < 0.25 * 9e-4, "first resumed lr {r0}, half-way is {half}");
+    assert!(
+        (r0 - half).abs() < 0.25 * 9e-4,
+        "first resumed lr {r0}, half-way is {half}"
+    );
     let r_last = *resumed.last().unwrap();
     assert!(r_last < 1e-4 + 0.1 * 9e-4, "last lr after resume {r_last}");
 }
