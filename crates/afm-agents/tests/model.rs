@@ -13,7 +13,7 @@ use afm_tokenizer::Tokenizer;
 use common::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tch::Device;
+
 
 fn tiny(seed: i64) -> Model {
     // One intra-op thread: tests run side by side on a 2-core machine and
@@ -21,7 +21,7 @@ fn tiny(seed: i64) -> Model {
     tch::set_num_threads(1);
     let t = tok();
     let cfg = GptConfig::preset("tiny", t.n_vocab(), t.roles().n_roles()).unwrap();
-    Model::new(cfg, t, Device::Cpu, seed).unwrap()
+    Model::new(cfg, t, afm_model::test_device(), seed).unwrap()
 }
 
 #[test]

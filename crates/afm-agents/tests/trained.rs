@@ -16,7 +16,7 @@ use afm_data::{Step, StepKind, Trajectory};
 use afm_model::{ForwardArgs, GptConfig, Model, Precision};
 use afm_tokenizer::{Tokenizer, END, ROLE_NONE};
 use common::*;
-use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+use tch::{nn, nn::OptimizerConfig, Tensor};
 
 fn encode(t: &Tokenizer, task: &Task) -> Vec<u32> {
     let traj = afm_tasks::solve(task, &afm_tasks::AgentConfig::default()).unwrap();
@@ -71,10 +71,11 @@ fn overfit(model: &Model, docs: &[Vec<u32>], keep: impl Fn(u32) -> bool, steps: 
         .collect();
     let y: Vec<i64> = sel.iter().map(|&i| y[i as usize]).collect();
     let shape = [docs.len() as i64, t as i64];
-    let x = Tensor::from_slice(&x).view(shape);
-    let y = Tensor::from_slice(&y);
-    let r = Tensor::from_slice(&r).view(shape);
-    let sel = Tensor::from_slice(&sel);
+    let dev = model.device();
+    let x = Tensor::from_slice(&x).view(shape).to_device(dev);
+    let y = Tensor::from_slice(&y).to_device(dev);
+    let r = Tensor::from_slice(&r).view(shape).to_device(dev);
+    let sel = Tensor::from_slice(&sel).to_device(dev);
     let mut opt = nn::Adam::default().build(&model.vs, 1e-2).unwrap();
     let mut last = f64::NAN;
     let t0 = std::time::Instant::now();
@@ -105,7 +106,7 @@ fn overfit(model: &Model, docs: &[Vec<u32>], keep: impl Fn(u32) -> bool, steps: 
 
 fn tiny(t: &Tokenizer, seed: i64) -> Model {
     let cfg = GptConfig::preset("tiny", t.n_vocab(), t.roles().n_roles()).unwrap();
-    Model::new(cfg, t.clone(), Device::Cpu, seed).unwrap()
+    Model::new(cfg, t.clone(), afm_model::test_device(), seed).unwrap()
 }
 
 #[test]

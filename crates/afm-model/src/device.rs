@@ -87,3 +87,15 @@ mod tests {
         assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
     }
 }
+
+/// The device the workspace's device-generic tests build their models on:
+/// `AFM_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`, `auto`), the CPU when unset.
+/// `cargo xtask gpu-smoke` sets it to `cuda`, so the same tests check the
+/// CUDA code paths. A value that does not parse stops the test run.
+pub fn test_device() -> Device {
+    match std::env::var("AFM_TEST_DEVICE") {
+        Ok(name) if !name.trim().is_empty() => parse_device(&name)
+            .unwrap_or_else(|e| panic!("AFM_TEST_DEVICE={name:?}: {e:#}")),
+        _ => Device::Cpu,
+    }
+}

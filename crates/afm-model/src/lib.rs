@@ -24,7 +24,7 @@ mod st;
 mod xent;
 
 pub use config::GptConfig;
-pub use device::parse_device;
+pub use device::{parse_device, test_device};
 pub use generate::{generate, Decoder, Generation, SamplingConfig};
 pub use gpt::{
     decode_kernels, positions_from_docs, set_decode_kernels, CachedStep, DecodeKernels,
