@@ -14,7 +14,6 @@ use common::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-
 fn tiny(seed: i64) -> Model {
     // One intra-op thread: tests run side by side on a 2-core machine and
     // spinning libtorch thread pools slow each other down.

@@ -94,8 +94,9 @@ mod tests {
 /// CUDA code paths. A value that does not parse stops the test run.
 pub fn test_device() -> Device {
     match std::env::var("AFM_TEST_DEVICE") {
-        Ok(name) if !name.trim().is_empty() => parse_device(&name)
-            .unwrap_or_else(|e| panic!("AFM_TEST_DEVICE={name:?}: {e:#}")),
+        Ok(name) if !name.trim().is_empty() => {
+            parse_device(&name).unwrap_or_else(|e| panic!("AFM_TEST_DEVICE={name:?}: {e:#}"))
+        }
         _ => Device::Cpu,
     }
 }
