@@ -652,9 +652,27 @@ fn mas_map(root: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Success rate of `runs`.
-fn success_of(runs: &[TaskRun]) -> f64 {
-    evaluate(runs, None).success_rate
+/// The weights of training run `run` at curve point `k` of `n`: its
+/// snapshot, or `final/` at `k == n`; with its training seconds and steps.
+/// `None` when the run saved no such snapshot (a step longer than 1/n of
+/// its budget skips one).
+fn curve_model(run: &Path, k: usize, n: usize) -> Result<Option<(PathBuf, f64, usize)>> {
+    fn read<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| p.display().to_string())
+    }
+    if k < n {
+        let d = afm_train::snapshot_dir(run, k, n);
+        if !d.join("snapshot.json").is_file() {
+            return Ok(None);
+        }
+        let i: afm_train::SnapshotInfo = read(&d.join("snapshot.json"))?;
+        Ok(Some((d, i.train_secs, i.step)))
+    } else {
+        let s: afm_train::TrainSummary = read(&run.join("summary.json"))?;
+        Ok(Some((run.join("final"), s.train_secs, s.steps)))
+    }
 }
 
 /// Evaluate every learning-curve snapshot of both systems on `subset`, and
@@ -668,71 +686,36 @@ fn learning_curve(
 ) -> Result<Vec<CurvePoint>> {
     let n = c.curve_points;
     let opts = run_opts(c, c.eval_batch);
-    let info = |dir: &Path| -> Result<afm_train::SnapshotInfo> {
-        let p = dir.join("snapshot.json");
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        Ok(serde_json::from_str(&text).with_context(|| p.display().to_string())?)
-    };
-    let summary = |dir: &Path| -> Result<afm_train::TrainSummary> {
-        let p = dir.join("summary.json");
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        Ok(serde_json::from_str(&text).with_context(|| p.display().to_string())?)
-    };
     let mut points = Vec::new();
     let pb = bar((2 * n) as u64, "curve");
-    for k in 1..=n {
-        // The AFM.
-        let afm_dir = root.join("models/afm");
-        let (afm_model_dir, secs, step) = if k < n {
-            let d = afm_train::snapshot_dir(&afm_dir, k, n);
-            let i = info(&d)?;
-            (d, i.train_secs, i.step)
-        } else {
-            let s = summary(&afm_dir)?;
-            (afm_dir.join("final"), s.train_secs, s.steps)
-        };
-        if afm_model_dir.is_dir() {
-            let m = Model::load(&afm_model_dir, device)?;
-            let runs = System::Afm(&m).run(subset, &opts, &mut |_| {})?;
-            points.push(CurvePoint {
-                system: "AFM".into(),
-                train_secs: secs,
-                step,
-                tasks: subset.len(),
-                success_rate: success_of(&runs),
-            });
-        }
-        pb.inc(1);
-        // The MAS: every agent's model at the same fraction of its budget.
-        let mut map = Vec::new();
-        let (mut secs, mut step) = (0.0, 0);
-        for a in MAS_AGENTS {
-            let run = root.join(format!("models/mas-{a}"));
-            if k < n {
-                let d = afm_train::snapshot_dir(&run, k, n);
-                let i = info(&d)?;
-                secs += i.train_secs;
-                step += i.step;
-                map.push((a.to_string(), d));
-            } else {
-                let s = summary(&run)?;
-                secs += s.train_secs;
-                step += s.steps;
-                map.push((a.to_string(), run.join("final")));
-            }
-        }
-        let mas = Mas::load(&map, device)?;
-        let runs = System::Mas(&mas).run(subset, &opts, &mut |_| {})?;
+    let mut point = |system: &System, secs: f64, step: usize| -> Result<()> {
+        let runs = system.run(subset, &opts, &mut |_| {})?;
         points.push(CurvePoint {
-            system: "MAS".into(),
+            system: system.name().to_ascii_uppercase(),
             train_secs: secs,
             step,
             tasks: subset.len(),
-            success_rate: success_of(&runs),
+            success_rate: evaluate(&runs, None).success_rate,
         });
         pb.inc(1);
+        Ok(())
+    };
+    for k in 1..=n {
+        if let Some((dir, secs, step)) = curve_model(&root.join("models/afm"), k, n)? {
+            point(&System::Afm(&Model::load(&dir, device)?), secs, step)?;
+        }
+        // The MAS: every agent's model at the same fraction of its budget.
+        let (mut map, mut secs, mut step) = (Vec::new(), 0.0, 0);
+        for a in MAS_AGENTS {
+            if let Some((dir, s, st)) = curve_model(&root.join(format!("models/mas-{a}")), k, n)? {
+                map.push((a.to_string(), dir));
+                secs += s;
+                step += st;
+            }
+        }
+        if map.len() == MAS_AGENTS.len() {
+            point(&System::Mas(&Mas::load(&map, device)?), secs, step)?;
+        }
     }
     pb.finish_and_clear();
     Ok(points)
@@ -980,7 +963,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
 
 /// The recipe's ingredients the ablation toggles, with the seed's claimed
 /// gain of each (percentage points of success with it on).
-const INGREDIENTS: [(&str, Option<f64>); 6] = [
+const INGREDIENTS: [Ingredient; 6] = [
     ("filtering", Some(3.0)),
     ("role-embeddings", Some(2.0)),
     ("curriculum", Some(2.0)),
@@ -1024,10 +1007,13 @@ fn set_ingredient(c: &mut PipelineConfig, name: &str, on: bool) {
     }
 }
 
+/// An ingredient's name and the seed's claimed gain of it.
+type Ingredient = (&'static str, Option<f64>);
+
 /// The ablation's variants of `base`: `full`, then each ingredient flipped
 /// (`no-X` when the base uses it, `with-X` when it does not), with the
 /// ingredient and its claimed gain.
-fn variants(base: &PipelineConfig) -> Vec<(String, Option<(&'static str, Option<f64>)>)> {
+fn variants(base: &PipelineConfig) -> Vec<(String, Option<Ingredient>)> {
     let mut v = vec![("full".to_string(), None)];
     for (name, claim) in INGREDIENTS {
         let flip = if uses(base, name) { "no" } else { "with" };

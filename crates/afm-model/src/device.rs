@@ -75,19 +75,6 @@ pub fn tune_allocator() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn parses_devices() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert!(parse_device("tpu").is_err());
-        assert!(parse_device("cuda:x").is_err());
-        let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
-        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
-    }
-}
-
 /// The device the workspace's device-generic tests build their models on:
 /// `AFM_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`, `auto`), the CPU when unset.
 /// `cargo xtask gpu-smoke` sets it to `cuda`, so the same tests check the
@@ -98,5 +85,18 @@ pub fn test_device() -> Device {
             parse_device(&name).unwrap_or_else(|e| panic!("AFM_TEST_DEVICE={name:?}: {e:#}"))
         }
         _ => Device::Cpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_devices() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
+        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
     }
 }
