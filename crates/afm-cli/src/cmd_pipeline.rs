@@ -613,10 +613,28 @@ fn load_tasks(c: &PipelineConfig) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
-    if c.decode_threads > 0 {
-        tch::set_num_threads(c.decode_threads as i32);
+/// libtorch's thread count for decoding (`decode_threads`) while alive;
+/// the previous count is restored on drop, so a training that follows (the
+/// ablation's next variant) gets all its threads back.
+struct DecodeThreads(i32);
+
+impl DecodeThreads {
+    fn set(c: &PipelineConfig) -> Self {
+        let prev = tch::get_num_threads();
+        if c.decode_threads > 0 {
+            tch::set_num_threads(c.decode_threads as i32);
+        }
+        DecodeThreads(prev)
     }
+}
+
+impl Drop for DecodeThreads {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
+fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
     RunOptions {
         batch,
         max_new_tokens: c.max_new_tokens,
@@ -864,6 +882,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 c.eval_limit, c.eval_batch, c.max_new_tokens, c.decode_threads
             ),
         ]);
+        let _threads = DecodeThreads::set(&c);
         let d = stage::run("eval", &eval_dir, &fp, |out| {
             let opts = run_opts(&c, c.eval_batch);
             let mas_runs = eval_system(&System::Mas(&mas), &tasks, &opts)?;
@@ -1128,6 +1147,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                 &dir.join("eval"),
                 &fp,
                 |_| {
+                    let _threads = DecodeThreads::set(&cs);
                     let m = Model::load(&dir.join("model/final"), device)?;
                     let runs =
                         eval_system(&System::Afm(&m), &tasks, &run_opts(&cs, cs.eval_batch))?;
