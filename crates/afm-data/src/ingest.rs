@@ -223,19 +223,55 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
 /// Read every record of one file (convenience over [`for_each_batch`]).
 pub fn read_file(path: &Path, format: Format, limits: &Limits) -> Result<Vec<Parsed>, IngestError> {
     let mut all = Vec::new();
-    for_each_batch(path, format, limits, 4096, |b, _| all.extend(b))?;
+    for_each_batch(path, format, limits, BatchSize::default(), |b, _| {
+        all.extend(b)
+    })?;
     Ok(all)
 }
 
-/// Stream the records of one file in batches of at most `batch` records,
-/// parsing each batch in parallel (rayon). `f` also gets the bytes read so
-/// far (for progress).
+/// How much one JSONL batch may hold before it is parsed: raw line bytes
+/// and lines. A batch always takes at least one line, so a line longer than
+/// `max_bytes` (up to [`Limits::max_record_bytes`]) is a batch of its own;
+/// the bytes in flight are at most `max_bytes` plus the line being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSize {
+    /// Raw bytes of the lines held by one batch (default 64 MiB).
+    pub max_bytes: usize,
+    /// Lines held by one batch (default 4096; bounds the per-record overhead
+    /// of many short lines).
+    pub max_records: usize,
+}
+
+impl Default for BatchSize {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_records: 4096,
+        }
+    }
+}
+
+/// What a batch callback is told besides the records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Bytes of the file read so far (for progress).
+    pub bytes_read: u64,
+    /// Raw record bytes this batch held: its lines (a line over the record
+    /// limit is dropped while read and holds 0), or the whole document.
+    pub held_bytes: usize,
+    /// The longest line (or the document) of this batch, in bytes.
+    pub largest: usize,
+}
+
+/// Stream the records of one file in batches bounded by `size` (bytes and
+/// lines), parsing each batch in parallel (rayon). `f` also gets a
+/// [`BatchInfo`] (bytes read so far, bytes the batch held).
 pub fn for_each_batch(
     path: &Path,
     format: Format,
     limits: &Limits,
-    batch: usize,
-    mut f: impl FnMut(Vec<Parsed>, u64),
+    size: BatchSize,
+    mut f: impl FnMut(Vec<Parsed>, BatchInfo),
 ) -> Result<(), IngestError> {
     let err = |source| IngestError {
         path: path.to_path_buf(),
@@ -253,21 +289,28 @@ pub fn for_each_batch(
             line: None,
             record: 0,
         };
+        let info = BatchInfo {
+            bytes_read: n as u64,
+            held_bytes: n,
+            largest: n,
+        };
         if n > limits.max_record_bytes {
             let inv = Invalid::new(
                 RejectReason::RecordTooLong,
                 format!("document is longer than {} bytes", limits.max_record_bytes),
             );
+            drop(bytes);
             f(
                 vec![Parsed {
                     loc,
                     result: Err(inv),
                 }],
-                n as u64,
+                info,
             );
             return Ok(());
         }
         let recs = parse_document(&bytes, format, limits, path);
+        drop(bytes);
         let out = recs
             .into_iter()
             .enumerate()
@@ -279,16 +322,23 @@ pub fn for_each_batch(
                 result,
             })
             .collect();
-        f(out, n as u64);
+        f(out, info);
         return Ok(());
     }
+    let max_bytes = size.max_bytes.max(1);
+    let max_records = size.max_records.max(1);
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut detected = format;
-    let mut lines: Vec<(usize, Vec<u8>)> = Vec::with_capacity(batch);
+    let mut st = LineBatch {
+        path,
+        limits,
+        detected: format,
+        lines: Vec::new(),
+        held: 0,
+        largest: 0,
+        record: 0,
+    };
     let mut line_no = 0usize;
-    let mut record = 0usize;
     let mut bytes_read = 0u64;
-    let mut too_long: Vec<usize> = Vec::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -298,43 +348,92 @@ pub fn for_each_batch(
         if n == 0 {
             break;
         }
-        bytes_read += n as u64;
         line_no += 1;
-        if over {
-            too_long.push(line_no);
-            lines.push((line_no, Vec::new()));
+        // None: the line is over the record limit (dropped while read).
+        let line = if over {
+            None
+        } else if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            bytes_read += n as u64;
+            continue;
         } else {
-            if buf.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            lines.push((line_no, std::mem::take(&mut buf)));
+            Some(std::mem::take(&mut buf))
+        };
+        let len = line.as_ref().map_or(0, Vec::len);
+        // Flush before this line would take the batch over its budget (a
+        // batch always holds at least one line).
+        if !st.lines.is_empty() && (st.held + len > max_bytes || st.lines.len() >= max_records) {
+            st.flush(bytes_read, &mut f);
         }
-        if lines.len() >= batch {
-            flush_lines(
-                path,
-                &mut lines,
-                &mut too_long,
-                &mut detected,
-                limits,
-                &mut record,
-                bytes_read,
-                &mut f,
-            );
-        }
+        bytes_read += n as u64;
+        st.held += len;
+        st.largest = st.largest.max(len);
+        st.lines.push((line_no, line));
     }
-    if !lines.is_empty() {
-        flush_lines(
-            path,
-            &mut lines,
-            &mut too_long,
-            &mut detected,
-            limits,
-            &mut record,
-            bytes_read,
-            &mut f,
-        );
+    if !st.lines.is_empty() {
+        st.flush(bytes_read, &mut f);
     }
     Ok(())
+}
+
+/// The lines of one JSONL batch and the state carried between batches.
+struct LineBatch<'a> {
+    path: &'a Path,
+    limits: &'a Limits,
+    detected: Format,
+    /// (1-based line, bytes); `None` = over the record limit.
+    lines: Vec<(usize, Option<Vec<u8>>)>,
+    held: usize,
+    largest: usize,
+    /// Records before this batch in the file.
+    record: usize,
+}
+
+impl LineBatch<'_> {
+    fn flush(&mut self, bytes_read: u64, f: &mut impl FnMut(Vec<Parsed>, BatchInfo)) {
+        use rayon::prelude::*;
+        if self.detected == Format::Auto {
+            // Detect from the first line that parses as a JSON object.
+            for l in self.lines.iter().filter_map(|(_, l)| l.as_deref()) {
+                if let Ok(v) = serde_json::from_slice::<Value>(l) {
+                    if let Some(fm) = detect(&v) {
+                        self.detected = fm;
+                        break;
+                    }
+                }
+            }
+        }
+        let (fmt, limits, path, start) = (self.detected, self.limits, self.path, self.record);
+        let info = BatchInfo {
+            bytes_read,
+            held_bytes: self.held,
+            largest: self.largest,
+        };
+        let lines = std::mem::take(&mut self.lines);
+        self.record += lines.len();
+        self.held = 0;
+        self.largest = 0;
+        // By value: each line's bytes are freed as soon as it is parsed.
+        let out: Vec<Parsed> = lines
+            .into_par_iter()
+            .enumerate()
+            .map(|(k, (line, bytes))| {
+                let loc = Location {
+                    file: path.to_path_buf(),
+                    line: Some(line),
+                    record: start + k,
+                };
+                let result = match bytes {
+                    None => Err(Invalid::new(
+                        RejectReason::RecordTooLong,
+                        format!("line is longer than {} bytes", limits.max_record_bytes),
+                    )),
+                    Some(b) => parse_line(&b, fmt, limits, path, line),
+                };
+                Parsed { loc, result }
+            })
+            .collect();
+        f(out, info);
+    }
 }
 
 /// Reads up to and including `\n`. Returns (bytes consumed, over_limit);
@@ -364,6 +463,7 @@ fn read_line_capped<R: BufRead>(
             if buf.len() + len > cap + 1 {
                 over = true;
                 buf.clear();
+                buf.shrink_to_fit();
             } else {
                 buf.extend_from_slice(chunk);
             }
@@ -374,57 +474,6 @@ fn read_line_capped<R: BufRead>(
             return Ok((n, over));
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn flush_lines(
-    path: &Path,
-    lines: &mut Vec<(usize, Vec<u8>)>,
-    too_long: &mut Vec<usize>,
-    detected: &mut Format,
-    limits: &Limits,
-    record: &mut usize,
-    bytes_read: u64,
-    f: &mut impl FnMut(Vec<Parsed>, u64),
-) {
-    use rayon::prelude::*;
-    if *detected == Format::Auto {
-        // Detect from the first line that parses as a JSON object.
-        for (_, l) in lines.iter() {
-            if let Ok(v) = serde_json::from_slice::<Value>(l) {
-                if let Some(fm) = detect(&v) {
-                    *detected = fm;
-                    break;
-                }
-            }
-        }
-    }
-    let fmt = *detected;
-    let start = *record;
-    let tl: std::collections::HashSet<usize> = too_long.drain(..).collect();
-    let out: Vec<Parsed> = lines
-        .par_iter()
-        .enumerate()
-        .map(|(k, (line, bytes))| {
-            let loc = Location {
-                file: path.to_path_buf(),
-                line: Some(*line),
-                record: start + k,
-            };
-            let result = if tl.contains(line) {
-                Err(Invalid::new(
-                    RejectReason::RecordTooLong,
-                    format!("line is longer than {} bytes", limits.max_record_bytes),
-                ))
-            } else {
-                parse_line(bytes, fmt, limits, path, *line)
-            };
-            Parsed { loc, result }
-        })
-        .collect();
-    *record += lines.len();
-    lines.clear();
-    f(out, bytes_read);
 }
 
 fn check_bytes(bytes: &[u8]) -> Result<&str, Invalid> {
