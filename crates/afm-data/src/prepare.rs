@@ -75,6 +75,10 @@ pub struct PrepareConfig {
     pub pack_buffer: usize,
     /// Output directory.
     pub out: PathBuf,
+    /// Write the dataset even when no record is kept for training (without
+    /// it such a run is an error naming the counts and the top reasons).
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 impl Default for PrepareConfig {
@@ -99,7 +103,54 @@ impl Default for PrepareConfig {
             limits: Limits::default(),
             pack_buffer: 8192,
             out: PathBuf::from("prepared"),
+            allow_empty: false,
         }
+    }
+}
+
+/// The quality score's range (`afm_data::score`): `--min-score` must be in it.
+pub const SCORE_RANGE: std::ops::RangeInclusive<f64> = 0.0..=100.0;
+
+/// Raw record bytes one pass-2 batch reads back from the spill at most
+/// (besides at most 2048 records; always at least one record).
+const WRITE_BATCH_BYTES: usize = 64 << 20;
+
+impl PrepareConfig {
+    /// Check every setting that does not need the input; `prepare` calls it
+    /// first. Errors name the flag and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        if !self.min_score.is_finite() || !SCORE_RANGE.contains(&self.min_score) {
+            bail!(
+                "--min-score {} must be a finite number in {}..={} (the quality score's range; 0 keeps all)",
+                self.min_score,
+                SCORE_RANGE.start(),
+                SCORE_RANGE.end()
+            );
+        }
+        if self.seq_len < 8 || self.seq_len > u16::MAX as usize {
+            bail!("--seq-len {} must be in 8..=65535", self.seq_len);
+        }
+        let max_tokens = self.max_tokens.unwrap_or(self.seq_len);
+        if max_tokens > self.seq_len || max_tokens < 8 {
+            bail!(
+                "--max-tokens {max_tokens} must be in 8..=seq-len ({})",
+                self.seq_len
+            );
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("--val-fraction {} must be in [0, 1)", self.val_fraction);
+        }
+        if self.limits.max_field_bytes == 0 || self.limits.max_record_bytes == 0 {
+            bail!(
+                "limits must be positive (max_field_bytes {}, max_record_bytes {})",
+                self.limits.max_field_bytes,
+                self.limits.max_record_bytes
+            );
+        }
+        if self.pack_buffer == 0 {
+            bail!("pack_buffer must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -281,19 +332,8 @@ pub fn prepare_with_progress(
     cfg: &PrepareConfig,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Manifest> {
-    if cfg.seq_len < 8 || cfg.seq_len > u16::MAX as usize {
-        bail!("--seq-len {} must be in 8..=65535", cfg.seq_len);
-    }
+    cfg.validate()?;
     let max_tokens = cfg.max_tokens.unwrap_or(cfg.seq_len);
-    if max_tokens > cfg.seq_len || max_tokens < 8 {
-        bail!(
-            "--max-tokens {max_tokens} must be in 8..=seq-len ({})",
-            cfg.seq_len
-        );
-    }
-    if !(0.0..1.0).contains(&cfg.val_fraction) {
-        bail!("--val-fraction {} must be in [0, 1)", cfg.val_fraction);
-    }
     let files = ingest::expand_inputs(&cfg.inputs)?;
     if files.is_empty() {
         bail!(
@@ -338,20 +378,22 @@ pub fn prepare_with_progress(
             file,
             cfg.format,
             &cfg.limits,
-            4096,
-            |batch: Vec<Parsed>, done| {
+            ingest::BatchSize::default(),
+            |batch: Vec<Parsed>, info: ingest::BatchInfo| {
                 if fatal.is_some() {
                     return;
                 }
                 progress(Progress {
                     stage: "read",
-                    done: bytes_before + done,
+                    done: bytes_before + info.bytes_read,
                     total: total_bytes,
                 });
                 // Per record in parallel: normalise, score, key, serialise.
+                // The trajectory itself is not kept: its agents (distinct,
+                // in order) are all pass 1 needs besides the spilled line.
                 type Ok1 = (
                     String,
-                    Trajectory,
+                    Vec<String>,
                     score::Quality,
                     u64,
                     u64,
@@ -391,7 +433,13 @@ pub fn prepare_with_progress(
                                     let pl = 1 + count_tok.encode(&t.task).len() as u32;
                                     let (tk, ck) =
                                         (score::task_key(&t.task), score::content_key(&t));
-                                    Ok((line, t, q, tk, ck, d, [ren, res, held], pl))
+                                    let mut agents: Vec<String> = Vec::new();
+                                    for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
+                                        if !agents.contains(&s.agent) {
+                                            agents.push(s.agent.clone());
+                                        }
+                                    }
+                                    Ok((line, agents, q, tk, ck, d, [ren, res, held], pl))
                                 });
                             (p.loc, r)
                         })
@@ -424,10 +472,10 @@ pub fn prepare_with_progress(
                                 return;
                             }
                         }
-                        Ok((line, t, q, tk, ck, d, [ren, res, held], pl)) => {
+                        Ok((line, names, q, tk, ck, d, [ren, res, held], pl)) => {
                             let mut agents = Vec::new();
-                            for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
-                                let id = match pre_index.get(&s.agent) {
+                            for name in names {
+                                let id = match pre_index.get(&name) {
                                     Some(&i) => i,
                                     None => {
                                         if pre_vocab.len() >= u16::MAX as usize {
@@ -436,9 +484,8 @@ pub fn prepare_with_progress(
                                             ));
                                             return;
                                         }
-                                        pre_vocab.push(s.agent.clone());
-                                        pre_index
-                                            .insert(s.agent.clone(), (pre_vocab.len() - 1) as u16);
+                                        pre_index.insert(name.clone(), pre_vocab.len() as u16);
+                                        pre_vocab.push(name);
                                         (pre_vocab.len() - 1) as u16
                                     }
                                 };
@@ -540,6 +587,8 @@ pub fn prepare_with_progress(
     let mut split_tasks: [HashSet<u64>; 2] = [HashSet::new(), HashSet::new()];
     let mut split_records = [0usize; 2];
     let mut kept = 0usize;
+    // Source records kept, per split (train, val).
+    let mut kept_split = [0usize; 2];
     let mut agent_stats: Vec<AgentStats> = vec![AgentStats::default(); tok.roles().n_roles()];
     let mut aug_log = BufWriter::new(
         File::create(cfg.out.join("augmented.jsonl")).context("creating augmented.jsonl")?,
@@ -551,12 +600,15 @@ pub fn prepare_with_progress(
         Filtered(&'static str),
         AugSkipped(&'static str),
     }
-    for (ci, chunk) in plan.chunks(2048).enumerate() {
+    let mut written = 0u64;
+    // Bounded by bytes as well as records: one record may be megabytes.
+    for chunk in write_batches(&plan, &recs, 2048, WRITE_BATCH_BYTES) {
         progress(Progress {
             stage: "write",
-            done: (ci * 2048) as u64,
+            done: written,
             total: total_plan,
         });
+        written += chunk.len() as u64;
         let outs: Vec<Result<Out>> = chunk
             .par_iter()
             .map(|p| -> Result<Out> {
@@ -642,6 +694,7 @@ pub fn prepare_with_progress(
                         aug_log.write_all(b"\n")?;
                     } else {
                         kept += 1;
+                        kept_split[s] += 1;
                     }
                     split_records[s] += 1;
                     split_tasks[s].insert(tk);
@@ -747,9 +800,78 @@ pub fn prepare_with_progress(
     if m.total != m.kept + filtered + rejected {
         bail!("internal accounting error: total {} != kept {} + filtered {filtered} + rejected {rejected}", m.total, m.kept);
     }
+    if kept_split[0] == 0 && !cfg.allow_empty {
+        bail!("{}", nothing_to_train(&m, kept_split[1], &rejects_path));
+    }
     let text = serde_json::to_string_pretty(&m)?;
     std::fs::write(cfg.out.join("manifest.json"), text).context("writing manifest.json")?;
     Ok(m)
+}
+
+/// Consecutive slices of `plan` of at most `max_rows` rows whose spilled
+/// records total at most `max_bytes` (always at least one row).
+fn write_batches<'a>(
+    plan: &'a [PlanRow],
+    recs: &'a [Rec],
+    max_rows: usize,
+    max_bytes: usize,
+) -> impl Iterator<Item = &'a [PlanRow]> + 'a {
+    let mut rest = plan;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0usize, 0usize);
+        while n < rest.len() && n < max_rows.max(1) {
+            let len = recs[rest[n].rec as usize].len as usize;
+            if n > 0 && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// The error of a run that keeps no record for training: the counts and
+/// the most frequent reasons.
+fn nothing_to_train(m: &Manifest, kept_val: usize, rejects: &Path) -> String {
+    let top = |reasons: &BTreeMap<String, usize>| -> String {
+        let mut v: Vec<(&String, &usize)> = reasons.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = v.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect();
+        if shown.is_empty() {
+            String::new()
+        } else if v.len() > 3 {
+            format!(" ({}, ...)", shown.join(", "))
+        } else {
+            format!(" ({})", shown.join(", "))
+        }
+    };
+    let filtered: usize = m.filtered.values().sum();
+    let rejected: usize = m.rejected.values().sum();
+    let mut s = format!(
+        "no record kept for training: read {} records from {} file(s); kept {} ({kept_val} in validation only), filtered {filtered}{}, rejected {rejected}{}",
+        m.total,
+        m.files.len(),
+        m.kept,
+        top(&m.filtered),
+        top(&m.rejected),
+    );
+    if rejected > 0 {
+        s += &format!(
+            "; rejects with file, line and field are in {}",
+            rejects.display()
+        );
+    }
+    if m.filtered.keys().any(|k| k.starts_with("low_score")) {
+        s += &format!("; --min-score is {}", m.config.min_score);
+    }
+    s += "; pass --allow-empty (PrepareConfig::allow_empty) to write the empty dataset anyway";
+    s
 }
 
 /// True when `meta.split` marks the record's task as held out
@@ -977,4 +1099,51 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let p = dir.join("manifest.json");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_batches_are_bounded_by_bytes_and_rows() {
+        let rec = |len: u32| Rec {
+            offset: 0,
+            len,
+            task_key: 0,
+            content_key: 0,
+            score: 0.0,
+            worst: 0,
+            difficulty: 0.0,
+            renamable: false,
+            resolvable: false,
+            held_out: false,
+            prompt_len: 0,
+            agents: Box::new([]),
+        };
+        let recs: Vec<Rec> = [5, 5, 20, 1, 1, 1, 1, 9].into_iter().map(rec).collect();
+        let plan: Vec<PlanRow> = (0..recs.len() as u32)
+            .map(|rec| PlanRow {
+                rec,
+                val: false,
+                transform: None,
+            })
+            .collect();
+        let sizes = |rows: usize, bytes: usize| -> Vec<Vec<u32>> {
+            write_batches(&plan, &recs, rows, bytes)
+                .map(|c| c.iter().map(|p| recs[p.rec as usize].len).collect())
+                .collect()
+        };
+        // A record over the budget is a batch of its own; no row is lost.
+        assert_eq!(
+            sizes(100, 10),
+            vec![vec![5, 5], vec![20], vec![1, 1, 1, 1], vec![9]]
+        );
+        assert_eq!(
+            sizes(3, 1000),
+            vec![vec![5, 5, 20], vec![1, 1, 1], vec![1, 9]]
+        );
+        assert_eq!(sizes(0, 0).len(), 8);
+        assert_eq!(write_batches(&[], &recs, 10, 10).count(), 0);
+    }
 }

@@ -239,3 +239,109 @@ fn whole_document_errors_and_limits() {
     let e = prepare(&cfg).unwrap_err().to_string();
     assert!(e.contains("nope.jsonl"), "{e}");
 }
+
+#[test]
+fn min_score_outside_the_score_range_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g.jsonl");
+    std::fs::write(&p, format!("{}\n{}\n", good(1), good(2))).unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 100.5, 1e9] {
+        let out = d.path().join(format!("o{bad}"));
+        let cfg = PrepareConfig {
+            inputs: vec![p.clone()],
+            min_score: bad,
+            out: out.clone(),
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("--min-score") && e.contains("0..=100"), "{e}");
+        let e = prepare(&cfg).unwrap_err().to_string();
+        assert!(e.contains("--min-score"), "{e}");
+        // Nothing is written for a config that cannot run.
+        assert!(!out.exists(), "{bad}");
+    }
+    for ok in [0.0, 55.5, 100.0] {
+        let cfg = PrepareConfig {
+            min_score: ok,
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+    }
+}
+
+#[test]
+fn a_run_that_keeps_nothing_for_training_fails_loudly() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g.jsonl");
+    let lines: Vec<String> = (0..6).map(good).collect();
+    std::fs::write(&p, lines.join("\n") + "\n{broken\n").unwrap();
+    let cfg = PrepareConfig {
+        inputs: vec![p.clone()],
+        // No record scores 100: every one is filtered.
+        min_score: 100.0,
+        out: d.path().join("o"),
+        ..Default::default()
+    };
+    let e = prepare(&cfg).unwrap_err().to_string();
+    for want in [
+        "no record kept for training",
+        "read 7 records",
+        "kept 0",
+        "filtered 6 (low_score:",
+        "rejected 1 (broken_json 1)",
+        "rejects.jsonl",
+        "--min-score is 100",
+        "--allow-empty",
+    ] {
+        assert!(e.contains(want), "{want:?} not in: {e}");
+    }
+    // No manifest: the output does not look like a dataset.
+    assert!(!d.path().join("o/manifest.json").exists());
+    // Asked for: the empty dataset is written, every record accounted for.
+    let m = prepare(&PrepareConfig {
+        allow_empty: true,
+        ..cfg.clone()
+    })
+    .unwrap();
+    assert_eq!((m.total, m.kept, m.train.records), (7, 0, 0));
+    assert_eq!(m.filtered.values().sum::<usize>(), 6);
+    assert_eq!(m.rejected["broken_json"], 1);
+
+    // Only rejects.
+    let p2 = d.path().join("bad.jsonl");
+    std::fs::write(&p2, "{\n[1]\n{\"task\":1,\"trajectory\":[]}\n").unwrap();
+    let e = prepare(&PrepareConfig {
+        inputs: vec![p2],
+        min_score: 0.0,
+        out: d.path().join("o2"),
+        ..cfg.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("read 3 records")
+            && e.contains("rejected 3 (wrong_type 2, broken_json 1)")
+            && !e.contains("--min-score is"),
+        "{e}"
+    );
+
+    // Every kept record is held out for validation: nothing to train on.
+    let p3 = d.path().join("held.jsonl");
+    let held: Vec<String> = (0..3)
+        .map(|i| {
+            let mut v: serde_json::Value = serde_json::from_str(&good(i)).unwrap();
+            v["meta"] = serde_json::json!({"split": "test"});
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&p3, held.join("\n")).unwrap();
+    let e = prepare(&PrepareConfig {
+        inputs: vec![p3],
+        min_score: 0.0,
+        out: d.path().join("o3"),
+        ..cfg
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kept 3 (3 in validation only)"), "{e}");
+}
