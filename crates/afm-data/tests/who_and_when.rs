@@ -1,6 +1,7 @@
 //! The real Who&When (AG2) logs: every file ingests, and the code-execution
 //! tool's turns carry zero loss weight. Skips (with a note) when the data
-//! set is not beside the checkout.
+//! set is not beside the checkout, except with `CI=true`: there a missing
+//! data set fails the test.
 #![allow(clippy::needless_range_loop)]
 
 use afm_data::format::{encode_trajectory, label, AgentWeights};
@@ -10,25 +11,43 @@ use afm_data::{prepare, AgentsMap, PrepareConfig, StepKind};
 use afm_tokenizer::{RoleVocab, Tokenizer, ROLE_OBS};
 use std::path::PathBuf;
 
+/// JSON logs in `Algorithm-Generated` (the data set as published).
+const FILES: usize = 126;
+
+/// `CI` is `true` (or `1`): absent data is a failure, not a skip.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
 fn dataset() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/datasets/who-and-when/Algorithm-Generated");
     if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "note: {} is absent; skipping the Who&When test",
-            p.display()
-        );
-        None
+        return Some(p);
     }
+    assert!(
+        !in_ci(),
+        "{} is absent and CI=true: the Who&When test would pass without testing \
+         (put the data set in shared/datasets/ beside the checkout)",
+        p.display()
+    );
+    eprintln!(
+        "note: {} is absent; skipping the Who&When test (CI=true makes this a failure)",
+        p.display()
+    );
+    None
 }
 
 #[test]
 fn all_files_ingest_and_terminal_turns_carry_no_loss() {
     let Some(dir) = dataset() else { return };
     let files = afm_data::ingest::expand_inputs(std::slice::from_ref(&dir)).unwrap();
-    assert_eq!(files.len(), 126);
+    assert_eq!(
+        files.len(),
+        FILES,
+        "{}: expected the {FILES} JSON logs of Who&When's Algorithm-Generated set",
+        dir.display()
+    );
     let map = AgentsMap::default();
     let mut terminal_steps = 0;
     for f in &files {
@@ -79,7 +98,7 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
         ..Default::default()
     };
     let m = prepare(&cfg).unwrap();
-    assert_eq!(m.total, 126);
+    assert_eq!(m.total, FILES);
     assert!(m.rejected.is_empty(), "{:?}", m.rejected);
     assert_eq!(m.total, m.kept + m.filtered.values().sum::<usize>());
     assert!(!m.roles.iter().any(|a| a.contains("terminal")));

@@ -105,22 +105,40 @@ fn committed_datasets() {
     eprintln!("datasets/: {texts} texts, {bytes} bytes, identical ids");
 }
 
+/// JSON logs under `shared/datasets/who-and-when` (its Algorithm-Generated set).
+const WHO_AND_WHEN_FILES: usize = 126;
+
 #[test]
 fn who_and_when_logs() {
     let root = checkout().join("../shared/datasets/who-and-when");
     if !root.is_dir() {
-        eprintln!("skipped: {} is absent", root.display());
+        // With CI=true a missing data set is a failure: the test would pass without testing.
+        let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        assert!(
+            !ci,
+            "{} is absent and CI=true (put the data set in shared/datasets/ beside the checkout)",
+            root.display()
+        );
+        eprintln!(
+            "skipped: {} is absent (CI=true makes this a failure)",
+            root.display()
+        );
         return;
     }
     let mut files = Vec::new();
     files_with_ext(&root, "json", &mut files);
+    assert!(
+        files.len() >= WHO_AND_WHEN_FILES,
+        "{}: {} JSON logs, expected at least {WHO_AND_WHEN_FILES}",
+        root.display(),
+        files.len()
+    );
+    let n_files = files.len();
     let (mut texts, mut bytes) = (0usize, 0usize);
     for f in files {
         let body = std::fs::read_to_string(&f).expect("read log");
-        let v: serde_json::Value = match serde_json::from_str(&body) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{}: not JSON: {e}", f.display()));
         let mut strings = Vec::new();
         collect_strings(&v, &mut strings);
         for s in &strings {
@@ -129,7 +147,10 @@ fn who_and_when_logs() {
         }
         texts += strings.len();
     }
-    eprintln!("who-and-when: {texts} texts, {bytes} bytes, identical pieces and ids");
+    assert!(texts > 0, "no text in {}", root.display());
+    eprintln!(
+        "who-and-when: {n_files} files, {texts} texts, {bytes} bytes, identical pieces and ids"
+    );
 }
 
 #[test]
