@@ -25,7 +25,7 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub agents_map: Option<PathBuf>,
     /// Drop records whose quality score (0..100) is below this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_min_score)]
     pub min_score: f64,
     /// Longest document in tokens (default: --seq-len).
     #[arg(long)]
@@ -73,6 +73,27 @@ pub struct PrepareArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Write the dataset even when no record is kept for training (otherwise
+    /// an error naming how many records were read, filtered and rejected).
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+/// `--min-score`: a finite number in the quality score's range.
+fn parse_min_score(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let r = afm_data::prepare::SCORE_RANGE;
+    if !v.is_finite() || !r.contains(&v) {
+        return Err(format!(
+            "{s:?} must be a finite number in {}..={} (the quality score's range; 0 keeps all)",
+            r.start(),
+            r.end()
+        ));
+    }
+    Ok(v)
 }
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
@@ -131,8 +152,10 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         out: a.out.clone(),
+        allow_empty: a.allow_empty,
         ..Default::default()
     };
+    cfg.validate()?;
     let bar = ProgressBar::new(0);
     let stage: Mutex<&'static str> = Mutex::new("");
     let progress = |p: Progress| {
@@ -159,4 +182,42 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     print!("{}", m.table());
     println!("wrote {}", cfg.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    fn parse(extra: &[&str]) -> Result<PrepareArgs, String> {
+        let mut argv = vec!["afm", "prepare", "--input", "x.jsonl", "--out", "o"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                cmd: Cmd::Prepare(a),
+            }) => Ok(a),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn min_score_must_be_finite_and_in_range() {
+        for bad in ["NaN", "nan", "inf", "-inf", "-1", "100.5", "1e9", "x"] {
+            let arg = format!("--min-score={bad}");
+            let e = parse(&[&arg]).err().unwrap_or_default();
+            assert!(e.contains("--min-score"), "{bad}: {e}");
+        }
+        for good in ["0", "60", "100", "42.5"] {
+            let a = parse(&["--min-score", good]).unwrap();
+            assert_eq!(a.min_score, good.parse::<f64>().unwrap());
+            assert!(!a.allow_empty);
+        }
+        assert!(parse(&["--allow-empty"]).unwrap().allow_empty);
+    }
 }
