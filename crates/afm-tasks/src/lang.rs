@@ -22,6 +22,7 @@
 use std::cmp::Ordering;
 use std::fmt::{self, Write as _};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Resource bounds of one program run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub struct Limits {
     pub max_source: usize,
     /// Longest observation text; longer output is cut with `...`.
     pub max_output: usize,
+    /// Wall-clock deadline of one run in milliseconds (0 = none): the
+    /// backstop behind fuel, should some operation ever escape it.
+    pub max_millis: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +51,7 @@ impl Default for Limits {
             max_depth: 64,
             max_source: 4_096,
             max_output: 400,
+            max_millis: 2_000,
         }
     }
 }
@@ -84,6 +89,9 @@ pub enum ToolError {
     /// The source text is longer than allowed.
     #[error("program too long ({len} bytes > limit {limit})")]
     SourceTooLong { len: usize, limit: usize },
+    /// The run passed its wall-clock deadline ([`Limits::max_millis`]).
+    #[error("time limit exceeded ({millis} ms)")]
+    Timeout { millis: u64 },
 }
 
 fn rt<T>(msg: impl Into<String>) -> Result<T, ToolError> {
@@ -269,6 +277,9 @@ pub fn run_program(src: &str, limits: &Limits) -> Result<Value, ToolError> {
         fuel: limits.fuel,
         depth: 0,
         limits: *limits,
+        deadline: (limits.max_millis > 0)
+            .then(|| Instant::now() + Duration::from_millis(limits.max_millis)),
+        burns: 0,
     };
     m.eval(&expr, &None)
 }
@@ -754,18 +765,36 @@ struct Machine {
     fuel: u64,
     depth: usize,
     limits: Limits,
+    deadline: Option<Instant>,
+    /// Calls of `burn` so far (the clock is read every 1024th).
+    burns: u64,
 }
 
 impl Machine {
+    /// Charge `n` units of fuel (every evaluation step, element touched,
+    /// byte allocated or loop iteration), and check the deadline now and then.
     fn burn(&mut self, n: usize) -> Result<(), ToolError> {
-        let n = n as u64;
-        if self.fuel < n {
+        self.burn_u128(n as u128)
+    }
+
+    fn burn_u128(&mut self, n: u128) -> Result<(), ToolError> {
+        self.burns += 1;
+        if self.burns % 1024 == 0 {
+            if let Some(d) = self.deadline {
+                if Instant::now() > d {
+                    return Err(ToolError::Timeout {
+                        millis: self.limits.max_millis,
+                    });
+                }
+            }
+        }
+        if (self.fuel as u128) < n {
             self.fuel = 0;
             return Err(ToolError::OutOfFuel {
                 limit: self.limits.fuel,
             });
         }
-        self.fuel -= n;
+        self.fuel -= n as u64;
         Ok(())
     }
 
@@ -923,6 +952,39 @@ impl Machine {
         }
     }
 
+    /// Stable bottom-up merge sort; every comparison goes through
+    /// [`Machine::compare`] (fuel-checked, errors on incomparable values).
+    fn sort_values(&mut self, items: Vec<Value>) -> Result<Vec<Value>, ToolError> {
+        let n = items.len();
+        let mut src = items;
+        let mut dst: Vec<Value> = Vec::with_capacity(n);
+        let mut width = 1;
+        while width < n {
+            dst.clear();
+            let mut lo = 0;
+            while lo < n {
+                let mid = (lo + width).min(n);
+                let end = (lo + 2 * width).min(n);
+                let (mut a, mut b) = (lo, mid);
+                while a < mid && b < end {
+                    if self.compare(&src[b], &src[a])? == Ordering::Less {
+                        dst.push(src[b].clone());
+                        b += 1;
+                    } else {
+                        dst.push(src[a].clone());
+                        a += 1;
+                    }
+                }
+                dst.extend_from_slice(&src[a..mid]);
+                dst.extend_from_slice(&src[b..end]);
+                lo = end;
+            }
+            std::mem::swap(&mut src, &mut dst);
+            width *= 2;
+        }
+        Ok(src)
+    }
+
     fn equal(&mut self, a: &Value, b: &Value) -> Result<bool, ToolError> {
         if matches!(a, Value::Builtin(_) | Value::Lambda(_))
             || matches!(b, Value::Builtin(_) | Value::Lambda(_))
@@ -1006,6 +1068,8 @@ impl Machine {
             }
             Value::List(l) => {
                 self.alloc(1 + (l.weight as u128 - 1) * n)?;
+                // One unit per copy, so repeating `[]` is not free.
+                self.burn_u128(n)?;
                 let mut v = Vec::with_capacity(l.items.len() * n as usize);
                 for _ in 0..n {
                     v.extend(l.items.iter().cloned());
@@ -1106,25 +1170,16 @@ impl Machine {
             }
             "sorted" => {
                 arity(1)?;
-                let mut items = match &args[0] {
+                let items = match &args[0] {
                     Value::List(l) => l.items.clone(),
                     Value::Str(s) => s.chars().map(|c| Value::str(&c.to_string())).collect(),
                     v => return rt(format!("sorted needs a list, got {}", v.type_name())),
                 };
-                // Merge sort with fuel-checked comparisons (no panics on mixed types).
+                // A merge sort whose comparisons are fallible: an
+                // incomparable pair or running out of fuel ends the sort
+                // with that error (std's sort needs a total order).
                 self.burn(items.len())?;
-                let mut err = None;
-                let mut cmp = |a: &Value, b: &Value| match self.compare(a, b) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        err.get_or_insert(e);
-                        Ordering::Equal
-                    }
-                };
-                items.sort_by(&mut cmp);
-                if let Some(e) = err {
-                    return Err(e);
-                }
+                let items = self.sort_values(items)?;
                 self.new_list(items)
             }
             "reversed" => {
@@ -1229,6 +1284,7 @@ impl Machine {
                         Ok(Value::Int(s.matches(&**t).count() as i64))
                     }
                     (Value::List(l), x) => {
+                        self.burn(l.items.len())?;
                         let mut n = 0;
                         for y in &l.items {
                             if std::mem::discriminant(x) == std::mem::discriminant(y)
@@ -1680,6 +1736,69 @@ mod tests {
             }
         }
         assert!(ok > 100 && err > 100, "{ok} {err}");
+    }
+
+    #[test]
+    fn sorting_incomparable_values_is_an_error_not_a_panic() {
+        for src in [
+            "sorted([19, \"a\"] + reversed(range(19)))",
+            "sorted([[1], [\"a\"], [2]])",
+            "sorted([x => x, 1])",
+            "max([1, \"a\", 2])",
+        ] {
+            let e = run_program(src, &Limits::default()).unwrap_err();
+            assert!(e.to_string().contains("cannot compare"), "{src}: {e}");
+        }
+        // Out of fuel inside the comparisons: an error, never a panic.
+        let lim = Limits {
+            fuel: 300,
+            ..Limits::default()
+        };
+        let e = run_program("sorted(reversed(range(200)))", &lim).unwrap_err();
+        assert_eq!(e, ToolError::OutOfFuel { limit: 300 });
+    }
+
+    #[test]
+    fn merge_sort_matches_std_sort_and_is_stable() {
+        let mut rng = crate::rng::Rng::new(11);
+        for n in [0usize, 1, 2, 3, 7, 8, 9, 100, 257] {
+            let xs: Vec<i64> = (0..n).map(|_| rng.range(-20, 20)).collect();
+            let src = format!("sorted({xs:?})");
+            let mut want = xs.clone();
+            want.sort();
+            let got = run_program(&src, &Limits::default()).unwrap().canonical();
+            assert_eq!(got, format!("{want:?}"), "{src}");
+        }
+        // Stability is visible on lists compared by their first element only
+        // when equal prefixes are followed by shorter lists: [1] < [1, 0].
+        assert_eq!(
+            run("sorted([[2], [1, 0], [1], [0, 5]])"),
+            "[[0, 5], [1], [1, 0], [2]]"
+        );
+        assert_eq!(
+            run("sorted(\"banana\")"),
+            "[\"a\", \"a\", \"a\", \"b\", \"n\", \"n\"]"
+        );
+    }
+
+    #[test]
+    fn every_loop_iteration_costs_fuel() {
+        // Repeating an empty list used to loop 10**18 times for free.
+        let t = std::time::Instant::now();
+        for src in [
+            "[] * 10 ** 18",
+            "[[]] * 0 + [] * 10 ** 15",
+            "count([] * 10 ** 9, 1)",
+        ] {
+            let e = run_program(src, &Limits::default()).unwrap_err();
+            assert!(
+                matches!(e, ToolError::OutOfFuel { .. } | ToolError::TooLarge { .. }),
+                "{src}: {e}"
+            );
+        }
+        assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+        assert_eq!(run("[] * 3"), "[]");
+        assert_eq!(run("[1] * 3"), "[1, 1, 1]");
     }
 
     #[test]
