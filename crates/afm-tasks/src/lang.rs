@@ -779,7 +779,7 @@ impl Machine {
 
     fn burn_u128(&mut self, n: u128) -> Result<(), ToolError> {
         self.burns += 1;
-        if self.burns % 1024 == 0 {
+        if self.burns.is_multiple_of(1024) {
             if let Some(d) = self.deadline {
                 if Instant::now() > d {
                     return Err(ToolError::Timeout {
