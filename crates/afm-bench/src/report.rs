@@ -434,16 +434,10 @@ fn x(v: f64) -> String {
     }
 }
 
-/// Write through a temporary file in the same directory, then rename.
+/// Write through a temporary file in the same directory, fsync, then rename
+/// ([`afm_tokenizer::atomic::write`]); the error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(())
+    afm_tokenizer::atomic::write(path, bytes).map_err(anyhow::Error::from)
 }
 
 pub mod charts {

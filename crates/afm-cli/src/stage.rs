@@ -11,7 +11,13 @@
 //! - another fingerprint, or a directory without a marker: the directory is
 //!   emptied first, so nothing made from other inputs (a checkpoint trained
 //!   on other data or settings) leaks into the new outputs.
+//!
+//! The marker is written atomically (temp file, fsync, rename:
+//! [`afm_tokenizer::atomic`]), and before it says `complete` every file in
+//! the stage's directory is fsynced, so a crash never leaves a complete
+//! marker next to outputs that did not reach the disk.
 
+use afm_tokenizer::atomic;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -77,6 +83,7 @@ pub fn run(
         }
         Some(m) if m.fingerprint == fingerprint => {
             eprintln!("[{name}] resuming an interrupted run in {}", dir.display());
+            remove_temporaries(dir);
         }
         previous if dir.exists() => {
             eprintln!(
@@ -102,19 +109,44 @@ pub fn run(
         summary: serde_json::Value::Null,
         complete: false,
     };
-    afm_bench::report::write_atomic(&marker, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    atomic::write(&marker, serde_json::to_string_pretty(&m)?)
+        .map_err(|e| anyhow::anyhow!("stage `{name}`: {e}"))?;
     let summary = body(dir).map_err(|e| e.context(format!("stage `{name}`")))?;
     let wall_s = t0.elapsed().as_secs_f64();
     m.wall_s = wall_s;
     m.summary = summary.clone();
     m.complete = true;
-    afm_bench::report::write_atomic(&marker, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    atomic::sync_tree(dir).map_err(|e| anyhow::anyhow!("stage `{name}`: syncing outputs: {e}"))?;
+    atomic::write(&marker, serde_json::to_string_pretty(&m)?)
+        .map_err(|e| anyhow::anyhow!("stage `{name}`: {e}"))?;
     eprintln!("[{name}] done in {wall_s:.1}s");
     Ok(Done {
         summary,
         wall_s,
         cached: false,
     })
+}
+
+/// Remove the temporaries a killed run left under `dir`: hidden entries
+/// named `.NAME.tmp-...` (atomic files, checkpoint and model directories
+/// being written). Nothing trusts them; this only frees their space.
+fn remove_temporaries(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = if is_dir {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+        } else if is_dir {
+            remove_temporaries(&e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -187,5 +219,59 @@ mod tests {
         .unwrap();
         assert_eq!(calls, 4);
         assert_ne!(fingerprint(&["a", "b"]), fingerprint(&["ab"]));
+    }
+
+    /// A full disk while the `complete` marker is written: the stage fails
+    /// with the marker's path in the error, the old (incomplete) marker
+    /// stays whole, and the next run redoes the stage instead of trusting it.
+    #[test]
+    fn failed_marker_write_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let Err(e) = run("s", &d, "fp", |dir| {
+            std::fs::write(dir.join("out"), "x").unwrap();
+            // The disk is full from here on: the `complete` marker fails.
+            std::mem::forget(afm_tokenizer::atomic::testing::fail_after(0));
+            Ok(serde_json::json!({"n": 1}))
+        }) else {
+            panic!("the `complete` marker write must fail")
+        };
+        drop(afm_tokenizer::atomic::testing::fail_after(0)); // disarms
+        let msg = format!("{e:#}");
+        assert!(msg.contains(".afm-stage.json"), "{msg}");
+        assert!(msg.contains("no space left"), "{msg}");
+        let text = std::fs::read_to_string(d.join(MARKER)).unwrap();
+        let m: Marker = serde_json::from_str(&text).expect("the old marker is whole");
+        assert!(!m.complete);
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let mut ran = false;
+        let r = run("s", &d, "fp", |dir| {
+            ran = true;
+            assert!(dir.join("out").exists());
+            Ok(serde_json::json!({"n": 2}))
+        })
+        .unwrap();
+        assert!(ran && !r.cached, "an incomplete stage was trusted");
+        // Temporaries a killed run left are removed when the stage resumes.
+        std::fs::create_dir_all(d.join("sub/.x.tmp-1-2")).unwrap();
+        std::fs::write(d.join(".out.tmp-3-4"), "x").unwrap();
+        let m = Marker {
+            complete: false,
+            ..serde_json::from_str(&std::fs::read_to_string(d.join(MARKER)).unwrap()).unwrap()
+        };
+        std::fs::write(d.join(MARKER), serde_json::to_string(&m).unwrap()).unwrap();
+        run("s", &d, "fp", |_| Ok(serde_json::json!({}))).unwrap();
+        assert!(!d.join("sub/.x.tmp-1-2").exists() && !d.join(".out.tmp-3-4").exists());
+        assert!(d.join("out").exists());
+        assert!(
+            run("s", &d, "fp", |_| anyhow::bail!("not run"))
+                .unwrap()
+                .cached
+        );
     }
 }

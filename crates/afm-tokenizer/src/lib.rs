@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tiktoken_rs::CoreBPE;
 
+pub mod atomic;
 mod bpe;
 mod corpus;
 mod pretok;

@@ -10,14 +10,18 @@
 //! | `train_config.toml`   | the effective [`TrainConfig`]                              |
 //!
 //! A checkpoint is written into a hidden temporary directory in
-//! `RUN/checkpoints/` and renamed into place when complete, so a run killed
-//! at any moment leaves only whole checkpoints (stale temporaries are
-//! removed at the next start). `trainer_state.json` is written last.
+//! `RUN/checkpoints/`, every file in it fsynced, and the directory renamed
+//! into place when complete (then its parent fsynced), so a run killed at
+//! any moment, or a disk that fills up, leaves only whole checkpoints
+//! (stale temporaries are removed at the next start; [`list`] never reports
+//! them). `trainer_state.json` is written last. A failed save removes its
+//! temporary and returns an error naming the checkpoint and the file.
 
 use crate::config::TrainConfig;
 use crate::data::Cursor;
 use crate::optim::AdamW;
 use afm_model::Model;
+use afm_tokenizer::atomic;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -120,23 +124,44 @@ pub fn save(
     let res = (|| -> anyhow::Result<()> {
         model.save(&tmp)?;
         opt.save(&tmp.join(OPTIMIZER_FILE))?;
-        std::fs::write(tmp.join(CONFIG_FILE), config.to_toml()?)
+        atomic::write(&tmp.join(CONFIG_FILE), config.to_toml()?)
             .with_context(|| format!("writing {}", tmp.join(CONFIG_FILE).display()))?;
-        std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)
+        atomic::write(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?)
             .with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
+        // The weights and moments come from writers that do not fsync.
+        atomic::sync_tree(&tmp)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)
                 .with_context(|| format!("replacing {}", final_dir.display()))?;
         }
         std::fs::rename(&tmp, &final_dir)
             .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+        atomic::sync_dir(&dir)?;
         Ok(())
     })();
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     res.with_context(|| format!("writing checkpoint {}", final_dir.display()))?;
+    let hook = *AFTER_SAVE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(hook) = hook {
+        hook(&final_dir, state);
+    }
     Ok(final_dir)
+}
+
+/// A function called after every successful [`save`], with the checkpoint's
+/// directory and state.
+pub type SaveHook = fn(&Path, &TrainerState);
+
+static AFTER_SAVE: std::sync::Mutex<Option<SaveHook>> = std::sync::Mutex::new(None);
+
+/// Test hook (process-wide): call `hook` after every checkpoint is saved,
+/// e.g. to stop a child process at a known step until it is killed, or to
+/// arm a write fault for the next save. `None` removes it.
+#[doc(hidden)]
+pub fn set_after_save_hook(hook: Option<SaveHook>) {
+    *AFTER_SAVE.lock().unwrap_or_else(|e| e.into_inner()) = hook;
 }
 
 /// Read the trainer state and effective config of a checkpoint.

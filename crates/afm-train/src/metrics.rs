@@ -100,7 +100,9 @@ impl Metrics {
             text.push_str(&serde_json::to_string(r)?);
             text.push('\n');
         }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        // Atomic: a kill while the kept records are rewritten must not lose them.
+        afm_tokenizer::atomic::write(&path, text)
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(Self { path, records })
     }
 

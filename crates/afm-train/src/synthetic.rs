@@ -117,7 +117,7 @@ fn pack(
 pub fn write_dataset(dir: &Path, spec: &SyntheticSpec) -> anyhow::Result<Tokenizer> {
     let tok = Tokenizer::new(RoleVocab::from_agents(spec.agents.iter().cloned())?);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("vocab.json"), tok.to_json())?;
+    afm_tokenizer::atomic::write(&dir.join("vocab.json"), tok.to_json())?;
     let mut rng = SplitMix64(spec.seed);
     for (split, rows) in [("train", spec.train_rows), ("val", spec.val_rows)] {
         if rows == 0 {

@@ -22,6 +22,7 @@ use crate::teacher::Teachers;
 use crate::LossConfig;
 use afm_data::shards::Shards;
 use afm_model::Precision;
+use afm_tokenizer::atomic::{self, AtomicFile};
 use afm_tokenizer::Tokenizer;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -81,14 +82,19 @@ pub fn build(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let plain = LossConfig::default();
     let mut offsets = vec![0u64];
-    let mut ids_f = std::io::BufWriter::new(
-        std::fs::File::create(dir.join(format!("{split}.topk_ids.u32")))
-            .with_context(|| format!("creating the teacher cache in {}", dir.display()))?,
-    );
-    let mut val_f = std::io::BufWriter::new(
-        std::fs::File::create(dir.join(format!("{split}.topk_logits.f32")))
-            .with_context(|| format!("creating the teacher cache in {}", dir.display()))?,
-    );
+    // Atomic files (temp + fsync + rename), the index last: a build cut
+    // short leaves no index, and `exists` says no cache.
+    let index_path = dir.join(format!("{split}.topk.json"));
+    match std::fs::remove_file(&index_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", index_path.display()))
+        }
+        _ => {}
+    }
+    let mut ids_f = AtomicFile::create(&dir.join(format!("{split}.topk_ids.u32")))
+        .with_context(|| format!("creating the teacher cache in {}", dir.display()))?;
+    let mut val_f = AtomicFile::create(&dir.join(format!("{split}.topk_logits.f32")))
+        .with_context(|| format!("creating the teacher cache in {}", dir.display()))?;
     let rows: Vec<usize> = (0..shards.rows()).collect();
     let mut entries = 0usize;
     for chunk in rows.chunks(batch_size) {
@@ -126,10 +132,10 @@ pub fn build(
             offsets.push(last + c);
         }
     }
-    ids_f.flush()?;
-    val_f.flush()?;
-    std::fs::write(
-        dir.join(format!("{split}.topk_offsets.u64")),
+    ids_f.commit()?;
+    val_f.commit()?;
+    atomic::write(
+        &dir.join(format!("{split}.topk_offsets.u64")),
         le_bytes(&offsets, u64::to_le_bytes),
     )?;
     let index = CacheIndex {
@@ -140,10 +146,7 @@ pub fn build(
         entries,
         agents: teachers.list.iter().map(|t| t.agent.clone()).collect(),
     };
-    std::fs::write(
-        dir.join(format!("{split}.topk.json")),
-        serde_json::to_string_pretty(&index)?,
-    )?;
+    atomic::write(&index_path, serde_json::to_string_pretty(&index)?)?;
     Ok(index)
 }
 

@@ -10,6 +10,7 @@ use crate::optim::{lr_at, run_decay, AdamW};
 use crate::teacher::Teachers;
 use afm_data::shards::Shards;
 use afm_model::{weight_decay_applies, ForwardArgs, GptConfig, LmDistill, Model, Precision};
+use afm_tokenizer::atomic;
 use afm_tokenizer::{Tokenizer, ROLE_NONE, ROLE_OBS};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -765,7 +766,7 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         },
     };
     let mut metrics = Metrics::open(&run, resume_from.as_ref().map(|_| state.step))?;
-    std::fs::write(run.join("train_config.toml"), cfg.to_toml()?)
+    atomic::write(&run.join("train_config.toml"), cfg.to_toml()?)
         .with_context(|| format!("writing {}", run.join("train_config.toml").display()))?;
 
     let order = RowOrder::of_index(&train_set.index);
@@ -958,6 +959,9 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         }
         _ => model.save(&final_dir)?,
     }
+    // `Model::save` renames a finished directory into place but does not
+    // fsync; make the final weights durable before the summary says done.
+    atomic::sync_tree(&final_dir).with_context(|| format!("syncing {}", final_dir.display()))?;
     if cfg.plots {
         if let Err(err) = metrics.plot(&run) {
             eprintln!("warning: plots not drawn: {err:#}");
@@ -985,8 +989,8 @@ pub fn train(cfg_in: &TrainConfig) -> anyhow::Result<TrainSummary> {
         checkpoint: final_dir,
         best_checkpoint,
     };
-    std::fs::write(
-        run.join("summary.json"),
+    atomic::write(
+        &run.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )
     .with_context(|| format!("writing {}", run.join("summary.json").display()))?;
@@ -1078,13 +1082,15 @@ fn save_snapshot(
         return Ok(());
     }
     model.save(&dir)?;
+    // The weights must be durable before `snapshot.json` marks them whole.
+    atomic::sync_tree(&dir).with_context(|| format!("syncing {}", dir.display()))?;
     let info = SnapshotInfo {
         fraction: k as f64 / n as f64,
         step,
         train_secs,
     };
-    std::fs::write(
-        dir.join("snapshot.json"),
+    atomic::write(
+        &dir.join("snapshot.json"),
         serde_json::to_string_pretty(&info)?,
     )
     .with_context(|| format!("writing {}", dir.join("snapshot.json").display()))
@@ -1100,6 +1106,6 @@ fn write_best(run: &Path, state: &TrainerState) -> anyhow::Result<()> {
         "checkpoint": checkpoint::step_dir(run, step),
     });
     let p = run.join("best.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+    atomic::write(&p, serde_json::to_string_pretty(&v)?)
         .with_context(|| format!("writing {}", p.display()))
 }
