@@ -882,6 +882,12 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
 // Exact resume after SIGKILL, with the trainer in child processes.
 
 const CHILD_ENV: &str = "AFM_TRAIN_CHILD_CONFIG";
+/// With this set to step N (and [`CHILD_HELD_ENV`] to a path), the child
+/// stops right after its checkpoint at step N is saved, writes that path,
+/// and waits to be killed: the parent kills it at a known step, never racing
+/// a child that might finish first.
+const CHILD_HOLD_ENV: &str = "AFM_TRAIN_CHILD_HOLD_AT";
+const CHILD_HELD_ENV: &str = "AFM_TRAIN_CHILD_HELD_MARKER";
 
 /// Not a test: the entry point of the child processes spawned by
 /// `resume_after_sigkill_is_bit_identical` (runs only with the env var).
@@ -889,27 +895,56 @@ const CHILD_ENV: &str = "AFM_TRAIN_CHILD_CONFIG";
 #[ignore = "child-process entry point"]
 fn child_train_entry() {
     if let Ok(p) = std::env::var(CHILD_ENV) {
+        if std::env::var(CHILD_HOLD_ENV).is_ok() {
+            afm_train::checkpoint::set_after_save_hook(Some(hold_after_save));
+        }
         let c = TrainConfig::from_toml_file(Path::new(&p)).unwrap();
         afm_train::train(&c).unwrap();
     }
 }
 
+/// The child's checkpoint hook: at the step named by [`CHILD_HOLD_ENV`],
+/// announce it and block until SIGKILL.
+fn hold_after_save(_dir: &Path, state: &afm_train::checkpoint::TrainerState) {
+    let at: usize = std::env::var(CHILD_HOLD_ENV).unwrap().parse().unwrap();
+    if state.step == at {
+        let marker = std::env::var(CHILD_HELD_ENV).unwrap();
+        std::fs::write(&marker, state.step.to_string()).unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
 fn spawn_child(config: &TrainConfig, dir: &Path, name: &str) -> std::process::Child {
+    spawn_child_env(config, dir, name, &[])
+}
+
+fn spawn_child_env(
+    config: &TrainConfig,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &Path)],
+) -> std::process::Child {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, config.to_toml().unwrap()).unwrap();
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_train_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &p)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_train_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, &p)
+    .env_remove(CHILD_HOLD_ENV)
+    .env_remove(CHILD_HELD_ENV)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
 }
 
 fn wait_ok(child: std::process::Child, what: &str) {
@@ -956,26 +991,35 @@ fn resume_after_sigkill_is_bit_identical() {
         "uninterrupted run",
     );
 
+    // The child holds after its step-6 checkpoint until it is killed (no
+    // race with a fast child that finishes first).
     let cut = tmp.path().join("cut");
-    let mut child = spawn_child(&cfg(&cut), tmp.path(), "cut");
+    let held = tmp.path().join("held");
+    let mut child = spawn_child_env(
+        &cfg(&cut),
+        tmp.path(),
+        "cut",
+        &[(CHILD_HOLD_ENV, Path::new("6")), (CHILD_HELD_ENV, &held)],
+    );
     let t0 = Instant::now();
-    loop {
-        let steps = afm_train::checkpoint::list(&cut).unwrap_or_default();
-        if steps.iter().any(|(s, _)| *s >= 6) {
-            break;
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("child exited ({st}) before it could be killed");
+    while !held.exists() {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "child exited ({}) before it reached step 6: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert!(
             t0.elapsed() < Duration::from_secs(300),
-            "no checkpoint appeared"
+            "the child never reached its step-6 checkpoint"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
         child.try_wait().unwrap().is_none(),
-        "child finished before the kill"
+        "the held child must still be running"
     );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -984,7 +1028,7 @@ fn resume_after_sigkill_is_bit_identical() {
         "the killed run must not have finished"
     );
     let killed_at = afm_train::checkpoint::list(&cut).unwrap().last().unwrap().0;
-    assert!(killed_at < 24);
+    assert_eq!(killed_at, 6);
 
     let mut r = cfg(&cut);
     r.resume = true;
@@ -1009,6 +1053,77 @@ fn resume_after_sigkill_is_bit_identical() {
         })
         .collect();
     assert_eq!(steps, (1..=24).collect::<Vec<_>>());
+}
+
+/// The checkpoint hook of `checkpoint_save_failure_keeps_the_last_good_one`:
+/// after the step-3 checkpoint of its run, the disk (of this thread's
+/// atomic writes) is full.
+fn fill_disk_after_step_3(dir: &Path, state: &afm_train::checkpoint::TrainerState) {
+    if state.step == 3 && dir.to_string_lossy().contains("disk-fills-up") {
+        std::mem::forget(afm_tokenizer::atomic::testing::fail_after(0));
+    }
+}
+
+/// A checkpoint save that fails part-way (full disk, injected) leaves no
+/// partial checkpoint that a resume would trust: the error names the
+/// checkpoint and the file, only the earlier whole checkpoint is listed,
+/// and resuming from it gives the uninterrupted run's weights bit for bit.
+#[test]
+fn checkpoint_save_failure_keeps_the_last_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 6,
+            val_rows: 2,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
+    let cfg = |out: &PathBuf| {
+        let mut c = base_config(&data, out);
+        c.max_steps = 9;
+        c.checkpoint_interval = 3;
+        c.keep_last = 3;
+        c.final_weights = afm_train::FinalWeights::Last;
+        c
+    };
+    let full = tmp.path().join("full");
+    afm_train::train(&cfg(&full)).unwrap();
+
+    let run = tmp.path().join("disk-fills-up");
+    afm_train::checkpoint::set_after_save_hook(Some(fill_disk_after_step_3));
+    let res = afm_train::train(&cfg(&run));
+    drop(afm_tokenizer::atomic::testing::fail_after(0)); // disarm
+    afm_train::checkpoint::set_after_save_hook(None);
+    let e = format!("{:#}", res.expect_err("the step-6 save must fail"));
+    assert!(e.contains("step-00000006"), "{e}");
+    assert!(e.contains(afm_train::checkpoint::CONFIG_FILE), "{e}");
+    assert!(e.contains("no space left"), "{e}");
+    let listed: Vec<usize> = afm_train::checkpoint::list(&run)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(listed, vec![3], "only the whole checkpoint may be listed");
+    let stray: Vec<String> = std::fs::read_dir(afm_train::checkpoint::checkpoints_dir(&run))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "step-00000003")
+        .collect();
+    assert!(stray.is_empty(), "the failed save left {stray:?}");
+    assert!(!run.join("final").exists());
+    // The last good checkpoint loads, and the run resumes from it exactly.
+    Model::load(&afm_train::checkpoint::step_dir(&run, 3), Device::Cpu).unwrap();
+    let mut r = cfg(&run);
+    r.resume = true;
+    afm_train::train(&r).unwrap();
+    let w = afm_model::WEIGHTS_FILE;
+    assert!(
+        files_equal(&full.join("final").join(w), &run.join("final").join(w)),
+        "weights after resuming from the last good checkpoint differ"
+    );
 }
 
 /// The offline top-k cache: with k = the whole vocabulary it reproduces
