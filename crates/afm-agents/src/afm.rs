@@ -13,7 +13,7 @@
 //! of the rows that go on together with the observations of the rows that
 //! just called the tool.
 
-use crate::env::{self, Limits, Task, Turn};
+use crate::env::{self, Limits, Task, Tool, Turn};
 use crate::format;
 use crate::lm::{Lm, Session};
 use crate::model_lm::ModelLm;
@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub bf16: bool,
     /// Resource limits of each interpreter run.
     pub limits: Limits,
+    /// The tool (the interpreter unless a test injects another).
+    pub tool: Tool,
 }
 
 impl Default for RunOptions {
@@ -59,6 +61,7 @@ impl Default for RunOptions {
             seed: 0,
             bf16: false,
             limits: Limits::default(),
+            tool: Tool::default(),
         }
     }
 }
@@ -105,26 +108,27 @@ pub(crate) fn count_validity(v: &mut BTreeMap<String, Validity>, agent: &str, ok
 }
 
 /// Run the tool on the last agent turn of `steps`, append the observation
-/// step, and return its tokens (`<|obs|>` + encode(observation)).
+/// step, and return its tokens (`<|obs|>` + encode(observation)) and, when
+/// the tool itself failed (panicked), the reason the task fails.
 pub(crate) fn call_tool(
     tok: &Tokenizer,
-    limits: &Limits,
+    opts: &RunOptions,
     steps: &mut Vec<Turn>,
     stats: &mut RunStats,
     validity: &mut BTreeMap<String, Validity>,
-) -> Vec<u32> {
+) -> (Vec<u32>, Option<String>) {
     let program = steps
         .iter()
         .rev()
         .find_map(|t| t.output.as_deref())
         .unwrap_or("");
-    let result = env::run_tool(program, limits);
+    let result = env::run_tool_with(opts.tool, program, &opts.limits);
     stats.tool_calls += 1;
     stats.tool_successes += usize::from(result.ok);
     count_validity(validity, env::TOOL_AGENT, result.ok);
     let tokens = format::observation(tok, &result.text);
     steps.push(Turn::observation(env::TOOL_AGENT, result.text));
-    tokens
+    (tokens, result.internal)
 }
 
 /// Fill in answer, success and per-agent validity of a finished run. A
@@ -293,17 +297,22 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
                         row.fail(tok, "tool-call budget");
                         None
                     } else {
-                        let obs = call_tool(
+                        let (obs, internal) = call_tool(
                             tok,
-                            &opts.limits,
+                            opts,
                             &mut row.steps,
                             &mut row.stats,
                             &mut row.validity,
                         );
-                        // The sampled `<|obs|>` is already obs[0]: only the
-                        // observation text is prefill.
-                        row.stats.tokens_prefill += obs.len() - 1;
-                        Some(obs)
+                        if let Some(why) = internal {
+                            row.fail(tok, why);
+                            None
+                        } else {
+                            // The sampled `<|obs|>` is already obs[0]: only
+                            // the observation text is prefill.
+                            row.stats.tokens_prefill += obs.len() - 1;
+                            Some(obs)
+                        }
                     }
                 }
             };

@@ -39,5 +39,6 @@ pub mod model_lm;
 pub mod trajectory;
 
 pub use afm::RunOptions;
+pub use env::Tool;
 pub use eval::{evaluate, EvalReport};
 pub use trajectory::{RunStats, TaskRun, Validity};

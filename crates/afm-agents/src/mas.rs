@@ -261,15 +261,20 @@ fn run_chunk(mas: &MasLms, tasks: &[Task], opts: &RunOptions) -> Result<Vec<Task
                     row.next = if agent == env::PLANNER {
                         Some(env::CODER)
                     } else if agent == env::CODER {
-                        let obs = call_tool(
+                        let (obs, internal) = call_tool(
                             tok,
-                            &opts.limits,
+                            opts,
                             &mut row.steps,
                             &mut row.stats,
                             &mut row.validity,
                         );
                         row.context.extend(obs);
-                        Some(env::REVIEWER)
+                        if internal.is_some() {
+                            row.failure = internal;
+                            None
+                        } else {
+                            Some(env::REVIEWER)
+                        }
                     } else if env::extract_answer(&output).is_some() {
                         None
                     } else if row.retries < opts.max_retries

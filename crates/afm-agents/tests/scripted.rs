@@ -316,3 +316,54 @@ fn structural_cost_on_held_out_tasks() {
         );
     }
 }
+
+/// The program the injected tool panics on (one task's solution).
+static PANIC_ON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn panicking_tool(
+    program: &str,
+    limits: &afm_tasks::Limits,
+) -> Result<afm_tasks::Value, afm_tasks::ToolError> {
+    if Some(program.trim()) == PANIC_ON.get().map(|s| s.trim()) {
+        panic!("injected fault");
+    }
+    afm_tasks::run_program(program, limits)
+}
+
+#[test]
+fn a_panicking_tool_fails_its_task_and_nothing_else() {
+    let t = tok();
+    let tasks = tasks(4);
+    let sols = solutions(&t, &tasks);
+    let victim = afm_tasks::solution(&tasks[1]).unwrap().program;
+    PANIC_ON.set(victim).unwrap();
+    let opts = RunOptions {
+        batch: 4,
+        tool: afm_agents::Tool(panicking_tool),
+        ..RunOptions::default()
+    };
+    let lm = ScriptedLm::new(t.clone(), 1024, afm_policy(t.clone(), sols, false));
+    let afm_runs = afm::run_batch_lm(&lm, &tasks, &opts).unwrap();
+    let mas_runs = run_mas(&scripted_mas(&t, &tasks, 1024, false), &tasks, &opts);
+    for (system, runs) in [("afm", afm_runs), ("mas", mas_runs)] {
+        assert_eq!(runs.len(), 4, "{system}");
+        for (i, run) in runs.iter().enumerate() {
+            if i == 1 {
+                assert!(!run.success, "{system}: {run:?}");
+                assert_eq!(
+                    run.failure.as_deref(),
+                    Some("tool failed internally: injected fault"),
+                    "{system}"
+                );
+                let obs = run
+                    .trajectory
+                    .iter()
+                    .find_map(|s| s.observation.as_deref())
+                    .unwrap();
+                assert_eq!(obs, "error: internal: injected fault", "{system}");
+            } else {
+                assert!(run.success, "{system} task {i}: {run:?}");
+            }
+        }
+    }
+}

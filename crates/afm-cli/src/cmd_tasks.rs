@@ -1,5 +1,6 @@
 //! Verbs of afm-tasks: `afm tasks generate` (verifiable task files) and
-//! `afm agents run --scripted` (scripted reference trajectories).
+//! `afm agents run --scripted` (scripted reference trajectories) and `afm tool
+//! run` (the agents' tool by hand).
 
 use afm_tasks::{
     generate, load_tasks, save_tasks, save_trajectories, solve, AgentConfig, Trajectory,
@@ -16,6 +17,37 @@ pub enum Cmd {
     /// Run agents on task files and write native trajectories.
     #[command(subcommand)]
     Agents(AgentsCmd),
+    /// The agents' tool (the bounded interpreter), by hand.
+    #[command(subcommand)]
+    Tool(ToolCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ToolCmd {
+    /// Run one program exactly as the agents' runtimes do (same limits, same
+    /// observation text, panics contained) and print the observation.
+    /// A program that fails is an observation too (`error: ...`): the exit
+    /// code is 0 whenever the tool ran; `--json` says `ok`.
+    Run(ToolRunArgs),
+}
+
+#[derive(Args)]
+pub struct ToolRunArgs {
+    /// The program (or `--file`).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub program: Option<String>,
+    /// Read the program from a file (`-` for stdin).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Print a JSON object: program, observation, ok, millis, limits.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluation steps allowed (default: the agents' limit).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit in milliseconds, 0 = none (default: the agents' limit).
+    #[arg(long)]
+    pub max_millis: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -93,7 +125,53 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Tasks(TasksCmd::Generate(a)) => tasks_generate(a),
         Cmd::Agents(AgentsCmd::Run(a)) => agents_run(a),
+        Cmd::Tool(ToolCmd::Run(a)) => tool_run(a),
     }
+}
+
+fn tool_run(a: ToolRunArgs) -> anyhow::Result<()> {
+    let program = match (&a.program, &a.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the program from stdin")?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the program from {}", f.display()))?,
+        (None, None) => anyhow::bail!("give a PROGRAM or --file F"),
+    };
+    let defaults = afm_tasks::Limits::default();
+    let limits = afm_tasks::Limits {
+        fuel: a.fuel.unwrap_or(defaults.fuel),
+        max_millis: a.max_millis.unwrap_or(defaults.max_millis),
+        ..defaults
+    };
+    let t0 = std::time::Instant::now();
+    let r = afm_agents::env::run_tool_with(afm_agents::Tool::default(), &program, &limits);
+    let millis = t0.elapsed().as_secs_f64() * 1e3;
+    if a.json {
+        let v = serde_json::json!({
+            "program": program,
+            "observation": r.text,
+            "ok": r.ok,
+            "internal_error": r.internal,
+            "millis": millis,
+            "limits": {
+                "fuel": limits.fuel,
+                "max_weight": limits.max_weight,
+                "max_depth": limits.depth(),
+                "max_source": limits.max_source,
+                "max_output": limits.max_output,
+                "max_millis": limits.max_millis,
+            },
+        });
+        println!("{v}");
+    } else {
+        println!("{}", r.text);
+    }
+    Ok(())
 }
 
 fn tasks_generate(a: GenerateArgs) -> anyhow::Result<()> {
