@@ -7,6 +7,7 @@
 //! `target/libtorch` to it. `.cargo/config.toml` points `LIBTORCH` there and
 //! sets an rpath, so plain `cargo build/test/run/bench` work afterwards.
 
+mod fuzz;
 mod setup;
 mod verbs;
 
@@ -23,6 +24,8 @@ verbs:
   compare            setup, install transformers into the torch venv, run benches/compare_hf.py
   ablation [args]    setup, build release, then `afm ablation` [args]
   lint               cargo fmt --check and cargo clippy -D warnings
+  fuzz [--minutes N] every cargo-fuzz target in fuzz/ for N minutes in all (default 1); needs a
+                     nightly toolchain (says so and fails without one); installs cargo-fuzz once
   gpu-smoke          on a CUDA machine: setup, the afm-model/afm-train/afm-agents tests (release,
                      AFM_TEST_DEVICE=cuda), then a short `afm pipeline --device cuda --name gpu-smoke`;
                      prints the seconds of each phase; fails at once if nvidia-smi -L lists no GPU
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         "ablation" => verbs::ablation(rest),
         "lint" => verbs::lint(),
         "gpu-smoke" => verbs::gpu_smoke(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())

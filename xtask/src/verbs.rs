@@ -29,12 +29,21 @@ fn build_release_cli() -> Result<std::path::PathBuf, String> {
     Ok(target_dir().join("release").join("afm"))
 }
 
+/// `rest` without a leading `--` (`cargo xtask pipeline -- --seed 1` reads
+/// as `cargo xtask pipeline --seed 1`).
+fn afm_args(rest: &[String]) -> &[String] {
+    match rest.first() {
+        Some(a) if a == "--" => &rest[1..],
+        _ => rest,
+    }
+}
+
 /// The main job: `afm pipeline` in release mode.
 pub fn pipeline(rest: &[String]) -> Result<(), String> {
     setup()?;
     let afm = build_release_cli()?;
     let mut c = Command::new(afm);
-    c.current_dir(root()).arg("pipeline").args(rest);
+    c.current_dir(root()).arg("pipeline").args(afm_args(rest));
     run(c)
 }
 
@@ -43,7 +52,7 @@ pub fn ablation(rest: &[String]) -> Result<(), String> {
     setup()?;
     let afm = build_release_cli()?;
     let mut c = Command::new(afm);
-    c.current_dir(root()).arg("ablation").args(rest);
+    c.current_dir(root()).arg("ablation").args(afm_args(rest));
     run(c)
 }
 
@@ -232,6 +241,14 @@ impl Phases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_double_dash_is_dropped_for_afm() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(afm_args(&a(&["--", "--seed", "1"])), a(&["--seed", "1"]));
+        assert_eq!(afm_args(&a(&["--seed", "1"])), a(&["--seed", "1"]));
+        assert!(afm_args(&[]).is_empty());
+    }
 
     #[test]
     fn gpu_lines_keeps_only_devices() {
