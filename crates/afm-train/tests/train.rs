@@ -926,9 +926,35 @@ fn spawn_child_env(
     name: &str,
     env: &[(&str, &Path)],
 ) -> std::process::Child {
+    spawn_child_cmd(
+        Command::new(std::env::current_exe().unwrap()),
+        config,
+        dir,
+        name,
+        env,
+    )
+}
+
+/// Like [`spawn_child`], but the child may write no file larger than 64
+/// blocks (32-64 KiB: `ulimit -f`) and ignores SIGXFSZ, so a larger write
+/// fails with EFBIG, as on a full disk, in every writer (libtorch's and
+/// safetensors' too, not only this workspace's atomic files).
+fn spawn_child_small_files(config: &TrainConfig, dir: &Path, name: &str) -> std::process::Child {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "trap '' XFSZ && ulimit -f 64 && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap());
+    spawn_child_cmd(sh, config, dir, name, &[])
+}
+
+fn spawn_child_cmd(
+    mut cmd: Command,
+    config: &TrainConfig,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &Path)],
+) -> std::process::Child {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, config.to_toml().unwrap()).unwrap();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
         "child_train_entry",
@@ -1123,6 +1149,95 @@ fn checkpoint_save_failure_keeps_the_last_good_one() {
     assert!(
         files_equal(&full.join("final").join(w), &run.join("final").join(w)),
         "weights after resuming from the last good checkpoint differ"
+    );
+}
+
+/// A real write failure (EFBIG under `ulimit -f`, in libtorch's and
+/// safetensors' writers) while a checkpoint's weights are saved: the run
+/// fails with an error naming the checkpoint, no partial checkpoint is
+/// listed or left behind, and a resume from the previous checkpoint ends
+/// with the uninterrupted run's weights bit for bit.
+#[test]
+fn checkpoint_weights_write_failure_in_a_child_keeps_the_last_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(
+        &data,
+        SyntheticSpec {
+            train_rows: 6,
+            val_rows: 2,
+            row_len: 32,
+            ..Default::default()
+        },
+    );
+    let cfg = |out: &PathBuf| {
+        let mut c = base_config(&data, out);
+        c.max_steps = 9;
+        c.checkpoint_interval = 3;
+        c.keep_last = 3;
+        c.final_weights = afm_train::FinalWeights::Last;
+        c
+    };
+    let full = tmp.path().join("full");
+    wait_ok(
+        spawn_child(&cfg(&full), tmp.path(), "full"),
+        "uninterrupted run",
+    );
+
+    // A run stopped (SIGKILL) right after its step-3 checkpoint.
+    let run = tmp.path().join("run");
+    let held = tmp.path().join("held");
+    let mut child = spawn_child_env(
+        &cfg(&run),
+        tmp.path(),
+        "first",
+        &[(CHILD_HOLD_ENV, Path::new("3")), (CHILD_HELD_ENV, &held)],
+    );
+    let t0 = Instant::now();
+    while !held.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited before its step-3 checkpoint"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no step-3 checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Resumed where files may not grow past 64 blocks: the step-6 weights fail.
+    let mut r = cfg(&run);
+    r.resume = true;
+    let out = spawn_child_small_files(&r, tmp.path(), "small")
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the step-6 save must fail: {err}");
+    assert!(err.contains("step-00000006"), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    let listed: Vec<usize> = afm_train::checkpoint::list(&run)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(listed, vec![3], "only whole checkpoints may be listed");
+    let stray: Vec<String> = std::fs::read_dir(afm_train::checkpoint::checkpoints_dir(&run))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "step-00000003")
+        .collect();
+    assert!(stray.is_empty(), "the failed save left {stray:?}");
+    assert!(!run.join("final").exists());
+
+    // With room again, the resume goes on from step 3 to the same weights.
+    wait_ok(spawn_child(&r, tmp.path(), "resume"), "resumed run");
+    let w = afm_model::WEIGHTS_FILE;
+    assert!(
+        files_equal(&full.join("final").join(w), &run.join("final").join(w)),
+        "weights after the failed save and the resume differ"
     );
 }
 
