@@ -298,6 +298,16 @@ pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
     if c.eval_batch == 0 {
         bail!("eval_batch must be >= 1");
     }
+    // Checked here, before any stage runs (prepare checks it again).
+    let r = afm_data::prepare::SCORE_RANGE;
+    if !c.min_score.is_finite() || !r.contains(&c.min_score) {
+        bail!(
+            "min_score {} must be a finite number in {}..={}",
+            c.min_score,
+            r.start(),
+            r.end()
+        );
+    }
     if c.bench_batches.is_empty() || c.bench_batches.contains(&0) {
         bail!("bench_batches must be non-empty batch sizes >= 1");
     }
@@ -1219,6 +1229,21 @@ fn ablation(a: &AblationArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_finite_or_out_of_range_min_score_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["nan", "inf", "-1.0", "101.0"] {
+            let p = dir.path().join("p.toml");
+            std::fs::write(&p, format!("min_score = {bad}\n")).unwrap();
+            let a = PipelineArgs {
+                config: Some(p.clone()),
+                ..Default::default()
+            };
+            let e = resolve(&a).unwrap_err().to_string();
+            assert!(e.contains("min_score"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn config_flags_override_toml_and_bad_values_are_named() {
