@@ -37,12 +37,12 @@ fn tmp_path(path: &Path) -> io::Result<PathBuf> {
             format!("{}: not a file name", path.display()),
         )
     })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    // Unique per process and call: two writers of one path never share a
+    // temporary.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(parent(path).join(format!(
-        ".{}.tmp-{}-{nanos}",
+        ".{}.tmp-{}-{seq}",
         name.to_string_lossy(),
         std::process::id()
     )))

@@ -1081,9 +1081,11 @@ fn save_snapshot(
     if dir.join("snapshot.json").is_file() {
         return Ok(());
     }
+    // `Model::save` renames the finished directory into place, so a killed
+    // run never leaves partial weights under `snapshot.json`. No fsync here:
+    // it would cost training time inside the budget; the pipeline fsyncs a
+    // stage's whole directory before it marks the stage complete.
     model.save(&dir)?;
-    // The weights must be durable before `snapshot.json` marks them whole.
-    atomic::sync_tree(&dir).with_context(|| format!("syncing {}", dir.display()))?;
     let info = SnapshotInfo {
         fraction: k as f64 / n as f64,
         step,
