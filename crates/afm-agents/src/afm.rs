@@ -297,13 +297,8 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
                         row.fail(tok, "tool-call budget");
                         None
                     } else {
-                        let (obs, internal) = call_tool(
-                            tok,
-                            opts,
-                            &mut row.steps,
-                            &mut row.stats,
-                            &mut row.validity,
-                        );
+                        let (obs, internal) =
+                            call_tool(tok, opts, &mut row.steps, &mut row.stats, &mut row.validity);
                         if let Some(why) = internal {
                             row.fail(tok, why);
                             None

@@ -261,13 +261,8 @@ fn run_chunk(mas: &MasLms, tasks: &[Task], opts: &RunOptions) -> Result<Vec<Task
                     row.next = if agent == env::PLANNER {
                         Some(env::CODER)
                     } else if agent == env::CODER {
-                        let (obs, internal) = call_tool(
-                            tok,
-                            opts,
-                            &mut row.steps,
-                            &mut row.stats,
-                            &mut row.validity,
-                        );
+                        let (obs, internal) =
+                            call_tool(tok, opts, &mut row.steps, &mut row.stats, &mut row.validity);
                         row.context.extend(obs);
                         if internal.is_some() {
                             row.failure = internal;
