@@ -489,16 +489,20 @@ fn fused_loss_equals_the_unfused_reference() {
                 2e-2
             };
             let close = |a: f64, b: f64| (a - b).abs() <= tol * b.abs().max(1.0);
+            // The sums: the fused kernel accumulates per-token terms in f64,
+            // the reference sums an f32 tensor (about 1e-5 apart in f32).
+            let sum_tol = tol.max(1e-4);
+            let close_sum = |a: f64, b: f64| (a - b).abs() <= sum_tol * b.abs().max(1.0);
             let (lf, lu) = (pf.loss.double_value(&[]), pu.loss.double_value(&[]));
             assert!(close(lf, lu), "{what} {precision:?}: loss {lf} vs {lu}");
             assert!(
-                close(pf.ce_sum, pu.ce_sum),
+                close_sum(pf.ce_sum, pu.ce_sum),
                 "{what} {precision:?}: ce_sum {} vs {}",
                 pf.ce_sum,
                 pu.ce_sum
             );
             assert!(
-                close(pf.kl_sum, pu.kl_sum),
+                close_sum(pf.kl_sum, pu.kl_sum),
                 "{what} {precision:?}: kl_sum {} vs {}",
                 pf.kl_sum,
                 pu.kl_sum
@@ -831,7 +835,9 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
     c.optim.lr = 1e-3;
     c.optim.min_lr = 1e-4;
     c.optim.warmup_steps = 2;
-    c.time_budget = Some("1.5s".into());
+    // Seconds of budget: room for a few slow debug steps on a loaded machine.
+    let budget = 3.0;
+    c.time_budget = Some(format!("{budget}s"));
     c.snapshots = 3;
     let s = afm_train::train(&c).unwrap();
     assert_eq!(s.stop, StopReason::TimeBudget);
@@ -844,13 +850,13 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
                 .unwrap();
         assert!(Model::load(&d, Device::Cpu).is_ok());
         assert!((info.fraction - k as f64 / 3.0).abs() < 1e-12);
-        assert!(info.train_secs >= 1.5 * k as f64 / 3.0 && info.train_secs < 1.5);
+        assert!(info.train_secs >= budget * k as f64 / 3.0 && info.train_secs < budget);
         assert!(info.step > prev.0 && info.train_secs > prev.1, "{info:?}");
         prev = (info.step, info.train_secs);
     }
     let first = lrs(&out);
     // Few steps suffice (a debug build beside other tests may do ~8).
-    assert!(first.len() >= 4, "only {} steps in 1.5 s", first.len());
+    assert!(first.len() >= 4, "only {} steps in {budget} s", first.len());
     let last = *first.last().unwrap();
     // The last step ran just before the budget ended: near min_lr.
     assert!(last < 1e-4 + 0.1 * 9e-4, "last lr {last}");
@@ -859,10 +865,10 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
         assert!(w[1] <= w[0] + 1e-12, "{first:?}");
     }
     // Resume with a budget twice as long: the schedule continues at about
-    // half-way (1.5 of 3 s spent), not at the peak.
+    // half-way (half the doubled budget spent), not at the peak.
     let mut c2 = c.clone();
     c2.resume = true;
-    c2.time_budget = Some("3s".into());
+    c2.time_budget = Some(format!("{}s", 2.0 * budget));
     let s2 = afm_train::train(&c2).unwrap();
     assert_eq!(s2.stop, StopReason::TimeBudget);
     assert!(s2.steps > s.steps);
