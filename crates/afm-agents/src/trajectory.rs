@@ -129,13 +129,13 @@ impl TaskRun {
 
 /// Write runs as JSON lines (the native trajectory shape plus accounting).
 pub fn write_jsonl(runs: &[TaskRun], path: &Path) -> Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    for r in runs {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    afm_tokenizer::atomic::write_with(path, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        for r in runs {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }

@@ -655,15 +655,15 @@ fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
 }
 
 fn write_runs(path: &Path, runs: &[TaskRun]) -> Result<()> {
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    for r in runs {
-        serde_json::to_writer(&mut f, r)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    Ok(())
+    afm_tokenizer::atomic::write_with(path, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        for r in runs {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 fn eval_system(sys: &System, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskRun>> {
@@ -757,10 +757,9 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    std::fs::write(
-        root.join("pipeline_config.toml"),
-        toml::to_string_pretty(&c)?,
-    )?;
+    let cfg_path = root.join("pipeline_config.toml");
+    afm_tokenizer::atomic::write(&cfg_path, toml::to_string_pretty(&c)?)
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
     let device = parse_device(&c.device)?;
     let mut wall: BTreeMap<String, f64> = BTreeMap::new();
     let mut stages: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -908,12 +907,12 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 .collect();
             let afm_rep = evaluate(&afm_runs, Some(&reference));
             let mas_rep = evaluate(&mas_runs, None);
-            std::fs::write(
-                out.join("afm.json"),
+            afm_tokenizer::atomic::write(
+                &out.join("afm.json"),
                 serde_json::to_string_pretty(&afm_rep)?,
             )?;
-            std::fs::write(
-                out.join("mas.json"),
+            afm_tokenizer::atomic::write(
+                &out.join("mas.json"),
                 serde_json::to_string_pretty(&mas_rep)?,
             )?;
             Ok(serde_json::json!({"afm": afm_rep, "mas": mas_rep}))
@@ -943,7 +942,10 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 pb.inc(1);
             })?;
             pb.finish_and_clear();
-            std::fs::write(out.join("timings.json"), serde_json::to_string_pretty(&t)?)?;
+            afm_tokenizer::atomic::write(
+                &out.join("timings.json"),
+                serde_json::to_string_pretty(&t)?,
+            )?;
             Ok(serde_json::to_value(&t)?)
         })?;
         record("6 bench", &d, &mut wall);
@@ -1221,7 +1223,8 @@ fn ablation(a: &AblationArgs) -> Result<()> {
         ));
     }
     let out = root.join("ablation.md");
-    std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    afm_tokenizer::atomic::write(&out, &md)
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("\n{md}\nwritten to {}", out.display());
     Ok(())
 }

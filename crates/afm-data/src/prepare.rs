@@ -563,7 +563,8 @@ pub fn prepare_with_progress(
     m.roles = tok.roles().agents().to_vec();
     m.n_vocab = tok.n_vocab();
     m.n_roles = tok.roles().n_roles();
-    std::fs::write(cfg.out.join("vocab.json"), tok.to_json()).context("writing vocab.json")?;
+    afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
+        .context("writing vocab.json")?;
 
     // ---- pass 2: format, tokenize, mask, window, pack, write ----
     let val_tasks: HashSet<u64> = plan
@@ -766,7 +767,8 @@ pub fn prepare_with_progress(
             .clone()
             .with_corpus(afm_tokenizer::CorpusVocab::from_ids(ids));
         m.n_vocab = tok.n_vocab();
-        std::fs::write(cfg.out.join("vocab.json"), tok.to_json()).context("writing vocab.json")?;
+        afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
+            .context("writing vocab.json")?;
     }
     let split = |st: PackStats, loss: usize, s: usize| SplitStats {
         records: split_records[s],
@@ -804,7 +806,8 @@ pub fn prepare_with_progress(
         bail!("{}", nothing_to_train(&m, kept_split[1], &rejects_path));
     }
     let text = serde_json::to_string_pretty(&m)?;
-    std::fs::write(cfg.out.join("manifest.json"), text).context("writing manifest.json")?;
+    afm_tokenizer::atomic::write(&cfg.out.join("manifest.json"), text)
+        .context("writing manifest.json")?;
     Ok(m)
 }
 

@@ -201,6 +201,8 @@ impl Model {
             let cfg = serde_json::to_string_pretty(&self.config)?;
             std::fs::write(tmp.join(CONFIG_FILE), cfg)?;
             std::fs::write(tmp.join(VOCAB_FILE), self.tokenizer.to_json())?;
+            // Durable before the rename makes it visible.
+            afm_tokenizer::atomic::sync_tree(&tmp)?;
             replace_dir(&tmp, dir)
         })();
         if res.is_err() {
