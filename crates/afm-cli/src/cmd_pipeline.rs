@@ -1113,16 +1113,27 @@ fn ablation(a: &AblationArgs) -> Result<()> {
             let dir = root.join(format!("ablation/{variant}-s{seed}"));
             let mut cs = c.clone();
             cs.seed = seed;
-            let d = prepare_stage(
+            // With teachers, the data is the teachers' own (the main run's
+            // seed): a corpus vocabulary depends on the augmented data, and
+            // a teacher must cover every token of the student's rows. The
+            // seed then varies initialisation and order only.
+            let data_cfg = if cs.distill {
+                PipelineConfig {
+                    seed: base.seed,
+                    ..cs.clone()
+                }
+            } else {
+                cs.clone()
+            };
+            prepare_stage(
                 &format!("{variant}-s{seed} prepare"),
                 &dir.join("prepared"),
-                &cs,
+                &data_cfg,
                 None,
                 cs.curriculum,
                 cs.augment,
                 cs.min_score,
             )?;
-            let _ = d;
             let teachers = if cs.distill {
                 mas_map(&root).into_iter().collect()
             } else {
