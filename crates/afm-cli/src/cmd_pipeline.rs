@@ -30,7 +30,6 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -654,18 +653,6 @@ fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
     }
 }
 
-fn write_runs(path: &Path, runs: &[TaskRun]) -> Result<()> {
-    afm_tokenizer::atomic::write_with(path, |f| {
-        let mut w = std::io::BufWriter::new(f);
-        for r in runs {
-            serde_json::to_writer(&mut w, r)?;
-            w.write_all(b"\n")?;
-        }
-        w.flush()
-    })
-    .with_context(|| format!("writing {}", path.display()))
-}
-
 fn eval_system(sys: &System, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskRun>> {
     let pb = bar(tasks.len() as u64, &format!("eval {}", sys.name()));
     let runs = sys.run(tasks, opts, &mut |_| pb.inc(1))?;
@@ -896,8 +883,8 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
             let opts = run_opts(&c, c.eval_batch);
             let mas_runs = eval_system(&System::Mas(&mas), &tasks, &opts)?;
             let afm_runs = eval_system(&System::Afm(&afm), &tasks, &opts)?;
-            write_runs(&out.join("mas.jsonl"), &mas_runs)?;
-            write_runs(&out.join("afm.jsonl"), &afm_runs)?;
+            afm_agents::trajectory::write_jsonl(&mas_runs, &out.join("mas.jsonl"))?;
+            afm_agents::trajectory::write_jsonl(&afm_runs, &out.join("afm.jsonl"))?;
             let reference: Vec<afm_agents::eval::ReferenceAnswer> = mas_runs
                 .iter()
                 .map(|r| afm_agents::eval::ReferenceAnswer {
