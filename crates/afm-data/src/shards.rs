@@ -479,15 +479,7 @@ mod tests {
     #[test]
     fn write_read_round_trip_and_size_check() {
         let dir = tempfile::tempdir().unwrap();
-        let row = Row {
-            tokens: vec![1, 2, 3, 4],
-            targets: vec![2, 3, 4, 0],
-            weights: vec![0.0, 1.0, 0.5, 0.0],
-            roles: vec![0, 2, 2, 2],
-            owners: vec![0, 2, 2, 0],
-            positions: vec![0, 1, 2, 0],
-            docs: vec![0, 0, 0, 1],
-        };
+        let row = sample_row(1);
         let mut w = ShardWriter::create(dir.path(), "train", 4).unwrap();
         w.push(&row, 4, 2).unwrap();
         w.push(&row, 4, 2).unwrap();

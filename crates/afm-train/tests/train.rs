@@ -895,6 +895,44 @@ const CHILD_ENV: &str = "AFM_TRAIN_CHILD_CONFIG";
 const CHILD_HOLD_ENV: &str = "AFM_TRAIN_CHILD_HOLD_AT";
 const CHILD_HELD_ENV: &str = "AFM_TRAIN_CHILD_HELD_MARKER";
 
+/// Start a child training run that holds after its step-`step` checkpoint,
+/// wait until it holds (it must not exit first), and SIGKILL it there.
+fn kill_held_child(cfg: &TrainConfig, dir: &Path, name: &str, step: usize) {
+    let held = dir.join(format!("{name}.held"));
+    let step_s = step.to_string();
+    let mut child = spawn_child_env(
+        cfg,
+        dir,
+        name,
+        &[
+            (CHILD_HOLD_ENV, Path::new(&step_s)),
+            (CHILD_HELD_ENV, &held),
+        ],
+    );
+    let t0 = Instant::now();
+    while !held.exists() {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "child exited ({}) before it reached step {step}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the child never reached its step-{step} checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the held child must still be running"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 /// Not a test: the entry point of the child processes spawned by
 /// `resume_after_sigkill_is_bit_identical` (runs only with the env var).
 #[test]
@@ -1026,35 +1064,7 @@ fn resume_after_sigkill_is_bit_identical() {
     // The child holds after its step-6 checkpoint until it is killed (no
     // race with a fast child that finishes first).
     let cut = tmp.path().join("cut");
-    let held = tmp.path().join("held");
-    let mut child = spawn_child_env(
-        &cfg(&cut),
-        tmp.path(),
-        "cut",
-        &[(CHILD_HOLD_ENV, Path::new("6")), (CHILD_HELD_ENV, &held)],
-    );
-    let t0 = Instant::now();
-    while !held.exists() {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "child exited ({}) before it reached step 6: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the child never reached its step-6 checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the held child must still be running"
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_held_child(&cfg(&cut), tmp.path(), "cut", 6);
     assert!(
         !cut.join("final").exists(),
         "the killed run must not have finished"
@@ -1192,27 +1202,7 @@ fn checkpoint_weights_write_failure_in_a_child_keeps_the_last_good_one() {
 
     // A run stopped (SIGKILL) right after its step-3 checkpoint.
     let run = tmp.path().join("run");
-    let held = tmp.path().join("held");
-    let mut child = spawn_child_env(
-        &cfg(&run),
-        tmp.path(),
-        "first",
-        &[(CHILD_HOLD_ENV, Path::new("3")), (CHILD_HELD_ENV, &held)],
-    );
-    let t0 = Instant::now();
-    while !held.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the child exited before its step-3 checkpoint"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "no step-3 checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_held_child(&cfg(&run), tmp.path(), "first", 3);
 
     // Resumed where files may not grow past 64 blocks: the step-6 weights fail.
     let mut r = cfg(&run);
