@@ -1,9 +1,9 @@
 //! The AFM runtime: one model plays every agent in a single generation.
 //!
-//! The prompt is `<|task|>` + encode(task). The model emits the agent role
+//! The prompt is `<|task|>` + segment(task). The model emits the agent role
 //! tokens itself. When it emits `<|obs|>`, the runtime runs the interpreter
 //! on the text of the last agent turn (the Coder's program) and feeds
-//! `<|obs|>` + encode(observation) into the same KV cache, then generation
+//! `<|obs|>` + segment(observation) into the same KV cache, then generation
 //! continues until `<|end|>`. A row that would exceed the context, the
 //! decode budget or the tool-call budget fails with that reason (never a
 //! crash).
@@ -46,6 +46,42 @@ pub struct RunOptions {
     pub limits: Limits,
     /// The tool (the interpreter unless a test injects another).
     pub tool: Tool,
+    /// AFM: the hand-offs the orchestration fixes, which the runtime writes
+    /// itself instead of sampling (see [`Route`]). The MAS orchestrator
+    /// always knows them.
+    pub route: Route,
+}
+
+/// The hand-offs a chain's orchestration fixes: the agent that opens the
+/// chain and the agent that reads each observation. The MAS orchestrator
+/// calls these agents by construction; with a fixed route the AFM runtime
+/// appends their role tokens as prefill too (jump-forward decoding of
+/// tokens the protocol determines) instead of sampling them, so both
+/// systems decode the same kind of tokens: every choice left to a model
+/// (what to say, when to call the tool, whether to revise or answer) is
+/// still the model's. [`Route::free`] leaves every role token to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// The agent that opens every chain.
+    pub first: Option<String>,
+    /// The agent that speaks after every observation.
+    pub after_tool: Option<String>,
+}
+
+impl Route {
+    /// Every role token sampled by the model.
+    pub fn free() -> Self {
+        Self::default()
+    }
+
+    /// The task world's chain (`afm_tasks`): the Planner opens, the
+    /// Reviewer reads each observation (what [`crate::mas::Mas`] does).
+    pub fn task_world() -> Self {
+        Self {
+            first: Some(env::PLANNER.to_string()),
+            after_tool: Some(env::REVIEWER.to_string()),
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -62,6 +98,7 @@ impl Default for RunOptions {
             bf16: false,
             limits: Limits::default(),
             tool: Tool::default(),
+            route: Route::free(),
         }
     }
 }
@@ -94,10 +131,10 @@ pub(crate) fn classify(tok: &Tokenizer, id: u32) -> Token {
     }
 }
 
-/// Decode tokens the model sampled (all checked to be in the vocabulary).
+/// Decode the tokens of a turn the model sampled (all checked to be in the
+/// vocabulary), the segment's leading space removed (`afm_data::format`).
 pub(crate) fn text_of(tok: &Tokenizer, ids: &[u32]) -> String {
-    tok.decode(ids)
-        .unwrap_or_else(|e| format!("<undecodable: {e}>"))
+    afm_data::format::decode_segment(tok, ids).unwrap_or_else(|e| format!("<undecodable: {e}>"))
 }
 
 /// Count a step into per-agent validity.
@@ -108,7 +145,7 @@ pub(crate) fn count_validity(v: &mut BTreeMap<String, Validity>, agent: &str, ok
 }
 
 /// Run the tool on the last agent turn of `steps`, append the observation
-/// step, and return its tokens (`<|obs|>` + encode(observation)) and, when
+/// step, and return its tokens (`<|obs|>` + segment(observation)) and, when
 /// the tool itself failed (panicked), the reason the task fails.
 pub(crate) fn call_tool(
     tok: &Tokenizer,
@@ -244,9 +281,25 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
         .collect();
     let mut finish_ms = vec![0.0; tasks.len()];
 
+    let first = opts
+        .route
+        .first
+        .as_deref()
+        .map(|a| Ok::<_, anyhow::Error>((a, format::role_token(tok, a)?)))
+        .transpose()?;
+    let after_tool = opts
+        .route
+        .after_tool
+        .as_deref()
+        .map(|a| Ok::<_, anyhow::Error>((a, format::role_token(tok, a)?)))
+        .transpose()?;
     let mut feeds: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, row) in rows.iter_mut().enumerate() {
-        let prompt = format::task_prompt(tok, &row.task.prompt);
+        let mut prompt = format::task_prompt(tok, &row.task.prompt);
+        if let Some((agent, id)) = first {
+            prompt.push(id);
+            row.open = Some((agent.to_string(), Vec::new()));
+        }
         if prompt.len() > n_ctx {
             row.fail(tok, "context full");
             continue;
@@ -304,7 +357,13 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
                             None
                         } else {
                             // The sampled `<|obs|>` is already obs[0]: only
-                            // the observation text is prefill.
+                            // the observation text (and a routed role
+                            // token) is prefill.
+                            let mut obs = obs;
+                            if let Some((agent, id)) = after_tool {
+                                obs.push(id);
+                                row.open = Some((agent.to_string(), Vec::new()));
+                            }
                             row.stats.tokens_prefill += obs.len() - 1;
                             Some(obs)
                         }

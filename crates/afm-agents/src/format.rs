@@ -1,8 +1,8 @@
 //! Token layout of prompts and contexts: the one FORMAT rule
 //! (`afm_data::format`), applied.
 //!
-//! A trajectory is `<|task|>` + encode(task) + per step
-//! (`<|agent:X|>` + encode(output) | `<|obs|>` + encode(observation)) +
+//! A trajectory is `<|task|>` + segment(task) + per step
+//! (`<|agent:X|>` + segment(output) | `<|obs|>` + segment(observation)) +
 //! `<|end|>`. The runtimes build every prompt and context through
 //! `afm_data::format`, so inference sees exactly the layout training saw.
 
@@ -10,7 +10,7 @@ use afm_data::format::{encode_agent_turn, encode_observation, encode_task};
 use afm_tokenizer::Tokenizer;
 use anyhow::{anyhow, Result};
 
-/// `<|task|>` + encode(task text): the AFM prompt and the start of every MAS context.
+/// `<|task|>` + segment(task text): the AFM prompt and the start of every MAS context.
 pub fn task_prompt(tok: &Tokenizer, task: &str) -> Vec<u32> {
     encode_task(tok, task)
 }
@@ -26,12 +26,12 @@ pub fn role_token(tok: &Tokenizer, agent: &str) -> Result<u32> {
     })
 }
 
-/// `<|agent:NAME|>` + encode(output).
+/// `<|agent:NAME|>` + segment(output).
 pub fn agent_turn(tok: &Tokenizer, agent: &str, output: &str) -> Result<Vec<u32>> {
     Ok(encode_agent_turn(tok, agent, output)?)
 }
 
-/// `<|obs|>` + encode(observation).
+/// `<|obs|>` + segment(observation).
 pub fn observation(tok: &Tokenizer, text: &str) -> Vec<u32> {
     encode_observation(tok, text)
 }

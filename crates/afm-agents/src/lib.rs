@@ -38,7 +38,7 @@ pub mod mas;
 pub mod model_lm;
 pub mod trajectory;
 
-pub use afm::RunOptions;
+pub use afm::{Route, RunOptions};
 pub use env::Tool;
 pub use eval::{evaluate, EvalReport};
 pub use trajectory::{RunStats, TaskRun, Validity};

@@ -45,11 +45,11 @@ fn afm_batched_equals_sequential_greedy() {
         assert_eq!(r.stats.calls, 1);
         assert_eq!(
             r.stats.tokens_prefill,
-            1 + model.tokenizer.encode(&r.task).len()
+            1 + seg(&model.tokenizer, &r.task).len()
                 + r.trajectory
                     .iter()
                     .filter_map(|x| x.observation.as_ref())
-                    .map(|o| model.tokenizer.encode(o).len())
+                    .map(|o| seg(&model.tokenizer, o).len())
                     .sum::<usize>()
         );
         assert!(r.stats.tokens_decode >= 1 && r.stats.tokens_decode <= 24);
@@ -128,7 +128,7 @@ fn mas_runs_end_to_end_and_batches_equal_sequential() {
         assert_eq!(r.runtime, "mas");
         assert!(r.stats.calls >= 1);
         // The first call alone prefills `<|task|>` + prompt + `<|agent:Planner|>`.
-        assert!(r.stats.tokens_prefill >= 2 + mas.models()[0].1.tokenizer.encode(&r.task).len());
+        assert!(r.stats.tokens_prefill >= 2 + seg(&mas.models()[0].1.tokenizer, &r.task).len());
         assert!(!r.success || r.answer.is_some());
     }
     assert_eq!(strip_timing(one), strip_timing(four));

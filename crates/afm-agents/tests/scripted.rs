@@ -61,12 +61,12 @@ fn accounting_is_exact_and_mas_prefills_more() {
         let sol = afm_tasks::solution(task).unwrap();
         let obs = afm_tasks::run_to_observation(&sol.program, &afm_tasks::Limits::default());
         let review = format!("Checked. ANSWER: {obs}");
-        let p = 1 + t.encode(&task.prompt).len();
+        let p = 1 + seg(&t, &task.prompt).len();
         let (lp, lc, lo, lr) = (
-            t.encode(&sol.plan).len(),
-            t.encode(&sol.program).len(),
-            t.encode(&obs).len(),
-            t.encode(&review).len(),
+            seg(&t, &sol.plan).len(),
+            seg(&t, &sol.program).len(),
+            seg(&t, &obs).len(),
+            seg(&t, &review).len(),
         );
         // AFM: one call; prefill = prompt + observation text (its `<|obs|>`
         // was sampled); decode = 3 role tokens + texts + `<|obs|>` + `<|end|>`.
@@ -147,7 +147,7 @@ fn limits_fail_the_task_not_the_run() {
     let sols = solutions(&t, &tasks);
     let longest = tasks
         .iter()
-        .map(|x| 1 + t.encode(&x.prompt).len())
+        .map(|x| 1 + seg(&t, &x.prompt).len())
         .max()
         .unwrap();
     // Room for the prompt and a few tokens only.
@@ -366,4 +366,55 @@ fn a_panicking_tool_fails_its_task_and_nothing_else() {
             }
         }
     }
+}
+
+/// With the task world's route the AFM runtime writes the two hand-offs the
+/// MAS orchestrator fixes (the Planner opens, the Reviewer reads the
+/// observation) as prefill: same chain and answer, two tokens fewer decoded
+/// and two more prefilled per task.
+#[test]
+fn a_fixed_route_is_prefilled_not_sampled() {
+    let t = tok();
+    let tasks = tasks(3);
+    let free = afm::run_batch_lm(
+        &ScriptedLm::new(
+            t.clone(),
+            1024,
+            afm_policy(t.clone(), solutions(&t, &tasks), false),
+        ),
+        &tasks,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    // The same policy, minus the role token the runtime already wrote.
+    let inner = afm_policy(t.clone(), solutions(&t, &tasks), false);
+    let routed_policy: afm_agents::lm::Policy = std::sync::Arc::new(move |ctx: &[u32]| {
+        let mut v = inner(ctx);
+        if ctx.last() == v.first() && ctx.last().is_some_and(|&x| t_is_role(x)) {
+            v.remove(0);
+        }
+        v
+    });
+    let opts = RunOptions {
+        route: afm_agents::Route::task_world(),
+        ..RunOptions::default()
+    };
+    let routed = afm::run_batch_lm(
+        &ScriptedLm::new(t.clone(), 1024, routed_policy),
+        &tasks,
+        &opts,
+    )
+    .unwrap();
+    for (f, r) in free.iter().zip(&routed) {
+        assert!(f.success && r.success, "{f:?}\n{r:?}");
+        assert_eq!(f.trajectory, r.trajectory);
+        assert_eq!(f.answer, r.answer);
+        assert_eq!(r.stats.tokens_decode + 2, f.stats.tokens_decode);
+        assert_eq!(r.stats.tokens_prefill, f.stats.tokens_prefill + 2);
+        assert_eq!(r.validity, f.validity);
+    }
+}
+
+fn t_is_role(x: u32) -> bool {
+    x >= afm_tokenizer::FIRST_ROLE_TOKEN
 }

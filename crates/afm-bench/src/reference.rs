@@ -188,7 +188,7 @@ mod tests {
             .iter()
             .filter(|t| t.agent == agent)
             .filter_map(|t| t.output.as_deref())
-            .map(|o| tok.encode(o))
+            .map(|o| format::agent_turn(tok, agent, o).unwrap()[1..].to_vec())
             .collect();
         let policy: Policy = Arc::new(move |fed: &[u32]| {
             let k = fed.iter().filter(|&&t| t == role).count();

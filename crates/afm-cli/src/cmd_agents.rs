@@ -4,7 +4,7 @@
 use afm_agents::eval::{evaluate, load_reference, EvalReport};
 use afm_agents::mas::Mas;
 use afm_agents::trajectory::write_jsonl;
-use afm_agents::{afm, RunOptions, TaskRun};
+use afm_agents::{afm, Route, RunOptions, TaskRun};
 use afm_model::{parse_device, Model};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -61,6 +61,11 @@ pub struct ModelArgs {
     /// MAS: most Coder retries the Reviewer may ask for.
     #[arg(long, default_value_t = 2)]
     pub max_retries: usize,
+    /// AFM: sample every role token, the Planner's first and the Reviewer's
+    /// after each observation included (default: the runtime writes those
+    /// two, as the MAS orchestrator does; see `afm_agents::Route`).
+    #[arg(long)]
+    pub free_route: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +143,11 @@ impl ModelArgs {
             top_p: self.top_p,
             seed: self.seed,
             bf16: self.bf16,
+            route: if self.free_route {
+                Route::free()
+            } else {
+                Route::task_world()
+            },
             ..RunOptions::default()
         }
     }

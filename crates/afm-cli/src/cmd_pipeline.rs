@@ -16,7 +16,7 @@
 
 use crate::stage;
 use afm_agents::mas::Mas;
-use afm_agents::{evaluate, EvalReport, RunOptions, TaskRun};
+use afm_agents::{evaluate, EvalReport, Route, RunOptions, TaskRun};
 use afm_bench::compare::{self, BenchOptions, System, TimingRun};
 use afm_bench::price::PriceTable;
 use afm_bench::report::{CurvePoint, Machine, Report};
@@ -62,12 +62,20 @@ pub struct PipelineConfig {
     /// Most tokens sampled per task (AFM) or per agent turn (MAS).
     pub max_new_tokens: usize,
     pub seed: u64,
-    /// Trajectory files or directories; empty = the embedded default data.
+    /// Trajectory files or directories; empty = the default data (see `train_tasks`).
     pub input: Vec<PathBuf>,
+    /// Without `input`: the number of train tasks the `data` stage generates
+    /// (`afm tasks generate --seed 2026`) and has the scripted agents solve
+    /// (`datasets/`'s error rates); the shipped 4,000 are its first 4,000.
+    /// 0 = the shipped `datasets/scripted/train.jsonl`. More distinct tasks
+    /// teach copying rather than recall (measured: see the README).
+    pub train_tasks: usize,
     /// Held-out tasks for evaluation (afm-tasks format).
     pub tasks: PathBuf,
     /// Quality cut (0 = no filtering). Scripted failures score 50, successes 90.
     pub min_score: f64,
+    /// Order training rows easy -> hard (shuffled inside stages). Off by
+    /// default: the ablation measured it below shuffled data on 3 of 3 seeds.
     pub curriculum: bool,
     pub augment: bool,
     /// Corpus vocabulary: the models get embedding and LM-head rows only for
@@ -128,7 +136,10 @@ impl Default for PipelineConfig {
             batch_size: 8,
             epochs: 1000,
             eval_interval: 50,
-            eval_batches: 0,
+            // A fixed 48-row sample covering every agent (`val_sample`):
+            // the generated data's full validation split (~300 rows) would
+            // cost a quarter of the training time at every evaluation.
+            eval_batches: 6,
             patience: 0,
             plots: true,
             progress: true,
@@ -155,9 +166,10 @@ impl Default for PipelineConfig {
             max_new_tokens: 160,
             seed: 0,
             input: Vec::new(),
+            train_tasks: 32_000,
             tasks: PathBuf::from("datasets/tasks/test.jsonl"),
             min_score: 60.0,
-            curriculum: true,
+            curriculum: false,
             augment: true,
             corpus_vocab: true,
             seq_len: 0,
@@ -201,6 +213,10 @@ pub struct PipelineArgs {
     /// Your own trajectories (files or directories), in place of the generated ones.
     #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
+    /// Train tasks the `data` stage generates and the scripted agents solve
+    /// (0 = the shipped datasets/scripted/train.jsonl).
+    #[arg(long)]
+    pub train_tasks: Option<usize>,
     /// Held-out tasks file.
     #[arg(long)]
     pub tasks: Option<PathBuf>,
@@ -277,6 +293,7 @@ pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
     set!(device);
     set!(seed);
     set!(tasks);
+    set!(train_tasks);
     set!(mas_time_budget);
     set!(afm_time_budget);
     set!(max_steps);
@@ -388,12 +405,67 @@ fn afm_budget(c: &PipelineConfig) -> Result<String> {
 /// The agents of the multi-agent system (afm-tasks' chain).
 const MAS_AGENTS: [&str; 3] = ["Planner", "Coder", "Reviewer"];
 
-fn inputs(c: &PipelineConfig) -> Vec<PathBuf> {
-    if c.input.is_empty() {
-        vec![PathBuf::from("datasets/scripted/train.jsonl")]
-    } else {
-        c.input.clone()
+/// The shipped trajectories (the first 4,000 of the generated default data).
+const SHIPPED_TRAJECTORIES: &str = "datasets/scripted/train.jsonl";
+
+/// The training trajectories: the user's `--input`; else the scripted
+/// agents' trajectories on `train_tasks` generated tasks (the `data` stage,
+/// cached in `<run>/data`); else (`train_tasks = 0`) the shipped
+/// `datasets/scripted/train.jsonl`. The stage summary comes back when the
+/// stage ran (or was found complete).
+fn inputs(root: &Path, c: &PipelineConfig) -> Result<(Vec<PathBuf>, Option<stage::Done>)> {
+    if !c.input.is_empty() {
+        return Ok((c.input.clone(), None));
     }
+    if c.train_tasks == 0 {
+        return Ok((vec![PathBuf::from(SHIPPED_TRAJECTORIES)], None));
+    }
+    let (n, seed) = (c.train_tasks, afm_tasks::DEFAULT_DATASET_SEED);
+    let dir = root.join("data");
+    let file = dir.join("scripted.jsonl");
+    let held_out = files_key(std::slice::from_ref(&c.tasks));
+    let fp = stage::fingerprint(&[
+        "data-v1",
+        &format!("train_tasks={n} seed={seed}"),
+        &held_out,
+    ]);
+    let d =
+        stage::run("data", &dir, &fp, |out| {
+            let (tasks, _) = afm_tasks::generate(seed, n, 0)?;
+            // The generator's split is a function of the task, so no train task
+            // can be held out; check it against the file actually evaluated.
+            let held: std::collections::HashSet<String> = afm_tasks::load_tasks(&c.tasks)?
+                .iter()
+                .map(Task::key)
+                .collect();
+            if let Some(t) = tasks.iter().find(|t| held.contains(&t.key())) {
+                bail!(
+                    "generated train task {} ({:?}) is also in the held-out file {}",
+                    t.id,
+                    t.prompt,
+                    c.tasks.display()
+                );
+            }
+            let cfg = afm_tasks::default_dataset_config();
+            let pb = bar(tasks.len() as u64, "scripted agents");
+            let mut trajs = Vec::with_capacity(tasks.len());
+            for t in &tasks {
+                trajs.push(afm_tasks::solve(t, &cfg).with_context(|| {
+                    format!("generated task {} has no reference solution", t.id)
+                })?);
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            afm_tasks::save_trajectories(&out.join("scripted.jsonl"), &trajs)?;
+            let ok = trajs.iter().filter(|t| t.success).count();
+            Ok(serde_json::json!({
+                "tasks": n,
+                "seed": seed,
+                "scripted_success": ok as f64 / n.max(1) as f64,
+                "file": "scripted.jsonl",
+            }))
+        })?;
+    Ok((vec![file], Some(d)))
 }
 
 /// Fingerprint part for input files: path and size (and mtime) of each.
@@ -429,19 +501,21 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
 }
 
 /// Prepare one dataset (a stage of its own).
+#[allow(clippy::too_many_arguments)]
 fn prepare_stage(
     name: &str,
     dir: &Path,
     c: &PipelineConfig,
+    ins: &[PathBuf],
     only: Option<&str>,
     curriculum: bool,
     augment: bool,
     min_score: f64,
 ) -> Result<stage::Done> {
-    let ins = inputs(c);
     let fp = stage::fingerprint(&[
-        "prepare-v2",
-        &files_key(&ins),
+        // v3: segments encoded after one space (afm_data::format).
+        "prepare-v3",
+        &files_key(ins),
         &format!(
             "only={only:?} curriculum={curriculum} augment={augment} min_score={min_score} seq_len={} seed={} corpus_vocab={}",
             c.seq_len, c.seed, c.corpus_vocab
@@ -449,7 +523,7 @@ fn prepare_stage(
     ]);
     stage::run(name, dir, &fp, |out| {
         let cfg = PrepareConfig {
-            inputs: ins.clone(),
+            inputs: ins.to_vec(),
             min_score,
             curriculum,
             augment,
@@ -649,6 +723,9 @@ fn run_opts(c: &PipelineConfig, batch: usize) -> RunOptions {
         max_new_tokens: c.max_new_tokens,
         bf16: false,
         seed: c.seed,
+        // The AFM writes the hand-offs the MAS orchestrator fixes (the
+        // Planner opens, the Reviewer reads observations) as prefill.
+        route: Route::task_world(),
         ..RunOptions::default()
     }
 }
@@ -763,7 +840,11 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
     let t_all = std::time::Instant::now();
 
     // 1. data
-    for p in inputs(&c).iter().chain([&c.tasks]) {
+    let (ins, data) = inputs(&root, &c)?;
+    if let Some(d) = &data {
+        record("0 data", d, &mut wall);
+    }
+    for p in ins.iter().chain([&c.tasks]) {
         if !p.exists() {
             bail!(
                 "{}: not found (run from the repository root, or pass --input/--tasks)",
@@ -773,7 +854,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
     }
     eprintln!(
         "[data] trajectories: {:?}; held-out tasks: {}",
-        inputs(&c),
+        ins,
         c.tasks.display()
     );
 
@@ -782,6 +863,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
         "prepare-afm",
         &root.join("prepared/afm"),
         &c,
+        &ins,
         None,
         c.curriculum,
         c.augment,
@@ -802,6 +884,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 &format!("prepare-mas-{ag}"),
                 &root.join(format!("prepared/mas-{ag}")),
                 &c,
+                &ins,
                 Some(ag),
                 false,
                 c.augment,
@@ -1083,6 +1166,8 @@ fn ablation(a: &AblationArgs) -> Result<()> {
         }
     }
     let tasks = load_tasks(&base)?;
+    // The main run's data (its `data` stage, complete after the pipeline).
+    let (ins, _) = inputs(&root, &base)?;
     let device = parse_device(&base.device)?;
     let mut rows = Vec::new();
     for (variant, ingredient) in all {
@@ -1116,6 +1201,7 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                 &format!("{variant}-s{seed} prepare"),
                 &dir.join("prepared"),
                 &data_cfg,
+                &ins,
                 None,
                 cs.curriculum,
                 cs.augment,
@@ -1230,6 +1316,43 @@ fn ablation(a: &AblationArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `data` stage writes the scripted agents' trajectories on the
+    /// generated train tasks; the shipped dataset is its prefix; a rerun
+    /// reuses it; the user's `--input` and `train_tasks = 0` bypass it.
+    #[test]
+    fn the_data_stage_extends_the_shipped_dataset() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = tempfile::tempdir().unwrap();
+        let c = PipelineConfig {
+            train_tasks: 60,
+            tasks: repo.join("datasets/tasks/test.jsonl"),
+            ..Default::default()
+        };
+        let (ins, d) = inputs(dir.path(), &c).unwrap();
+        assert_eq!(ins, vec![dir.path().join("data/scripted.jsonl")]);
+        assert!(!d.unwrap().cached);
+        let made = std::fs::read_to_string(&ins[0]).unwrap();
+        let shipped = std::fs::read_to_string(repo.join(SHIPPED_TRAJECTORIES)).unwrap();
+        assert_eq!(made.lines().count(), 60);
+        assert!(made.lines().zip(shipped.lines()).all(|(a, b)| a == b));
+        let (_, again) = inputs(dir.path(), &c).unwrap();
+        assert!(again.unwrap().cached);
+        let shipped_only = PipelineConfig {
+            train_tasks: 0,
+            ..c.clone()
+        };
+        let (ins, d) = inputs(dir.path(), &shipped_only).unwrap();
+        assert_eq!(
+            (ins, d.is_none()),
+            (vec![PathBuf::from(SHIPPED_TRAJECTORIES)], true)
+        );
+        let user = PipelineConfig {
+            input: vec![PathBuf::from("mine.jsonl")],
+            ..c
+        };
+        assert_eq!(inputs(dir.path(), &user).unwrap().0, user.input);
+    }
 
     #[test]
     fn a_non_finite_or_out_of_range_min_score_is_refused_up_front() {

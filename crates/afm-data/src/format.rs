@@ -4,11 +4,20 @@
 //! ## Tokens
 //!
 //! ```text
-//! <|task|> encode(task)
-//!   for each step:  agent step       -> <|agent:NAME|> encode(output)
-//!                   observation step -> <|obs|> encode(observation)
+//! <|task|> segment(task)
+//!   for each step:  agent step       -> <|agent:NAME|> segment(output)
+//!                   observation step -> <|obs|> segment(observation)
 //! <|end|>
 //! ```
+//!
+//! `segment(text) = encode(" " + text)`: every segment is encoded as if it
+//! followed a space, so a word, a number or a list is the same token sequence
+//! wherever it appears. GPT-2 BPE gives a word-initial piece its leading
+//! space (`" elttob"` is ` el`+`tt`+`ob`, `"elttob"` is `el`+`tt`+`ob`;
+//! `" summercastle"` is ` summer`+`castle`, `"summercastle"` is
+//! `sum`+`mer`+`castle`); without the shared space, copying an observation
+//! into `ANSWER: ...` or a task's number into code would be a spelling
+//! translation, not a copy. [`decode_segment`] removes the space again.
 //!
 //! `roles = afm_tokenizer::RoleTracker::roles_of(tokens)` (the role id of each input token).
 //!
@@ -52,15 +61,36 @@ pub enum FormatError {
     UnknownAgent(String),
 }
 
-/// `<|task|>` + encode(task): the start of every prompt.
+/// Append `segment(text) = encode(" " + text)` (see the module docs).
+pub fn encode_segment_into(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
+    let mut spaced = String::with_capacity(text.len() + 1);
+    spaced.push(' ');
+    spaced.push_str(text);
+    tok.encode_into(&spaced, out);
+}
+
+/// The text of a segment's tokens: decoded, with the one leading space
+/// that [`encode_segment_into`] adds removed (a model that omitted it loses nothing).
+pub fn decode_segment(
+    tok: &Tokenizer,
+    ids: &[u32],
+) -> Result<String, afm_tokenizer::TokenizerError> {
+    let text = tok.decode(ids)?;
+    Ok(match text.strip_prefix(' ') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+/// `<|task|>` + segment(task): the start of every prompt.
 pub fn encode_task(tok: &Tokenizer, task: &str) -> Vec<u32> {
-    let mut v = Vec::with_capacity(task.len() / 3 + 1);
+    let mut v = Vec::with_capacity(task.len() / 3 + 2);
     v.push(TASK);
-    v.extend(tok.encode(task));
+    encode_segment_into(tok, task, &mut v);
     v
 }
 
-/// `<|agent:NAME|>` + encode(output).
+/// `<|agent:NAME|>` + segment(output).
 pub fn encode_agent_turn(
     tok: &Tokenizer,
     agent: &str,
@@ -69,17 +99,17 @@ pub fn encode_agent_turn(
     let marker = tok
         .role_token(agent)
         .ok_or_else(|| FormatError::UnknownAgent(agent.to_string()))?;
-    let mut v = Vec::with_capacity(output.len() / 3 + 1);
+    let mut v = Vec::with_capacity(output.len() / 3 + 2);
     v.push(marker);
-    v.extend(tok.encode(output));
+    encode_segment_into(tok, output, &mut v);
     Ok(v)
 }
 
-/// `<|obs|>` + encode(observation).
+/// `<|obs|>` + segment(observation).
 pub fn encode_observation(tok: &Tokenizer, observation: &str) -> Vec<u32> {
-    let mut v = Vec::with_capacity(observation.len() / 3 + 1);
+    let mut v = Vec::with_capacity(observation.len() / 3 + 2);
     v.push(OBS);
-    v.extend(tok.encode(observation));
+    encode_segment_into(tok, observation, &mut v);
     v
 }
 
@@ -372,6 +402,35 @@ mod tests {
             .iter()
             .zip(&d.weights)
             .all(|(&o, &w)| o != planner || w == 0.25));
+    }
+
+    /// A text copied from one segment into another is the same tokens
+    /// there: an observation and the answer that quotes it, a task's
+    /// number and the code that uses it. Decoding gives the text back.
+    #[test]
+    fn a_copied_text_is_the_same_tokens_in_every_segment() {
+        let t = tok();
+        for (copied, quoting) in [
+            ("elttob", "Checked. ANSWER: elttob"),
+            ("summercastle", "Checked. ANSWER: summercastle"),
+            ("[24, 41, 41, 77]", "Checked. ANSWER: [24, 41, 41, 77]"),
+            ("14641", "Checked. ANSWER: 14641"),
+            ("11", "What is 11 to the power of 4?"),
+        ] {
+            let obs = encode_observation(&t, copied);
+            let turn = encode_agent_turn(&t, "Coder", quoting).unwrap();
+            let inner = &obs[1..];
+            assert!(
+                turn.windows(inner.len()).any(|w| w == inner),
+                "{copied:?} is not the same tokens in {quoting:?}"
+            );
+            assert_eq!(decode_segment(&t, inner).unwrap(), copied);
+            assert_eq!(decode_segment(&t, &turn[1..]).unwrap(), quoting);
+        }
+        // Without the shared space GPT-2 BPE spells them differently.
+        assert_ne!(t.encode("summercastle")[0], t.encode(" summercastle")[0]);
+        // A segment decoded without its space loses nothing.
+        assert_eq!(decode_segment(&t, &t.encode("x")).unwrap(), "x");
     }
 
     #[test]

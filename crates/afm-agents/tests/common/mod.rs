@@ -24,7 +24,7 @@ pub fn role(t: &Tokenizer, a: &str) -> u32 {
     t.role_token(a).unwrap()
 }
 
-/// The task prompt tokens (`<|task|>` + encode) at the start of a context.
+/// The task prompt tokens (`<|task|>` + segment) at the start of a context.
 pub fn prompt_of(ctx: &[u32]) -> Vec<u32> {
     assert_eq!(ctx[0], TASK);
     let end = ctx
@@ -42,7 +42,7 @@ pub fn last_obs(t: &Tokenizer, ctx: &[u32]) -> String {
         .iter()
         .position(|&x| t.is_special(x))
         .map_or(ctx.len(), |p| at + p);
-    t.decode(&ctx[at..end]).unwrap()
+    afm_data::format::decode_segment(t, &ctx[at..end]).unwrap()
 }
 
 /// Plan and (correct) program of each task, keyed by its prompt tokens.
@@ -61,9 +61,16 @@ pub fn solutions(t: &Tokenizer, tasks: &[Task]) -> Arc<HashMap<Vec<u32>, (String
     )
 }
 
+/// `segment(text)`: a turn's text as the format rule encodes it.
+pub fn seg(t: &Tokenizer, text: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    afm_data::format::encode_segment_into(t, text, &mut v);
+    v
+}
+
 pub fn enc(t: &Tokenizer, first: Option<u32>, text: &str, last: u32) -> Vec<u32> {
     let mut v: Vec<u32> = first.into_iter().collect();
-    v.extend(t.encode(text));
+    v.extend(seg(t, text));
     v.push(last);
     v
 }
