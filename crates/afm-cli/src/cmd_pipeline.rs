@@ -1,11 +1,13 @@
 //! `afm pipeline` (the main job) and `afm ablation`.
 //!
-//! The pipeline runs every stage on the embedded default data (or the
-//! user's `--input`), each stage resumable (see [`crate::stage`]):
+//! The pipeline runs every stage on generated data (or the user's
+//! `--input`), each stage resumable (see [`crate::stage`]):
 //!
-//! 1. `data`: the trajectories (embedded `datasets/scripted/train.jsonl`
-//!    by default) and the held-out tasks (`datasets/tasks/test.jsonl`);
-//! 2. `prepare-afm`, `prepare-mas-<Agent>`: filter, curriculum, augment,
+//! 1. `data`: the scripted agents' trajectories on `train_tasks` generated
+//!    tasks (the shipped `datasets/scripted/train.jsonl` are the first
+//!    4,000; `train_tasks = 0` uses that file) and the held-out tasks
+//!    (`datasets/tasks/test.jsonl`);
+//! 2. `prepare-afm`, `prepare-mas-<Agent>`: filter, (curriculum,) augment,
 //!    pack (one dataset for the AFM, one per agent for its own model);
 //! 3. `train-mas-<Agent>`: one model per agent (the multi-agent system);
 //! 4. `train-afm`: the one model, SFT + per-agent KL distillation from the

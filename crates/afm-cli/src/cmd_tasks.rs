@@ -236,17 +236,23 @@ fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
 }
 
 /// Outcome counts and the token-length distribution of whole trajectories
-/// as afm-data formats them: `<|task|>` + task + per turn a role marker (or
-/// `<|obs|>`) + text, + `<|end|>`.
+/// as afm-data formats them: `<|task|>` + segment(task) + per turn a role
+/// marker (or `<|obs|>`) + segment(text), + `<|end|>`.
 fn summary(trajs: &[Trajectory]) -> String {
     let tok = afm_tokenizer::Tokenizer::gpt2();
+    let mut buf = Vec::new();
+    let mut seg = |text: &str| {
+        buf.clear();
+        afm_data::format::encode_segment_into(&tok, text, &mut buf);
+        buf.len()
+    };
     let mut lens: Vec<usize> = trajs
         .iter()
         .map(|t| {
-            2 + tok.encode(&t.task).len()
+            2 + seg(&t.task)
                 + t.trajectory
                     .iter()
-                    .map(|s| 1 + tok.encode(s.text()).len())
+                    .map(|s| 1 + seg(s.text()))
                     .sum::<usize>()
         })
         .collect();

@@ -72,7 +72,7 @@ fn docs(dir: &Path, split: &str) -> (Shards, Vec<D>) {
 fn task_of(tok: &Tokenizer, d: &D) -> String {
     assert_eq!(d.tokens[0], TASK);
     let end = d.tokens.iter().position(|&t| is_marker(t)).unwrap();
-    tok.decode(&d.tokens[1..end]).unwrap()
+    afm_data::format::decode_segment(tok, &d.tokens[1..end]).unwrap()
 }
 
 fn cfg(input: &Path, out: &Path) -> PrepareConfig {
