@@ -261,6 +261,14 @@ pub fn run_batch_lm(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Ve
     run_tasks(lm, tasks, opts, &mut |_| {})
 }
 
+/// A routed agent with its role token (an error when the model lacks it).
+fn routed<'a>(tok: &Tokenizer, agent: &'a Option<String>) -> Result<Option<(&'a str, u32)>> {
+    agent
+        .as_deref()
+        .map(|a| Ok((a, format::role_token(tok, a)?)))
+        .transpose()
+}
+
 fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskRun>> {
     let tok = lm.tokenizer();
     let n_ctx = lm.n_ctx();
@@ -281,18 +289,10 @@ fn run_chunk(lm: &dyn Lm, tasks: &[Task], opts: &RunOptions) -> Result<Vec<TaskR
         .collect();
     let mut finish_ms = vec![0.0; tasks.len()];
 
-    let first = opts
-        .route
-        .first
-        .as_deref()
-        .map(|a| Ok::<_, anyhow::Error>((a, format::role_token(tok, a)?)))
-        .transpose()?;
-    let after_tool = opts
-        .route
-        .after_tool
-        .as_deref()
-        .map(|a| Ok::<_, anyhow::Error>((a, format::role_token(tok, a)?)))
-        .transpose()?;
+    let (first, after_tool) = (
+        routed(tok, &opts.route.first)?,
+        routed(tok, &opts.route.after_tool)?,
+    );
     let mut feeds: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, row) in rows.iter_mut().enumerate() {
         let mut prompt = format::task_prompt(tok, &row.task.prompt);
