@@ -390,7 +390,11 @@ fn a_fixed_route_is_prefilled_not_sampled() {
     let inner = afm_policy(t.clone(), solutions(&t, &tasks), false);
     let routed_policy: afm_agents::lm::Policy = std::sync::Arc::new(move |ctx: &[u32]| {
         let mut v = inner(ctx);
-        if ctx.last() == v.first() && ctx.last().is_some_and(|&x| t_is_role(x)) {
+        if ctx.last() == v.first()
+            && ctx
+                .last()
+                .is_some_and(|&x| x >= afm_tokenizer::FIRST_ROLE_TOKEN)
+        {
             v.remove(0);
         }
         v
@@ -413,8 +417,4 @@ fn a_fixed_route_is_prefilled_not_sampled() {
         assert_eq!(r.stats.tokens_prefill, f.stats.tokens_prefill + 2);
         assert_eq!(r.validity, f.validity);
     }
-}
-
-fn t_is_role(x: u32) -> bool {
-    x >= afm_tokenizer::FIRST_ROLE_TOKEN
 }

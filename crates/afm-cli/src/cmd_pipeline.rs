@@ -431,42 +431,36 @@ fn inputs(root: &Path, c: &PipelineConfig) -> Result<(Vec<PathBuf>, Option<stage
         &format!("train_tasks={n} seed={seed}"),
         &held_out,
     ]);
-    let d =
-        stage::run("data", &dir, &fp, |out| {
-            let (tasks, _) = afm_tasks::generate(seed, n, 0)?;
-            // The generator's split is a function of the task, so no train task
-            // can be held out; check it against the file actually evaluated.
-            let held: std::collections::HashSet<String> = afm_tasks::load_tasks(&c.tasks)?
-                .iter()
-                .map(Task::key)
-                .collect();
-            if let Some(t) = tasks.iter().find(|t| held.contains(&t.key())) {
-                bail!(
-                    "generated train task {} ({:?}) is also in the held-out file {}",
-                    t.id,
-                    t.prompt,
-                    c.tasks.display()
-                );
-            }
-            let cfg = afm_tasks::default_dataset_config();
-            let pb = bar(tasks.len() as u64, "scripted agents");
-            let mut trajs = Vec::with_capacity(tasks.len());
-            for t in &tasks {
-                trajs.push(afm_tasks::solve(t, &cfg).with_context(|| {
-                    format!("generated task {} has no reference solution", t.id)
-                })?);
-                pb.inc(1);
-            }
-            pb.finish_and_clear();
-            afm_tasks::save_trajectories(&out.join("scripted.jsonl"), &trajs)?;
-            let ok = trajs.iter().filter(|t| t.success).count();
-            Ok(serde_json::json!({
-                "tasks": n,
-                "seed": seed,
-                "scripted_success": ok as f64 / n.max(1) as f64,
-                "file": "scripted.jsonl",
-            }))
-        })?;
+    let d = stage::run("data", &dir, &fp, |out| {
+        let (tasks, _) = afm_tasks::generate(seed, n, 0)?;
+        // The generator's split is a function of the task, so no train task
+        // can be held out; check it against the file actually evaluated.
+        let held: std::collections::HashSet<String> = afm_tasks::load_tasks(&c.tasks)?
+            .iter()
+            .map(Task::key)
+            .collect();
+        if let Some(t) = tasks.iter().find(|t| held.contains(&t.key())) {
+            bail!(
+                "generated train task {} ({:?}) is also in the held-out file {}",
+                t.id,
+                t.prompt,
+                c.tasks.display()
+            );
+        }
+        let trajs = crate::cmd_tasks::solve_scripted(
+            &tasks,
+            &afm_tasks::default_dataset_config(),
+            "generated train tasks",
+        )?;
+        afm_tasks::save_trajectories(&out.join("scripted.jsonl"), &trajs)?;
+        let ok = trajs.iter().filter(|t| t.success).count();
+        Ok(serde_json::json!({
+            "tasks": n,
+            "seed": seed,
+            "scripted_success": ok as f64 / n.max(1) as f64,
+            "file": "scripted.jsonl",
+        }))
+    })?;
     Ok((vec![file], Some(d)))
 }
 
@@ -502,18 +496,16 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
     b
 }
 
-/// Prepare one dataset (a stage of its own).
-#[allow(clippy::too_many_arguments)]
+/// Prepare one dataset (a stage of its own): the AFM's (`only = None`,
+/// curriculum as configured) or one agent's (never curriculum-ordered).
 fn prepare_stage(
     name: &str,
     dir: &Path,
     c: &PipelineConfig,
     ins: &[PathBuf],
     only: Option<&str>,
-    curriculum: bool,
-    augment: bool,
-    min_score: f64,
 ) -> Result<stage::Done> {
+    let (curriculum, augment, min_score) = (c.curriculum && only.is_none(), c.augment, c.min_score);
     let fp = stage::fingerprint(&[
         // v3: segments encoded after one space (afm_data::format).
         "prepare-v3",
@@ -861,16 +853,7 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
     );
 
     // 2. prepare
-    let d = prepare_stage(
-        "prepare-afm",
-        &root.join("prepared/afm"),
-        &c,
-        &ins,
-        None,
-        c.curriculum,
-        c.augment,
-        c.min_score,
-    )?;
+    let d = prepare_stage("prepare-afm", &root.join("prepared/afm"), &c, &ins, None)?;
     let roles: Vec<String> = serde_json::from_value(d.summary["roles"].clone()).unwrap_or_default();
     record("1 prepare-afm", &d, &mut wall);
     let mas_ok = MAS_AGENTS.iter().all(|a| roles.iter().any(|r| r == a));
@@ -888,9 +871,6 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
                 &c,
                 &ins,
                 Some(ag),
-                false,
-                c.augment,
-                c.min_score,
             )?;
             record(&format!("2 prepare-mas-{ag}"), &d, &mut wall);
         }
@@ -1205,9 +1185,6 @@ fn ablation(a: &AblationArgs) -> Result<()> {
                 &data_cfg,
                 &ins,
                 None,
-                cs.curriculum,
-                cs.augment,
-                cs.min_score,
             )?;
             let teachers = if cs.distill {
                 mas_map(&root).into_iter().collect()

@@ -208,6 +208,21 @@ fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
     };
     cfg.validate()?;
     let tasks = load_tasks(&a.tasks)?;
+    let trajs = solve_scripted(&tasks, &cfg, &a.tasks.display().to_string())?;
+    save_trajectories(&a.out, &trajs)?;
+    eprintln!("wrote {} trajectories to {}", trajs.len(), a.out.display());
+    eprint!("{}", summary(&trajs));
+    Ok(())
+}
+
+/// The scripted agents' trajectory on every task, with a progress bar; an
+/// error names `origin`, the task's line (1-based) and its family and op
+/// when a task has no reference solution.
+pub(crate) fn solve_scripted(
+    tasks: &[afm_tasks::Task],
+    cfg: &AgentConfig,
+    origin: &str,
+) -> anyhow::Result<Vec<Trajectory>> {
     let bar = indicatif::ProgressBar::new(tasks.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
@@ -215,10 +230,9 @@ fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
     );
     let mut trajs = Vec::with_capacity(tasks.len());
     for (i, t) in tasks.iter().enumerate() {
-        let tr = solve(t, &cfg).with_context(|| {
+        let tr = solve(t, cfg).with_context(|| {
             format!(
-                "{}:{}: task {} has no reference solution (family {:?}, op {:?})",
-                a.tasks.display(),
+                "{origin}:{}: task {} has no reference solution (family {:?}, op {:?})",
                 i + 1,
                 t.id,
                 t.family,
@@ -229,10 +243,7 @@ fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    save_trajectories(&a.out, &trajs)?;
-    eprintln!("wrote {} trajectories to {}", trajs.len(), a.out.display());
-    eprint!("{}", summary(&trajs));
-    Ok(())
+    Ok(trajs)
 }
 
 /// Outcome counts and the token-length distribution of whole trajectories

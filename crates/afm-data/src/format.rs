@@ -75,11 +75,11 @@ pub fn decode_segment(
     tok: &Tokenizer,
     ids: &[u32],
 ) -> Result<String, afm_tokenizer::TokenizerError> {
-    let text = tok.decode(ids)?;
-    Ok(match text.strip_prefix(' ') {
-        Some(rest) => rest.to_string(),
-        None => text,
-    })
+    let mut text = tok.decode(ids)?;
+    if text.starts_with(' ') {
+        text.remove(0);
+    }
+    Ok(text)
 }
 
 /// `<|task|>` + segment(task): the start of every prompt.
