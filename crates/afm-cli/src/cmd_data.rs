@@ -47,6 +47,10 @@ pub struct PrepareArgs {
     /// vocabulary; for models trained from scratch; not exportable to HF).
     #[arg(long)]
     pub corpus_vocab: bool,
+    /// With --corpus-vocab: rows only for BPE tokens occurring at least this
+    /// often in the training records; rarer ones are written as bytes.
+    #[arg(long, default_value_t = 1)]
+    pub vocab_min_count: usize,
     /// Share of tasks held out for validation.
     #[arg(long, default_value_t = 0.05)]
     pub val_fraction: f64,
@@ -140,6 +144,7 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         curriculum: a.curriculum,
         curriculum_stages: a.curriculum_stages,
         corpus_vocab: a.corpus_vocab,
+        vocab_min_count: a.vocab_min_count,
         augment: a.augment,
         val_fraction: a.val_fraction,
         seq_len: a.seq_len,

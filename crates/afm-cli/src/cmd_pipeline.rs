@@ -84,6 +84,12 @@ pub struct PipelineConfig {
     /// the BPE tokens the data uses (text outside it is encoded as bytes).
     /// Off: the full GPT-2 table (needed for `export-hf`).
     pub corpus_vocab: bool,
+    /// A BPE token gets a row only if it occurs this often in the training
+    /// records; rarer ones are written as bytes. Held-out answers are full of
+    /// tokens the 32,000 train tasks hold a few times (`ENC` of `PENCIL`,
+    /// `641` of `14641`), whose rows never train: the models could not copy
+    /// them (measured: see the README).
+    pub vocab_min_count: usize,
     /// Packed row length; 0 = the preset's context length.
     pub seq_len: usize,
     /// Agent-role embeddings in the AFM.
@@ -145,8 +151,13 @@ impl Default for PipelineConfig {
             patience: 0,
             plots: true,
             progress: true,
+            // Smeared keys: copying (an observation into the answer, a list
+            // from the task into the program) is most of what the agents
+            // do, and most failures were copies (README, "How the recipe
+            // was chosen").
             shape: afm_train::ShapeConfig {
                 n_layer: 2,
+                smear_keys: true,
                 ..Default::default()
             },
             teacher_top_k: 32,
@@ -174,6 +185,7 @@ impl Default for PipelineConfig {
             curriculum: false,
             augment: true,
             corpus_vocab: true,
+            vocab_min_count: 100,
             seq_len: 0,
             role_embeddings: true,
             distill: false,
@@ -248,8 +260,9 @@ pub struct AblationArgs {
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     /// Only these variants: full, and each ingredient flipped from the
-    /// pipeline's setting (no-filtering, no-role-embeddings, no-curriculum,
-    /// no-augmentation, with-distillation, no-boundary by default).
+    /// pipeline's setting (no-filtering, no-role-embeddings, with-curriculum,
+    /// no-augmentation, with-distillation, no-boundary, no-smeared-keys,
+    /// no-rare-token-bytes by default).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
 }
@@ -511,8 +524,8 @@ fn prepare_stage(
         "prepare-v3",
         &files_key(ins),
         &format!(
-            "only={only:?} curriculum={curriculum} augment={augment} min_score={min_score} seq_len={} seed={} corpus_vocab={}",
-            c.seq_len, c.seed, c.corpus_vocab
+            "only={only:?} curriculum={curriculum} augment={augment} min_score={min_score} seq_len={} seed={} corpus_vocab={} vocab_min_count={}",
+            c.seq_len, c.seed, c.corpus_vocab, c.vocab_min_count
         ),
     ]);
     stage::run(name, dir, &fp, |out| {
@@ -522,6 +535,7 @@ fn prepare_stage(
             curriculum,
             augment,
             corpus_vocab: c.corpus_vocab,
+            vocab_min_count: c.vocab_min_count,
             seq_len: c.seq_len,
             seed: c.seed,
             weights: AgentWeights {
@@ -1046,13 +1060,15 @@ pub fn pipeline(a: &PipelineArgs) -> Result<Report> {
 
 /// The recipe's ingredients the ablation toggles, with the seed's claimed
 /// gain of each (percentage points of success with it on).
-const INGREDIENTS: [Ingredient; 6] = [
+const INGREDIENTS: [Ingredient; 8] = [
     ("filtering", Some(3.0)),
     ("role-embeddings", Some(2.0)),
     ("curriculum", Some(2.0)),
     ("augmentation", Some(2.0)),
     ("distillation", Some(1.3)),
     ("boundary", None),
+    ("smeared-keys", None),
+    ("rare-token-bytes", None),
 ];
 
 /// True when `c` uses ingredient `name`.
@@ -1064,6 +1080,8 @@ fn uses(c: &PipelineConfig, name: &str) -> bool {
         "augmentation" => c.augment,
         "distillation" => c.distill,
         "boundary" => c.boundary,
+        "smeared-keys" => c.train.shape.smear_keys,
+        "rare-token-bytes" => c.corpus_vocab && c.vocab_min_count > 1,
         _ => false,
     }
 }
@@ -1086,6 +1104,15 @@ fn set_ingredient(c: &mut PipelineConfig, name: &str, on: bool) {
         "augmentation" => c.augment = on,
         "distillation" => c.distill = on,
         "boundary" => c.boundary = on,
+        "smeared-keys" => c.train.shape.smear_keys = on,
+        "rare-token-bytes" => {
+            c.corpus_vocab |= on;
+            c.vocab_min_count = if on {
+                PipelineConfig::default().vocab_min_count
+            } else {
+                1
+            };
+        }
         _ => {}
     }
 }

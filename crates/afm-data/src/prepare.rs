@@ -59,6 +59,14 @@ pub struct PrepareConfig {
     /// (a corpus vocabulary in `vocab.json`; see `afm_tokenizer::CorpusVocab`):
     /// much smaller embedding and LM head for models trained from scratch.
     pub corpus_vocab: bool,
+    /// With `corpus_vocab`: a BPE token gets a row only if it occurs at
+    /// least this often in the training split's source records; rarer ones
+    /// are written as their bytes, in training and at inference alike. A
+    /// token seen a handful of times has an untrained row, so a model cannot
+    /// copy it (an observation into an answer); its bytes are frequent.
+    /// 1 = every token the documents use.
+    #[serde(default = "one")]
+    pub vocab_min_count: usize,
     /// Share of tasks held out for validation.
     pub val_fraction: f64,
     /// Row length of the shards.
@@ -94,6 +102,7 @@ impl Default for PrepareConfig {
             curriculum_stages: 4,
             augment: false,
             corpus_vocab: false,
+            vocab_min_count: 1,
             val_fraction: 0.05,
             seq_len: 256,
             weights: AgentWeights::default(),
@@ -146,6 +155,9 @@ impl PrepareConfig {
                 self.limits.max_field_bytes,
                 self.limits.max_record_bytes
             );
+        }
+        if self.vocab_min_count == 0 {
+            bail!("--vocab-min-count must be at least 1 (1 keeps every token the data uses)");
         }
         if self.pack_buffer == 0 {
             bail!("pack_buffer must be at least 1");
@@ -550,7 +562,16 @@ pub fn prepare_with_progress(
             roles.insert(&pre_vocab[a as usize])?;
         }
     }
-    let tok = Tokenizer::new(roles);
+    let mut tok = Tokenizer::new(roles);
+    if cfg.corpus_vocab && cfg.vocab_min_count > 1 {
+        progress(Progress {
+            stage: "count",
+            done: 0,
+            total: plan.len() as u64,
+        });
+        let corpus = frequent_tokens(&plan, &recs, &spill_path, &tok, cfg.vocab_min_count)?;
+        tok = tok.with_corpus(corpus);
+    }
     for name in cfg.weights.weights.keys().chain(cfg.weights.only.iter()) {
         if tok.roles().index_of(name).is_none() {
             bail!(
@@ -760,7 +781,7 @@ pub fn prepare_with_progress(
         .finish(&mut |pk: crate::pack::Packed| w_val.push(&pk.row, pk.real_tokens, pk.documents))?;
     let i_train = w_train.finish()?;
     let i_val = w_val.finish()?;
-    if cfg.corpus_vocab {
+    if cfg.corpus_vocab && cfg.vocab_min_count <= 1 {
         // Rows only for the BPE ids the documents use (see `CorpusVocab`).
         let ids = (0..corpus_seen.len() as u32).filter(|&i| corpus_seen[i as usize]);
         let tok = tok
@@ -813,6 +834,64 @@ pub fn prepare_with_progress(
 
 /// Consecutive slices of `plan` of at most `max_rows` rows whose spilled
 /// records total at most `max_bytes` (always at least one row).
+fn one() -> usize {
+    1
+}
+
+/// The corpus vocabulary of the BPE tokens occurring at least `min_count`
+/// times in the training split's source records (augmentations excluded),
+/// encoded as the documents are. The records, the split and so the
+/// vocabulary are the same for every dataset prepared from the same inputs
+/// (each agent's and the AFM's), which a multi-agent system needs.
+fn frequent_tokens(
+    plan: &[PlanRow],
+    recs: &[Rec],
+    spill_path: &Path,
+    tok: &Tokenizer,
+    min_count: usize,
+) -> Result<afm_tokenizer::CorpusVocab> {
+    let spill =
+        File::open(spill_path).with_context(|| format!("opening {}", spill_path.display()))?;
+    let eot = afm_tokenizer::EOT as usize;
+    let sources: Vec<&PlanRow> = plan
+        .iter()
+        .filter(|p| !p.val && p.transform.is_none())
+        .collect();
+    let counts = sources
+        .par_chunks(512)
+        .map(|chunk| -> Result<Vec<u32>> {
+            let mut counts = vec![0u32; eot];
+            for p in chunk {
+                let r = &recs[p.rec as usize];
+                let mut buf = vec![0u8; r.len as usize];
+                spill
+                    .read_exact_at(&mut buf, r.offset)
+                    .context("reading the spill file")?;
+                let t: Trajectory =
+                    serde_json::from_slice(&buf).context("decoding the spill file")?;
+                // Unknown agents cannot occur: the roles come from these records.
+                if let Ok(enc) = encode_trajectory(tok, &t) {
+                    for &id in enc.tokens.iter().filter(|&&id| (id as usize) < eot) {
+                        counts[id as usize] = counts[id as usize].saturating_add(1);
+                    }
+                }
+            }
+            Ok(counts)
+        })
+        .try_reduce(
+            || vec![0u32; eot],
+            |mut a, b| {
+                a.iter_mut()
+                    .zip(b)
+                    .for_each(|(x, y)| *x = x.saturating_add(y));
+                Ok(a)
+            },
+        )?;
+    Ok(afm_tokenizer::CorpusVocab::from_ids(
+        (0..eot as u32).filter(|&i| counts[i as usize] as usize >= min_count),
+    ))
+}
+
 fn write_batches<'a>(
     plan: &'a [PlanRow],
     recs: &'a [Rec],

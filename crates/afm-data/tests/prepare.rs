@@ -380,3 +380,91 @@ fn long_trajectories_window_by_default() {
     .unwrap();
     assert_eq!((m.kept, m.truncated), (1, 1));
 }
+
+/// `vocab_min_count`: tokens rarer than the cut in the training records get
+/// no row and are written as bytes; frequent ones keep theirs; the text is
+/// unchanged; every agent's dataset gets the same vocabulary.
+#[test]
+fn rare_tokens_are_written_as_bytes_and_every_dataset_shares_the_vocabulary() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("gen.jsonl");
+    common::write_native(&input, 600, 11);
+    let prep = |name: &str, min_count: usize, only: Option<&str>| {
+        let out = d.path().join(name);
+        let c = PrepareConfig {
+            corpus_vocab: true,
+            vocab_min_count: min_count,
+            weights: AgentWeights {
+                only: only.map(str::to_string),
+                ..AgentWeights::default()
+            },
+            ..cfg(&input, &out)
+        };
+        prepare(&c).unwrap();
+        let text = std::fs::read_to_string(out.join("vocab.json")).unwrap();
+        let tok = Tokenizer::from_json(&text).unwrap();
+        (out, tok)
+    };
+    let (all_dir, all) = prep("all", 1, None);
+    let (cut_dir, cut) = prep("cut", 40, None);
+    let (_, coder) = prep("coder", 40, Some("Coder"));
+    let (kept_all, kept_cut) = (all.corpus().unwrap(), cut.corpus().unwrap());
+    assert_eq!(
+        coder.corpus().unwrap().kept(),
+        kept_cut.kept(),
+        "an agent's dataset has the AFM's vocabulary"
+    );
+    assert!(
+        kept_cut.n_bpe() < kept_all.n_bpe(),
+        "the cut drops rare tokens: {} of {}",
+        kept_cut.n_bpe(),
+        kept_all.n_bpe()
+    );
+
+    let (_, docs_all) = docs(&all_dir, "train");
+    let (_, docs_cut) = docs(&cut_dir, "train");
+    let mut count = vec![0usize; EOT as usize];
+    for doc in &docs_all {
+        for &t in doc.tokens.iter().filter(|&&t| t < EOT) {
+            count[t as usize] += 1;
+        }
+    }
+    let mut frequent = 0;
+    for (id, &n) in count.iter().enumerate() {
+        if n >= 40 {
+            frequent += 1;
+            assert!(
+                kept_cut.contains(id as u32),
+                "token {id} occurs {n} times: kept"
+            );
+        }
+    }
+    assert!(
+        frequent > 10,
+        "the fixture has frequent tokens ({frequent})"
+    );
+    for doc in &docs_cut {
+        for &t in doc.tokens.iter().filter(|&&t| t < EOT) {
+            assert!(kept_cut.contains(t), "token {t} in a document has a row");
+        }
+    }
+    // Same text, spelled with the kept tokens and bytes.
+    let mut tasks_all: Vec<String> = docs_all.iter().map(|x| task_of(&all, x)).collect();
+    let mut tasks_cut: Vec<String> = docs_cut.iter().map(|x| task_of(&cut, x)).collect();
+    tasks_all.sort();
+    tasks_cut.sort();
+    assert_eq!(tasks_all, tasks_cut);
+    let len = |ds: &[D]| ds.iter().map(|x| x.tokens.len()).sum::<usize>();
+    assert!(
+        len(&docs_cut) > len(&docs_all),
+        "bytes make the rare tokens' documents longer"
+    );
+    // At inference the saved vocabulary applies the same cut.
+    let rare = (0..EOT)
+        .find(|&i| kept_all.contains(i) && !kept_cut.contains(i))
+        .unwrap();
+    let text = all.decode(&[rare]).unwrap();
+    let ids = cut.encode(&text);
+    assert!(ids.len() > 1 && ids.iter().all(|&t| kept_cut.contains(t)));
+    assert_eq!(cut.decode(&ids).unwrap(), text);
+}

@@ -27,6 +27,15 @@ pub struct GptConfig {
     /// residual branches). Default 0.
     #[serde(default)]
     pub dropout: f64,
+    /// Smeared keys (Olsson et al. 2022, "In-context learning and induction
+    /// heads"): each head's key mixes in the previous position's key,
+    /// `k'_t = a k_t + (1 - a) k_(t-1)` with `a = sigmoid(theta_head)`
+    /// learned (`h.N.attn.smear`, initialised to a = 1/2), no mixing across
+    /// a document start. A head can then find "the token after the last
+    /// occurrence of this one" in one layer: copying is learned in far fewer
+    /// steps. Not GPT-2: `export-hf` refuses such a model.
+    #[serde(default)]
+    pub smear_keys: bool,
 }
 
 fn default_eps() -> f64 {
@@ -61,6 +70,7 @@ impl GptConfig {
             n_roles,
             layer_norm_epsilon: 1e-5,
             dropout: 0.0,
+            smear_keys: false,
         };
         c.validate()?;
         Ok(c)
@@ -125,7 +135,8 @@ impl GptConfig {
             + 2 * c
             + (c * 4 * c + 4 * c)
             + (4 * c * c + c);
-        self.vocab_size * c + self.n_ctx * c + self.n_roles * c + l * per_block + 2 * c
+        let smear = if self.smear_keys { self.n_head } else { 0 };
+        self.vocab_size * c + self.n_ctx * c + self.n_roles * c + l * (per_block + smear) + 2 * c
     }
 }
 

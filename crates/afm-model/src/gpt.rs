@@ -130,6 +130,8 @@ struct Block {
     ln_2: Ln,
     c_fc: Lin,
     mlp_proj: Lin,
+    /// `[n_head]` logits of the smeared-key mix (`GptConfig::smear_keys`).
+    smear: Option<Tensor>,
 }
 
 /// The matmul weights in the compute precision (f32: shallow copies; bf16:
@@ -291,6 +293,9 @@ impl Gpt {
                     ln_2: ln(&b / "ln_2"),
                     c_fc: lin(&b / "mlp" / "c_fc", c, 4 * c),
                     mlp_proj: lin(&b / "mlp" / "c_proj", 4 * c, c),
+                    smear: config
+                        .smear_keys
+                        .then(|| (&b / "attn").zeros("smear", &[config.n_head as i64])),
                 }
             })
             .collect();
@@ -333,6 +338,9 @@ impl Gpt {
             for n in [&b.ln_1, &b.ln_2] {
                 let _ = n.w.shallow_clone().fill_(1.0);
                 let _ = n.b.shallow_clone().zero_();
+            }
+            if let Some(m) = &b.smear {
+                let _ = m.shallow_clone().zero_();
             }
         }
         let _ = self.ln_f.w.shallow_clone().fill_(1.0);
@@ -521,10 +529,17 @@ impl Gpt {
             let causal = Tensor::ones([t, t], (Kind::Bool, dev)).tril(0);
             same.logical_and(&causal).unsqueeze(1) // [B,1,T,T]
         });
+        // Smeared keys mix in the previous position's key, except at a
+        // document start: `[B, 1, T, 1]`, 0 where a document starts.
+        let continues = self
+            .config
+            .smear_keys
+            .then(|| positions.gt(0).to_kind(w.kind).view([-1, 1, t, 1]));
         for (blk, bw) in self.h.iter().zip(&w.blocks) {
             let y = self.attention(
                 &layer_norm(&x, &blk.ln_1, self.eps()).to_kind(w.kind),
                 bw,
+                blk.smear.as_ref().zip(continues.as_ref()),
                 mask.as_ref(),
                 train,
             );
@@ -691,8 +706,19 @@ impl Gpt {
         y.transpose(1, 2).reshape([b, t, self.config.n_embd as i64])
     }
 
-    fn attention(&self, x: &Tensor, bw: &[Lin; 4], mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn attention(
+        &self,
+        x: &Tensor,
+        bw: &[Lin; 4],
+        smear: Option<(&Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let (q, k, v) = self.qkv(x, bw);
+        let k = match smear {
+            Some((theta, continues)) => smear_keys(&k, theta, Some(continues)),
+            None => k,
+        };
         let p = if train { self.config.dropout } else { 0.0 };
         let y =
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, mask.is_none(), None, false);
@@ -792,7 +818,12 @@ impl Gpt {
                     None => c,
                 }
             };
+            // The cache holds raw keys; a row's slot 0 starts its document.
             let (kc, vc) = (gather(&cache.k[li]), gather(&cache.v[li]));
+            let kc = match &blk.smear {
+                Some(theta) => smear_keys(&kc, theta, None),
+                None => kc,
+            };
             let y = Tensor::scaled_dot_product_attention(
                 &q,
                 &kc,
@@ -819,6 +850,27 @@ impl Gpt {
         };
         self.lm_head(&layer_norm(&x, &self.ln_f, self.eps()), w)
     }
+}
+
+/// Smeared keys `a k_t + (1 - a) k_(t-1)` of `k` (`[B, H, T, D]`), with
+/// `a = sigmoid(theta)` per head; `continues` (`[B, 1, T, 1]`, 0 at a
+/// document start) drops the previous key where a document starts; without
+/// it only slot 0 does.
+fn smear_keys(k: &Tensor, theta: &Tensor, continues: Option<&Tensor>) -> Tensor {
+    let (b, h, t, d) = k.size4().expect("[B,H,T,D]");
+    let a = theta.sigmoid().to_kind(k.kind()).view([1, h, 1, 1]);
+    let prev = Tensor::cat(
+        &[
+            Tensor::zeros([b, h, 1, d], (k.kind(), k.device())),
+            k.narrow(2, 0, t - 1),
+        ],
+        2,
+    );
+    let prev = match continues {
+        Some(c) => prev * c,
+        None => prev,
+    };
+    &a * k + (1.0 - &a) * prev
 }
 
 /// Positions restarting at 0 at every change of document index along each row.

@@ -102,6 +102,7 @@ pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
         n_roles: 0,
         layer_norm_epsilon: c.layer_norm_epsilon.unwrap_or(1e-5),
         dropout: 0.0,
+        smear_keys: false,
     };
     cfg.validate()
         .with_context(|| format!("{}", path.display()))?;
@@ -309,6 +310,11 @@ impl Model {
                 "export-hf: this model has a corpus vocabulary ({} of GPT-2's {} BPE tokens): its rows are not GPT-2 ids, so transformers would read a different model. Train with the full GPT-2 vocabulary (`corpus_vocab = false` in the pipeline config, or prepare without --corpus-vocab) to export",
                 c.n_bpe(),
                 afm_tokenizer::EOT
+            );
+        }
+        if self.config.smear_keys {
+            anyhow::bail!(
+                "export-hf: this model has smeared keys (`smear_keys`), which GPT-2 in transformers does not have; it would read a different model. Train with `smear_keys = false` (`[shape]` of the train config) to export"
             );
         }
         export(

@@ -54,7 +54,7 @@ pub fn weight_decay_applies(name: &str) -> bool {
     let is_embedding =
         name.starts_with("wte.") || name.starts_with("wpe.") || name.starts_with("role_emb.");
     let is_ln = name.split('.').any(|p| p.starts_with("ln_"));
-    !(name.ends_with(".bias") || is_embedding || is_ln)
+    !(name.ends_with(".bias") || name.ends_with(".smear") || is_embedding || is_ln)
 }
 
 fn check_tokenizer(config: &GptConfig, tokenizer: &Tokenizer) -> anyhow::Result<()> {

@@ -6,9 +6,23 @@ use afm_tokenizer::{RoleVocab, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(seed: i64) -> Model {
+    tiny_with(seed, false)
+}
+
+/// `smear`: smeared keys, their mixing logits drawn N(0, 1) per head.
+fn tiny_with(seed: i64, smear: bool) -> Model {
     let tok = Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap());
-    let cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
-    Model::new(cfg, tok, Device::Cpu, seed).unwrap()
+    let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+    cfg.smear_keys = smear;
+    let m = Model::new(cfg, tok, Device::Cpu, seed).unwrap();
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(seed);
+    for (name, p) in m.named_parameters() {
+        if name.ends_with(".smear") {
+            let _ = p.shallow_clone().normal_(0.0, 1.0);
+        }
+    }
+    m
 }
 
 fn ids(v: &[i64]) -> Tensor {
@@ -31,7 +45,13 @@ fn logits_shape_and_finite() {
 
 #[test]
 fn packed_row_equals_documents_alone() {
-    let m = tiny(2);
+    for smear in [false, true] {
+        packed_row_equals_documents_alone_with(smear);
+    }
+}
+
+fn packed_row_equals_documents_alone_with(smear: bool) {
+    let m = tiny_with(2, smear);
     let a = [10i64, 20, 30, 40, 50];
     let b = [7i64, 8, 9];
     let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
@@ -48,8 +68,8 @@ fn packed_row_equals_documents_alone() {
     let yb = m
         .gpt
         .forward(&ForwardArgs::new(&ids(&b)), Precision::F32, false);
-    assert!(max_diff(&y.narrow(1, 0, 5), &ya) < 1e-4);
-    assert!(max_diff(&y.narrow(1, 5, 3), &yb) < 1e-4);
+    assert!(max_diff(&y.narrow(1, 0, 5), &ya) < 1e-4, "smear {smear}");
+    assert!(max_diff(&y.narrow(1, 5, 3), &yb) < 1e-4, "smear {smear}");
     // Without the document mask the second document sees the first.
     let plain = m
         .gpt
@@ -179,6 +199,33 @@ fn parameter_names_and_weight_decay() {
         .map(|(_, t)| t.numel() as i64)
         .sum();
     assert_eq!(n as usize, m.config.n_params());
+    // Smeared keys add one mixing logit per head and layer, never decayed.
+    let s = tiny_with(7, true);
+    let smear: Vec<(String, i64)> = s
+        .named_parameters()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".smear"))
+        .map(|(n, t)| (n, t.numel() as i64))
+        .collect();
+    assert_eq!(
+        smear,
+        vec![
+            ("h.0.attn.smear".to_string(), 2),
+            ("h.1.attn.smear".to_string(), 2)
+        ]
+    );
+    assert!(!weight_decay_applies("h.0.attn.smear"));
+    let n: i64 = s
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    assert_eq!(n as usize, s.config.n_params());
+    // And they change the model (unlike GPT-2 attention).
+    let t = ids(&[5, 6, 7, 8, 5, 6]);
+    let y = |m: &Model| m.gpt.forward(&ForwardArgs::new(&t), Precision::F32, false);
+    let plain = tiny(7);
+    assert!(max_diff(&y(&s), &y(&plain)) > 1e-3);
 }
 
 #[test]

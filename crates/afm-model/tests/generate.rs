@@ -8,14 +8,22 @@ use tch::{Device, Kind, Tensor};
 /// A tiny model with large random weights (peaky distributions, so greedy
 /// choices are not ties) and a non-zero role table.
 fn model(seed: i64) -> Model {
+    model_with(seed, false)
+}
+
+/// `smear`: smeared keys, their mixing logits drawn N(0, 1) per head.
+fn model_with(seed: i64, smear: bool) -> Model {
     let tok = Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap());
-    let cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+    let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+    cfg.smear_keys = smear;
     let m = Model::new(cfg, tok, Device::Cpu, seed).unwrap();
     let _g = tch::no_grad_guard();
     tch::manual_seed(seed);
     for (name, p) in m.named_parameters() {
         if name.ends_with("weight") && !name.contains("ln_") {
             let _ = p.shallow_clone().normal_(0.0, 0.2);
+        } else if name.ends_with(".smear") {
+            let _ = p.shallow_clone().normal_(0.0, 1.0);
         }
     }
     m
@@ -50,9 +58,12 @@ fn sequence(m: &Model) -> Vec<u32> {
 
 #[test]
 fn incremental_equals_full_forward() {
-    let m = model(1);
-    let seq = sequence(&m);
-    for (precision, tol) in [(Precision::F32, 1e-4), (Precision::Bf16, 0.15)] {
+    for (smear, (precision, tol)) in [false, true]
+        .into_iter()
+        .flat_map(|s| [(s, (Precision::F32, 1e-4)), (s, (Precision::Bf16, 0.15))])
+    {
+        let m = model_with(1, smear);
+        let seq = sequence(&m);
         let full = full_logits(&m, &seq, precision);
         let mut dec = Decoder::new(&m, 1, precision);
         let mut at = 0;
@@ -61,14 +72,23 @@ fn incremental_equals_full_forward() {
             at += chunk;
             assert_eq!(dec.row_len(0), at);
             let d = max_diff(&logits.get(0), &full.get(at as i64 - 1));
-            assert!(d < tol, "{precision:?} after {at} tokens: diff {d}");
+            assert!(
+                d < tol,
+                "{precision:?} smear {smear} after {at} tokens: diff {d}"
+            );
         }
     }
 }
 
 #[test]
 fn batched_rows_match_single_rows() {
-    let m = model(2);
+    for smear in [false, true] {
+        batched_rows_match_single_rows_with(smear);
+    }
+}
+
+fn batched_rows_match_single_rows_with(smear: bool) {
+    let m = model_with(2, smear);
     let seq = sequence(&m);
     let a = seq[..7].to_vec();
     let b = seq[3..].to_vec();
@@ -94,7 +114,7 @@ fn batched_rows_match_single_rows() {
     for (row, toks) in [(0, &a2), (1, &b), (2, &c2)] {
         let want = full_logits(&m, toks, Precision::F32).get(toks.len() as i64 - 1);
         let d = max_diff(&l3.get(row), &want);
-        assert!(d < 1e-4, "row {row}: diff {d}");
+        assert!(d < 1e-4, "smear {smear} row {row}: diff {d}");
         assert_eq!(dec.row_len(row as usize), toks.len());
     }
     // Resetting a row starts it afresh.
@@ -303,9 +323,15 @@ fn context_limits_are_errors_or_documented_stops() {
 /// Rust step gives the same bits whatever the thread count.
 #[test]
 fn rust_decoding_step_matches_libtorch_ops() {
+    for smear in [false, true] {
+        rust_decoding_step_matches_libtorch_ops_with(smear);
+    }
+}
+
+fn rust_decoding_step_matches_libtorch_ops_with(smear: bool) {
     use afm_model::{decode_kernels, CachedStep, DecodeKernels};
     assert_eq!(decode_kernels(), DecodeKernels::Rust);
-    let m = model(4);
+    let m = model_with(4, smear);
     let seq = sequence(&m);
     let batch = 4;
     for (precision, tol) in [(Precision::F32, 1e-4), (Precision::Bf16, 0.15)] {
@@ -379,7 +405,7 @@ fn rust_decoding_step_matches_libtorch_ops() {
             let d = max_diff(&got, &want);
             assert!(
                 d < tol,
-                "{precision:?} step {k} rows {rows:?}: logits diff {d}"
+                "{precision:?} smear {smear} step {k} rows {rows:?}: logits diff {d}"
             );
             assert_eq!(
                 max_diff(&got, &got1),

@@ -130,6 +130,9 @@ pub struct ShapeConfig {
     pub n_embd: usize,
     /// Context length (rows of the position embedding).
     pub n_ctx: usize,
+    /// Smeared keys (`afm_model::GptConfig::smear_keys`; false keeps the
+    /// preset's GPT-2 attention).
+    pub smear_keys: bool,
 }
 
 impl ShapeConfig {
@@ -145,6 +148,7 @@ impl ShapeConfig {
                 *field = over;
             }
         }
+        g.smear_keys |= self.smear_keys;
         g
     }
 }

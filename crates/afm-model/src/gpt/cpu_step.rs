@@ -149,6 +149,19 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
             }
         }
         let (kc, vc) = (e_of::<E>(&cache.k[li]), e_of::<E>(&cache.v[li]));
+        // Smeared keys: a score is linear in its key, so mixing each key
+        // with the previous one is mixing each score with the previous one
+        // (`a`, `1 - a` rounded to `E` as the libtorch path computes them).
+        let smear: Option<Vec<(f32, f32)>> = blk.smear.as_ref().map(|theta| {
+            Vec::<f32>::try_from(theta.sigmoid().to_kind(Kind::Float))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| {
+                    let a = E::from_f32(a).to_f32();
+                    (a, E::from_f32(1.0 - a).to_f32())
+                })
+                .collect()
+        });
         let scale = 1.0 / (d as f32).sqrt();
         let min_len = if threads > 1 { 1 } else { usize::MAX };
         y.par_chunks_mut(d)
@@ -161,12 +174,13 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
                 let q = &qkv[i * 3 * c + h * d..][..d];
                 scores.resize(n, 0.0);
                 let (keys, values) = (&kc[base..][..n * d], &vc[base..][..n * d]);
+                let smear = smear.as_ref().and_then(|m| m.get(h).copied());
                 dispatch!(
                     isa,
                     attend_avx512,
                     attend_avx2,
                     attend_impl,
-                    (q, keys, values, scale, scores, out)
+                    (q, keys, values, scale, smear, scores, out)
                 );
             });
         linear(attn_proj, &y, &mut proj);
@@ -372,20 +386,33 @@ fn dot<E: Elem>(a: &[f32], b: &[E]) -> f32 {
 /// Causal attention of one query over one (row, head)'s cached keys and
 /// values (`n` positions, the new one included): softmax of the scaled
 /// scores, then the weighted sum of values into `out`, rounded to `E`.
+/// `smear = Some((a, b))`: score `j` becomes `a s_j + b s_(j-1)` (smeared
+/// keys; slot 0 starts the row's document).
 #[inline(always)]
 fn attend_impl<E: Elem>(
     q: &[f32],
     keys: &[E],
     values: &[E],
     scale: f32,
+    smear: Option<(f32, f32)>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let d = q.len();
-    let mut m = f32::NEG_INFINITY;
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
         *s = dot(q, k) * scale;
-        m = if *s > m { *s } else { m };
+    }
+    if let Some((a, b)) = smear {
+        for j in (1..scores.len()).rev() {
+            scores[j] = a * scores[j] + b * scores[j - 1];
+        }
+        if let Some(s0) = scores.first_mut() {
+            *s0 *= a;
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &s in scores.iter() {
+        m = if s > m { s } else { m };
     }
     let mut sum = 0f32;
     for s in scores.iter_mut() {
@@ -424,7 +451,8 @@ multiversion!(matmul_piece_impl => matmul_piece_avx2, matmul_piece_avx512;
 multiversion!(head_piece_impl => head_piece_avx2, head_piece_avx512;
     (h: &[f32], c: usize, part: &[E], acc: &mut [f32]) -> ());
 multiversion!(attend_impl => attend_avx2, attend_avx512;
-    (q: &[f32], keys: &[E], values: &[E], scale: f32, scores: &mut [f32], out: &mut [f32]) -> ());
+    (q: &[f32], keys: &[E], values: &[E], scale: f32, smear: Option<(f32, f32)>,
+        scores: &mut [f32], out: &mut [f32]) -> ());
 multiversion!(gelu_impl => gelu_avx2, gelu_avx512; (x: &mut [f32]) -> ());
 
 /// Which element type the step runs in.
