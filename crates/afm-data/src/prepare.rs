@@ -634,13 +634,7 @@ pub fn prepare_with_progress(
         let outs: Vec<Result<Out>> = chunk
             .par_iter()
             .map(|p| -> Result<Out> {
-                let r = &recs[p.rec as usize];
-                let mut buf = vec![0u8; r.len as usize];
-                spill_file
-                    .read_exact_at(&mut buf, r.offset)
-                    .context("reading the spill file")?;
-                let src: Trajectory =
-                    serde_json::from_slice(&buf).context("decoding the spill file")?;
+                let src = read_spilled(&spill_file, &recs[p.rec as usize])?;
                 let t = match p.transform {
                     None => src,
                     Some(tr) => match augment::apply(&src, tr) {
@@ -834,6 +828,15 @@ pub fn prepare_with_progress(
 
 /// Consecutive slices of `plan` of at most `max_rows` rows whose spilled
 /// records total at most `max_bytes` (always at least one row).
+/// The normalised trajectory pass 1 spilled for record `r`.
+fn read_spilled(spill: &File, r: &Rec) -> Result<Trajectory> {
+    let mut buf = vec![0u8; r.len as usize];
+    spill
+        .read_exact_at(&mut buf, r.offset)
+        .context("reading the spill file")?;
+    serde_json::from_slice(&buf).context("decoding the spill file")
+}
+
 fn one() -> usize {
     1
 }
@@ -862,13 +865,7 @@ fn frequent_tokens(
         .map(|chunk| -> Result<Vec<u32>> {
             let mut counts = vec![0u32; eot];
             for p in chunk {
-                let r = &recs[p.rec as usize];
-                let mut buf = vec![0u8; r.len as usize];
-                spill
-                    .read_exact_at(&mut buf, r.offset)
-                    .context("reading the spill file")?;
-                let t: Trajectory =
-                    serde_json::from_slice(&buf).context("decoding the spill file")?;
+                let t = read_spilled(&spill, &recs[p.rec as usize])?;
                 // Unknown agents cannot occur: the roles come from these records.
                 if let Ok(enc) = encode_trajectory(tok, &t) {
                     for &id in enc.tokens.iter().filter(|&&id| (id as usize) < eot) {
