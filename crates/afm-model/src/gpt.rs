@@ -142,6 +142,10 @@ pub struct Weights {
     blocks: Vec<[Lin; 4]>,
     /// The tied LM head, `[V, C]` (= `wte`).
     head: Tensor,
+    /// Per layer, each head's smeared-key mix `(a, 1 - a)` in the compute
+    /// precision, read once for the Rust decoding step (empty when built
+    /// for training).
+    smear_mix: Vec<Option<Vec<(f32, f32)>>>,
 }
 
 /// What [`Gpt::lm_loss`] returns.
@@ -376,7 +380,25 @@ impl Gpt {
 
     /// The matmul weights in `precision` (see [`Weights`]).
     pub fn weights(&self, precision: Precision) -> Weights {
-        self.weights_with(precision, true)
+        let mut w = self.weights_with(precision, true);
+        let _guard = tch::no_grad_guard();
+        w.smear_mix = self
+            .h
+            .iter()
+            .map(|b| {
+                b.smear.as_ref().map(|theta| {
+                    // As `smear_keys` computes them, in the compute precision.
+                    let a = theta.sigmoid().to_kind(w.kind);
+                    let b = 1.0 - &a;
+                    let f = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float));
+                    f(a).unwrap_or_default()
+                        .into_iter()
+                        .zip(f(b).unwrap_or_default())
+                        .collect()
+                })
+            })
+            .collect();
+        w
     }
 
     /// `with_head: false` skips casting the (large) tied head when only the
@@ -413,6 +435,7 @@ impl Gpt {
             } else {
                 self.wte.shallow_clone()
             },
+            smear_mix: Vec::new(),
         }
     }
 

@@ -59,6 +59,12 @@ pub(super) fn eligible(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &KvCache) 
         && f32s(&gpt.ln_f)
         && contiguous(&w.head, w.kind)
         && gpt.h.iter().all(|b| f32s(&b.ln_1) && f32s(&b.ln_2))
+        && w.smear_mix.len() == gpt.h.len()
+        && gpt
+            .h
+            .iter()
+            .zip(&w.smear_mix)
+            .all(|(b, m)| b.smear.is_some() == m.is_some())
         && w.blocks
             .iter()
             .flatten()
@@ -151,17 +157,8 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
         let (kc, vc) = (e_of::<E>(&cache.k[li]), e_of::<E>(&cache.v[li]));
         // Smeared keys: a score is linear in its key, so mixing each key
         // with the previous one is mixing each score with the previous one
-        // (`a`, `1 - a` rounded to `E` as the libtorch path computes them).
-        let smear: Option<Vec<(f32, f32)>> = blk.smear.as_ref().map(|theta| {
-            Vec::<f32>::try_from(theta.sigmoid().to_kind(Kind::Float))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|a| {
-                    let a = E::from_f32(a).to_f32();
-                    (a, E::from_f32(1.0 - a).to_f32())
-                })
-                .collect()
-        });
+        // (`a`, `1 - a` as the libtorch path computes them: `Weights`).
+        let smear = w.smear_mix[li].as_deref();
         let scale = 1.0 / (d as f32).sqrt();
         let min_len = if threads > 1 { 1 } else { usize::MAX };
         y.par_chunks_mut(d)
@@ -174,7 +171,7 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
                 let q = &qkv[i * 3 * c + h * d..][..d];
                 scores.resize(n, 0.0);
                 let (keys, values) = (&kc[base..][..n * d], &vc[base..][..n * d]);
-                let smear = smear.as_ref().and_then(|m| m.get(h).copied());
+                let smear = smear.and_then(|m| m.get(h).copied());
                 dispatch!(
                     isa,
                     attend_avx512,
