@@ -8,7 +8,6 @@ use afm_agents::{afm, Route, RunOptions, TaskRun};
 use afm_model::{parse_device, Model};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -200,13 +199,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let system = a.model.load()?;
     let opts = a.model.options(a.batch);
 
-    let bar = ProgressBar::new(tasks.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::bar(tasks.len() as u64, "eval");
     let mut ok = 0usize;
     let mut done = 0usize;
     let runs = system.run(&tasks, &opts, &mut |r| {

@@ -3,7 +3,7 @@
 use afm_data::{AgentWeights, AgentsMap, Format, LongMode, PrepareConfig, Progress};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -168,15 +168,12 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
             if *s != p.stage {
                 *s = p.stage;
                 bar.reset();
-                let style = if p.stage == "read" {
-                    "{msg:>6} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+                bar.set_style(if p.stage == "read" {
+                    crate::progress::bytes_style()
                 } else {
-                    "{msg:>6} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})"
-                };
-                if let Ok(st) = ProgressStyle::with_template(style) {
-                    bar.set_style(st.progress_chars("=> "));
-                }
-                bar.set_message(p.stage);
+                    crate::progress::style()
+                });
+                bar.set_prefix(p.stage);
             }
         }
         bar.set_length(p.total);

@@ -8,7 +8,7 @@ use afm_model::{
 use afm_tokenizer::{Tokenizer, END, EOT};
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -262,7 +262,7 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
             a.preset
         );
     }
-    if a.prompt_len == 0 || a.prompt_len + a.new_tokens > config.n_ctx {
+    if !a.no_generate && (a.prompt_len == 0 || a.prompt_len + a.new_tokens > config.n_ctx) {
         bail!(
             "--prompt-len + --new-tokens must be in 1..={}",
             config.n_ctx
@@ -280,15 +280,28 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
         "device": a.device,
     });
     if !a.no_train {
+        // The trainer's real step (data stream, fused loss, clipping, this
+        // project's AdamW), not a stand-in loop.
         let pb = progress(a.steps as u64 + 1, "train steps", a.json);
-        let (tps, loss) =
-            speed::train_tokens_per_s(&model, a.batch, ctx, precision, 1, a.steps, || pb.inc(1))?;
+        let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        let cfg = afm_train::TrainConfig {
+            preset: Some(a.preset.clone()),
+            batch_size: a.batch,
+            bf16: a.bf16,
+            device: a.device.clone(),
+            threads: a.threads.map_or(0, |t| t as usize),
+            ..Default::default()
+        };
+        let s =
+            afm_train::speed::trainer_step_speed(&cfg, ctx, 1, a.steps, scratch.path(), || {
+                pb.inc(1)
+            })?;
         pb.finish_and_clear();
-        out["train_tokens_per_s"] = tps.into();
-        out["train_loss"] = loss.into();
+        out["train_tokens_per_s"] = s.tokens_per_s.into();
+        out["train_loss"] = s.loss.into();
         if device == tch::Device::Cpu {
             let peak = speed::matmul_peak_gflops(precision.kind(), 1024);
-            let achieved = tps * speed::train_flops_per_token(&model, ctx) / 1e9;
+            let achieved = s.tokens_per_s * s.flops_per_token / 1e9;
             out["train_gflops"] = achieved.into();
             out["matmul_peak_gflops"] = peak.into();
             out["mfu"] = (achieved / peak).into();
@@ -377,13 +390,5 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
 }
 
 fn progress(n: u64, what: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n);
-    if let Ok(style) = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}]") {
-        pb.set_style(style);
-    }
-    pb.set_message(what.to_string());
-    pb
+    crate::progress::bar_if(!hidden, n, what)
 }

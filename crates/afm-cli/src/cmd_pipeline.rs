@@ -29,7 +29,6 @@ use afm_tasks::Task;
 use afm_train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -496,18 +495,7 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-fn bar(len: u64, msg: &str) -> ProgressBar {
-    let b = ProgressBar::new(len);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    b.set_message(msg.to_string());
-    b
-}
+use crate::progress::bar;
 
 /// Prepare one dataset (a stage of its own): the AFM's (`only = None`,
 /// curriculum as configured) or one agent's (never curriculum-ordered).
@@ -688,7 +676,8 @@ fn train_stage(name: &str, dir: &Path, c: &PipelineConfig, s: TrainSpec) -> Resu
         t.resume = std::fs::read_dir(out.join("checkpoints"))
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-        let summary = afm_train::train(&t)?;
+        let summary =
+            afm_train::train_with(&t, &mut crate::progress::TrainBar::new(t.progress, name))?;
         Ok(serde_json::to_value(&summary)?)
     })
 }

@@ -223,11 +223,7 @@ pub(crate) fn solve_scripted(
     cfg: &AgentConfig,
     origin: &str,
 ) -> anyhow::Result<Vec<Trajectory>> {
-    let bar = indicatif::ProgressBar::new(tasks.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::bar(tasks.len() as u64, "solve");
     let mut trajs = Vec::with_capacity(tasks.len());
     for (i, t) in tasks.iter().enumerate() {
         let tr = solve(t, cfg).with_context(|| {
@@ -306,11 +302,7 @@ fn agents_run_mas(a: &AgentsRunArgs, spec: &str) -> anyhow::Result<()> {
         seed: a.seed,
         ..afm_agents::RunOptions::default()
     };
-    let bar = indicatif::ProgressBar::new(tasks.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::bar(tasks.len() as u64, "run");
     let runs =
         afm_agents::mas::write_trajectories(&mas, &tasks, &opts, &a.out, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();

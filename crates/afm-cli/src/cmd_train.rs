@@ -230,7 +230,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Train(a) => {
             let c = build_config(&a)?;
-            let s = afm_train::train(&c)?;
+            let s = afm_train::train_with(
+                &c,
+                &mut crate::progress::TrainBar::new(c.progress, "train"),
+            )?;
             println!(
                 "trained {} steps ({:?}) in {:.1}s, {:.0} tokens/s",
                 s.steps, s.stop, s.wall_secs, s.tokens_per_s

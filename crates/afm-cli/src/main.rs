@@ -9,6 +9,7 @@ mod cmd_model;
 mod cmd_pipeline;
 mod cmd_tasks;
 mod cmd_train;
+mod progress;
 mod stage;
 
 use clap::{Parser, Subcommand};

@@ -1,7 +1,8 @@
 //! afm-train: supervised fine-tuning of the one multi-agent model, with
 //! per-agent teacher distillation.
 //!
-//! [`train`] reads a prepared dataset (`train`/`val` shards and
+//! [`train`] (the recipe [`Trainer`]: setup, step, evaluate, checkpoint,
+//! finish) reads a prepared dataset (`train`/`val` shards and
 //! `vocab.json`, see `afm_data::shards`), builds or loads the student
 //! (`afm_model::Model`), and optimises
 //! `sum_i w_i * l_i / sum_i w_i` over the loss positions (see [`loss`]),
@@ -46,6 +47,8 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 mod plot;
+pub mod recipe;
+pub mod speed;
 pub mod synthetic;
 pub mod teacher;
 pub mod teacher_cache;
@@ -55,7 +58,10 @@ pub use config::{
     parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, ShapeConfig,
     TrainConfig,
 };
+pub use recipe::{
+    snapshot_dir, train, train_with, Evaluated, Lines, Progress, SnapshotInfo, Stepped, Trainer,
+};
 pub use trainer::{
-    batch_loss, batch_loss_unfused, evaluate, snapshot_dir, train, train_step, val_sample,
-    EvalResult, SnapshotInfo, StepStats, StopReason, TrainSummary,
+    batch_loss, batch_loss_unfused, evaluate, train_step, val_sample, EvalResult, StepStats,
+    StopReason, TrainSummary,
 };

@@ -5,8 +5,11 @@
 //! teacher must read has to exist in its vocabulary (clear error otherwise).
 //! Output columns the teacher lacks get [`MISSING_LOGIT`].
 
-use crate::data::Batch;
+use crate::data::{make_batch, Batch};
 use crate::loss::MISSING_LOGIT;
+use crate::teacher_cache::{CacheIndex, CacheWriter, TeacherCache};
+use crate::LossConfig;
+use afm_data::shards::Shards;
 use afm_model::{ForwardArgs, Model, Precision};
 use afm_tokenizer::{Tokenizer, FIRST_ROLE_TOKEN, ROLE_FIRST_AGENT};
 use anyhow::{bail, Context};
@@ -220,7 +223,7 @@ pub struct Teachers {
     by_role: HashMap<u16, usize>,
     /// Offline top-k logits used instead of running `list` (see
     /// [`crate::teacher_cache`]).
-    pub cache: Option<crate::teacher_cache::TeacherCache>,
+    pub cache: Option<TeacherCache>,
 }
 
 impl Teachers {
@@ -253,7 +256,7 @@ impl Teachers {
     }
 
     /// Teachers replaced by their offline top-k cache.
-    pub fn from_cache(cache: crate::teacher_cache::TeacherCache) -> Self {
+    pub fn from_cache(cache: TeacherCache) -> Self {
         Self {
             cache: Some(cache),
             ..Self::default()
@@ -280,5 +283,62 @@ impl Teachers {
             }
         }
         groups.into_iter().collect()
+    }
+}
+
+impl Teachers {
+    /// Run every teacher over the train split `shards` and write its top-k
+    /// logits (`k`, at most the student's vocabulary) into `dir`, the
+    /// layout of [`crate::teacher_cache`].
+    pub fn build_cache(
+        &self,
+        dir: &Path,
+        shards: &Shards,
+        student: &Tokenizer,
+        k: usize,
+        batch_size: usize,
+        precision: Precision,
+    ) -> anyhow::Result<CacheIndex> {
+        let device = self
+            .list
+            .first()
+            .map(|t| t.model.device())
+            .unwrap_or(Device::Cpu);
+        let k = k.min(student.n_vocab());
+        let mut out = CacheWriter::create(dir, k)?;
+        let plain = LossConfig::default();
+        let rows: Vec<usize> = (0..shards.rows()).collect();
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let b = make_batch(shards, chunk, &plain, student, device);
+            // Per selected position: the top-k of its teacher, if routed.
+            let mut per_pos: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; b.n_select()];
+            for (ti, pos) in self.route(&b.owners) {
+                let logits = self.list[ti].logits(&b, &pos, student, precision)?;
+                let (vals, idx) = logits.topk(k as i64, -1, true, true);
+                let vals = Vec::<f32>::try_from(vals.to_device(Device::Cpu).flatten(0, -1))?;
+                let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).flatten(0, -1))?;
+                for (j, &p) in pos.iter().enumerate() {
+                    let r = j * k..(j + 1) * k;
+                    per_pos[p] = Some((
+                        idx[r.clone()].iter().map(|&x| x as u32).collect(),
+                        vals[r].to_vec(),
+                    ));
+                }
+            }
+            // Selected positions are row-major: group them by row.
+            let mut by_row: Vec<Vec<(Vec<u32>, Vec<f32>)>> = vec![Vec::new(); chunk.len()];
+            for (p, e) in per_pos.into_iter().enumerate() {
+                if let Some(e) = e {
+                    by_row[b.select_host[p] as usize / b.row_len].push(e);
+                }
+            }
+            for row in &by_row {
+                out.push_row(row)?;
+            }
+        }
+        out.finish(
+            shards.index.row_len,
+            self.list.iter().map(|t| t.agent.clone()).collect(),
+        )
     }
 }

@@ -17,19 +17,14 @@
 //! the forward KL is supported (`sum_k p_t (log p_t - log q_s)` with the
 //! student's full-vocabulary log-probabilities at those ids), scaled by T^2.
 
-use crate::data::make_batch;
-use crate::teacher::Teachers;
-use crate::LossConfig;
-use afm_data::shards::Shards;
-use afm_model::Precision;
 use afm_tokenizer::atomic::{self, AtomicFile};
 use afm_tokenizer::Tokenizer;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
 
 /// `{split}.topk.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,93 +56,93 @@ fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u
     out
 }
 
-/// Run every teacher over the train split `shards` and write its top-k
-/// cache into `dir` (the index is written last, so a cache interrupted
-/// while building is rebuilt).
-pub fn build(
-    dir: &Path,
-    shards: &Shards,
-    teachers: &Teachers,
-    student: &Tokenizer,
+/// Writes a cache of the train split, row by row (see the module docs for
+/// the layout). The index is written last by [`CacheWriter::finish`], so a
+/// cache interrupted while it is written has no index and is rebuilt.
+/// Computing the entries is the teachers' job
+/// (`crate::teacher::Teachers::build_cache`); this type only owns the files.
+pub struct CacheWriter {
+    dir: PathBuf,
     k: usize,
-    batch_size: usize,
-    precision: Precision,
-) -> anyhow::Result<CacheIndex> {
-    let split = "train";
-    let device = teachers
-        .list
-        .first()
-        .map(|t| t.model.device())
-        .unwrap_or(Device::Cpu);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let plain = LossConfig::default();
-    let mut offsets = vec![0u64];
-    // Atomic files (temp + fsync + rename), the index last: a build cut
-    // short leaves no index, and `exists` says no cache.
-    let index_path = dir.join(format!("{split}.topk.json"));
-    match std::fs::remove_file(&index_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", index_path.display()))
-        }
-        _ => {}
-    }
-    let mut ids_f = AtomicFile::create(&dir.join(format!("{split}.topk_ids.u32")))
-        .with_context(|| format!("creating the teacher cache in {}", dir.display()))?;
-    let mut val_f = AtomicFile::create(&dir.join(format!("{split}.topk_logits.f32")))
-        .with_context(|| format!("creating the teacher cache in {}", dir.display()))?;
-    let rows: Vec<usize> = (0..shards.rows()).collect();
-    let mut entries = 0usize;
-    for chunk in rows.chunks(batch_size) {
-        let b = make_batch(shards, chunk, &plain, student, device);
-        // Per selected position: (teacher logits row) for routed ones.
-        let mut per_pos: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; b.n_select()];
-        for (ti, pos) in teachers.route(&b.owners) {
-            let t = &teachers.list[ti];
-            let logits = t.logits(&b, &pos, student, precision)?;
-            let kk = k.min(logits.size()[1] as usize) as i64;
-            let (vals, idx) = logits.topk(kk, -1, true, true);
-            let vals = Vec::<f32>::try_from(vals.to_device(Device::Cpu).flatten(0, -1))?;
-            let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).flatten(0, -1))?;
-            for (j, &p) in pos.iter().enumerate() {
-                let r = j * kk as usize..(j + 1) * kk as usize;
-                per_pos[p] = Some((
-                    idx[r.clone()].iter().map(|&x| x as u32).collect(),
-                    vals[r].to_vec(),
-                ));
+    ids: AtomicFile,
+    logits: AtomicFile,
+    offsets: Vec<u64>,
+    entries: usize,
+}
+
+/// The split a cache holds (only the train split is cached).
+const SPLIT: &str = "train";
+
+impl CacheWriter {
+    /// Start a cache of `k` entries per position in `dir`, removing any
+    /// previous index first.
+    pub fn create(dir: &Path, k: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let index_path = dir.join(format!("{SPLIT}.topk.json"));
+        match std::fs::remove_file(&index_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", index_path.display()))
             }
+            _ => {}
         }
-        // Selected positions are row-major: count per row.
-        let t = b.row_len;
-        let mut row_counts = vec![0u64; chunk.len()];
-        for (p, e) in per_pos.iter().enumerate() {
-            if let Some((i, v)) = e {
-                row_counts[b.select_host[p] as usize / t] += 1;
-                ids_f.write_all(&le_bytes(i, u32::to_le_bytes))?;
-                val_f.write_all(&le_bytes(v, f32::to_le_bytes))?;
-                entries += 1;
-            }
-        }
-        for c in row_counts {
-            let last = *offsets.last().unwrap_or(&0);
-            offsets.push(last + c);
-        }
+        let create = |name: &str| {
+            AtomicFile::create(&dir.join(format!("{SPLIT}.{name}")))
+                .with_context(|| format!("creating the teacher cache in {}", dir.display()))
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            k,
+            ids: create("topk_ids.u32")?,
+            logits: create("topk_logits.f32")?,
+            offsets: vec![0],
+            entries: 0,
+        })
     }
-    ids_f.commit()?;
-    val_f.commit()?;
-    atomic::write(
-        &dir.join(format!("{split}.topk_offsets.u64")),
-        le_bytes(&offsets, u64::to_le_bytes),
-    )?;
-    let index = CacheIndex {
-        version: 1,
-        k,
-        rows: shards.rows(),
-        row_len: shards.index.row_len,
-        entries,
-        agents: teachers.list.iter().map(|t| t.agent.clone()).collect(),
-    };
-    atomic::write(&index_path, serde_json::to_string_pretty(&index)?)?;
-    Ok(index)
+
+    /// Append the next row's entries, `(ids, logits)` of `k` each, in the
+    /// order of the row's cached loss positions.
+    pub fn push_row(&mut self, entries: &[(Vec<u32>, Vec<f32>)]) -> anyhow::Result<()> {
+        for (i, v) in entries {
+            if i.len() != self.k || v.len() != self.k {
+                bail!(
+                    "teacher cache: an entry has {} ids and {} logits, the cache {}",
+                    i.len(),
+                    v.len(),
+                    self.k
+                );
+            }
+            self.ids.write_all(&le_bytes(i, u32::to_le_bytes))?;
+            self.logits.write_all(&le_bytes(v, f32::to_le_bytes))?;
+        }
+        self.entries += entries.len();
+        let last = *self.offsets.last().unwrap_or(&0);
+        self.offsets.push(last + entries.len() as u64);
+        Ok(())
+    }
+
+    /// Commit the arrays, then the index (`row_len` of the split's rows,
+    /// `agents` whose positions were cached).
+    pub fn finish(self, row_len: usize, agents: Vec<String>) -> anyhow::Result<CacheIndex> {
+        self.ids.commit()?;
+        self.logits.commit()?;
+        atomic::write(
+            &self.dir.join(format!("{SPLIT}.topk_offsets.u64")),
+            le_bytes(&self.offsets, u64::to_le_bytes),
+        )?;
+        let index = CacheIndex {
+            version: 1,
+            k: self.k,
+            rows: self.offsets.len() - 1,
+            row_len,
+            entries: self.entries,
+            agents,
+        };
+        atomic::write(
+            &self.dir.join(format!("{SPLIT}.topk.json")),
+            serde_json::to_string_pretty(&index)?,
+        )?;
+        Ok(index)
+    }
 }
 
 impl TeacherCache {

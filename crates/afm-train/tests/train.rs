@@ -1265,16 +1265,9 @@ fn teacher_topk_cache_matches_live_teachers() {
     .collect();
     let live = Teachers::load(&map, &tok, tok.n_vocab(), Device::Cpu).unwrap();
     let cache_dir = tmp.path().join("cache");
-    let idx = afm_train::teacher_cache::build(
-        &cache_dir,
-        &shards,
-        &live,
-        &tok,
-        tok.n_vocab(),
-        2,
-        Precision::F32,
-    )
-    .unwrap();
+    let idx = live
+        .build_cache(&cache_dir, &shards, &tok, tok.n_vocab(), 2, Precision::F32)
+        .unwrap();
     assert!(idx.entries > 0);
     let cached = Teachers::from_cache(
         afm_train::teacher_cache::TeacherCache::open(&cache_dir, "train", &tok).unwrap(),
@@ -1326,4 +1319,68 @@ fn teacher_topk_cache_matches_live_teachers() {
     cfg.loss.divergence = Divergence::Reverse;
     let e = afm_train::train(&cfg).unwrap_err().to_string();
     assert!(e.contains("teacher_top_k"), "{e}");
+}
+
+/// The recipe's public pieces are the real run: driving `Trainer` by hand
+/// (setup, step, evaluate, checkpoint, finish) gives the bits `train` gives,
+/// and the step-speed probe runs that same step.
+#[test]
+fn the_recipe_driven_by_hand_equals_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data, SyntheticSpec::default());
+    let mut whole = base_config(&data, &tmp.path().join("whole"));
+    whole.eval_interval = 5;
+    let s = afm_train::train(&whole).unwrap();
+
+    let by_hand = TrainConfig {
+        out: tmp.path().join("by_hand"),
+        ..whole.clone()
+    };
+    let mut t = afm_train::Trainer::setup(&by_hand).unwrap();
+    while t.state().step < t.state().total_steps {
+        let st = t.step().unwrap();
+        assert!(st.stats.loss.is_finite() && st.lr > 0.0);
+        if t.state().step.is_multiple_of(5) {
+            let e = t.evaluate().unwrap().expect("a val split");
+            if t.state().step < t.state().total_steps {
+                t.checkpoint(e.improved).unwrap();
+            }
+        }
+    }
+    let h = t.finish(StopReason::MaxSteps).unwrap();
+    assert_eq!((h.steps, h.best_step), (s.steps, s.best_step));
+    assert_eq!(h.best_val_loss, s.best_val_loss);
+    let a = Model::load(&s.checkpoint, Device::Cpu).unwrap();
+    let b = Model::load(&h.checkpoint, Device::Cpu).unwrap();
+    for ((n, x), (_, y)) in a.named_parameters().iter().zip(b.named_parameters().iter()) {
+        assert!(x.equal(y), "{n} differs");
+    }
+    // The same metrics records, apart from the clock.
+    let untimed = |run: &str| -> Vec<serde_json::Value> {
+        records(&tmp.path().join(run))
+            .into_iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap();
+                for k in ["tokens_per_s", "elapsed_s"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(untimed("whole"), untimed("by_hand"));
+
+    let mut n = 0;
+    let sp = afm_train::speed::trainer_step_speed(
+        &base_config(&data, Path::new("unused")),
+        64,
+        1,
+        2,
+        &tmp.path().join("speed"),
+        || n += 1,
+    )
+    .unwrap();
+    assert_eq!(n, 3);
+    assert!(sp.tokens_per_s > 0.0 && sp.loss.is_finite() && sp.flops_per_token > 0.0);
 }
