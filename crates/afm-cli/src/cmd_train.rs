@@ -1,30 +1,28 @@
 //! Verbs of afm-train: `afm train`.
 
+use crate::settings::Layers;
 use afm_train::{Divergence, FinalWeights, TrainConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Supervised fine-tuning with optional per-agent teacher distillation.
     ///
-    /// Every knob can come from a TOML file (--config); flags given here
-    /// override it. See crates/afm-train/README.md for the full reference.
+    /// Every field of the training config can come from a TOML file
+    /// (--config), a flag, or --set KEY=VALUE, in that order of precedence
+    /// (lowest first). See crates/afm-train/README.md for the full reference.
     Train(Box<TrainArgs>),
 }
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Prepared dataset directory (train/val shards and vocab.json).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Run directory (checkpoints, metrics.jsonl, plots, final/).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// TOML config file; flags override its values.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub layers: Layers,
+    #[command(flatten)]
+    pub flags: TrainFlags,
     /// Start from this checkpoint (vocabulary extended to the data's).
     #[arg(long, conflicts_with = "preset")]
     pub init: Option<PathBuf>,
@@ -34,100 +32,12 @@ pub struct TrainArgs {
     /// Per-agent teacher, AGENT=CHECKPOINT (repeat for several agents).
     #[arg(long = "teacher", value_name = "AGENT=CKPT")]
     pub teachers: Vec<String>,
-    /// Distil from the teachers' cached top-k logits (built once in
-    /// RUN/teacher_cache; forward KL only); 0 = run the teachers every step.
-    #[arg(long)]
-    pub teacher_top_k: Option<usize>,
-    /// Optimiser steps (0 = from --epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Passes over the train split when --max-steps is 0.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// bf16 mixed precision (fp32 master weights).
     #[arg(long)]
     pub bf16: bool,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Wall-clock budget, e.g. 10m, 90s, 1h30m.
-    #[arg(long)]
-    pub time_budget: Option<String>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// libtorch CPU threads (0 = default).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Rows per micro-batch.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimiser step.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Floor of the cosine decay.
-    #[arg(long)]
-    pub min_lr: Option<f64>,
-    #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long)]
-    pub grad_clip: Option<f64>,
-    /// Dropout of a fresh preset model.
-    #[arg(long)]
-    pub dropout: Option<f64>,
-    /// Validate every N steps (0 = only at the end).
-    #[arg(long)]
-    pub eval_interval: Option<usize>,
-    /// At most N validation batches per evaluation (0 = all).
-    #[arg(long)]
-    pub eval_batches: Option<usize>,
-    /// Checkpoint every N steps (0 = at evaluations and at the end).
-    #[arg(long)]
-    pub checkpoint_interval: Option<usize>,
-    /// Step checkpoints to keep (plus the best).
-    #[arg(long)]
-    pub keep_last: Option<usize>,
-    /// Early stopping: evaluations without improvement (0 = off).
-    #[arg(long)]
-    pub patience: Option<usize>,
-    /// Log a train record every N steps.
-    #[arg(long)]
-    pub log_interval: Option<usize>,
-    /// best or last: which weights go to RUN/final.
-    #[arg(long)]
-    pub final_weights: Option<String>,
-    /// Weight of CE on distilled tokens.
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    /// Weight of the distillation divergence.
-    #[arg(long)]
-    pub beta: Option<f64>,
-    /// Distillation temperature.
-    #[arg(long)]
-    pub temperature: Option<f64>,
-    /// forward, reverse or jsd.
-    #[arg(long)]
-    pub divergence: Option<String>,
-    /// Mixture weight of the JSD, in (0, 1).
-    #[arg(long)]
-    pub jsd_beta: Option<f64>,
-    /// Loss-weight multiplier on marker targets (agent/obs/end tokens).
-    #[arg(long)]
-    pub role_token_weight: Option<f64>,
-    /// Number of targets after each agent hand-off to up-weight.
-    #[arg(long)]
-    pub handoff_tokens: Option<usize>,
-    /// Multiplier for those targets.
-    #[arg(long)]
-    pub handoff_weight: Option<f64>,
     /// Fresh preset model without agent-role embeddings (ablation).
     #[arg(long)]
     pub no_role_embeddings: bool,
@@ -139,49 +49,150 @@ pub struct TrainArgs {
     pub no_progress: bool,
 }
 
-/// The config file (or defaults) with the flags applied.
+/// The flags that name a `TrainConfig` field (under its dotted name); only
+/// those given are laid over the config (see `crate::settings`).
+#[derive(Args, Debug, Serialize)]
+pub struct TrainFlags {
+    /// Prepared dataset directory (train/val shards and vocab.json).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// Run directory (checkpoints, metrics.jsonl, plots, final/).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Distil from the teachers' cached top-k logits (built once in
+    /// RUN/teacher_cache; forward KL only); 0 = run the teachers every step.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher_top_k: Option<usize>,
+    /// Optimiser steps (0 = from --epochs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    /// Passes over the train split when --max-steps is 0.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Wall-clock budget, e.g. 10m, 90s, 1h30m.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_budget: Option<String>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// libtorch CPU threads (0 = default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Rows per micro-batch.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    #[serde(rename = "optim.lr", skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Floor of the cosine decay.
+    #[arg(long)]
+    #[serde(rename = "optim.min_lr", skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
+    #[arg(long)]
+    #[serde(rename = "optim.warmup_steps", skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    #[arg(long)]
+    #[serde(rename = "optim.weight_decay", skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long)]
+    #[serde(rename = "optim.grad_clip", skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    /// Dropout of a fresh preset model.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// Validate every N steps (0 = only at the end).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_interval: Option<usize>,
+    /// At most N validation batches per evaluation (0 = all).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_batches: Option<usize>,
+    /// Checkpoint every N steps (0 = at evaluations and at the end).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<usize>,
+    /// Step checkpoints to keep (plus the best).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<usize>,
+    /// Early stopping: evaluations without improvement (0 = off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// Log a train record every N steps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_interval: Option<usize>,
+    /// best or last: which weights go to RUN/final.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_weights: Option<FinalWeights>,
+    /// Weight of CE on distilled tokens.
+    #[arg(long)]
+    #[serde(rename = "loss.alpha", skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Weight of the distillation divergence.
+    #[arg(long)]
+    #[serde(rename = "loss.beta", skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// Distillation temperature.
+    #[arg(long)]
+    #[serde(rename = "loss.temperature", skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// forward, reverse or jsd.
+    #[arg(long)]
+    #[serde(rename = "loss.divergence", skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<Divergence>,
+    /// Mixture weight of the JSD, in (0, 1).
+    #[arg(long)]
+    #[serde(rename = "loss.jsd_beta", skip_serializing_if = "Option::is_none")]
+    pub jsd_beta: Option<f64>,
+    /// Loss-weight multiplier on marker targets (agent/obs/end tokens).
+    #[arg(long)]
+    #[serde(
+        rename = "loss.role_token_weight",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub role_token_weight: Option<f64>,
+    /// Number of targets after each agent hand-off to up-weight.
+    #[arg(long)]
+    #[serde(
+        rename = "loss.handoff_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handoff_tokens: Option<usize>,
+    /// Multiplier for those targets.
+    #[arg(long)]
+    #[serde(
+        rename = "loss.handoff_weight",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handoff_weight: Option<f64>,
+}
+
+/// `TrainConfig::default()` <- `--config` <- the flags <- `--set`.
 pub fn build_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let mut c = match &a.config {
-        Some(p) => TrainConfig::from_toml_file(p)?,
-        None => TrainConfig::default(),
-    };
-    macro_rules! set {
-        ($($field:expr => $val:expr),* $(,)?) => {$(
-            if let Some(v) = $val.clone() { $field = v; }
-        )*};
-    }
-    set!(
-        c.data => a.data,
-        c.out => a.out,
-        c.max_steps => a.max_steps,
-        c.teacher_top_k => a.teacher_top_k,
-        c.epochs => a.epochs,
-        c.seed => a.seed,
-        c.time_budget => a.time_budget.clone().map(Some),
-        c.device => a.device,
-        c.threads => a.threads,
-        c.batch_size => a.batch_size,
-        c.grad_accum => a.grad_accum,
-        c.optim.lr => a.lr,
-        c.optim.min_lr => a.min_lr,
-        c.optim.warmup_steps => a.warmup_steps,
-        c.optim.weight_decay => a.weight_decay,
-        c.optim.grad_clip => a.grad_clip,
-        c.dropout => a.dropout,
-        c.eval_interval => a.eval_interval,
-        c.eval_batches => a.eval_batches,
-        c.checkpoint_interval => a.checkpoint_interval,
-        c.keep_last => a.keep_last,
-        c.patience => a.patience,
-        c.log_interval => a.log_interval,
-        c.loss.alpha => a.alpha,
-        c.loss.beta => a.beta,
-        c.loss.temperature => a.temperature,
-        c.loss.jsd_beta => a.jsd_beta,
-        c.loss.role_token_weight => a.role_token_weight,
-        c.loss.handoff_tokens => a.handoff_tokens,
-        c.loss.handoff_weight => a.handoff_weight,
-    );
+    let mut c: TrainConfig = crate::settings::resolve(&a.layers, &a.flags)?;
     if let Some(p) = &a.init {
         c.init = Some(p.clone());
         c.preset = None;
@@ -189,18 +200,6 @@ pub fn build_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(p) = &a.preset {
         c.preset = Some(p.clone());
         c.init = None;
-    }
-    if let Some(d) = &a.divergence {
-        c.loss.divergence = d
-            .parse::<Divergence>()
-            .map_err(|e| anyhow::anyhow!("--divergence: {e}"))?;
-    }
-    if let Some(f) = &a.final_weights {
-        c.final_weights = match f.as_str() {
-            "best" => FinalWeights::Best,
-            "last" => FinalWeights::Last,
-            _ => anyhow::bail!("--final-weights {f:?}: use best or last"),
-        };
     }
     for t in &a.teachers {
         let (agent, ckpt) = t

@@ -10,6 +10,7 @@ mod cmd_pipeline;
 mod cmd_tasks;
 mod cmd_train;
 mod progress;
+mod settings;
 mod stage;
 
 use clap::{Parser, Subcommand};

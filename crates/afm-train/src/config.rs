@@ -47,6 +47,17 @@ pub enum FinalWeights {
     Last,
 }
 
+impl std::str::FromStr for FinalWeights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "best" => Ok(Self::Best),
+            "last" => Ok(Self::Last),
+            _ => Err(format!("unknown final weights {s:?}: use best or last")),
+        }
+    }
+}
+
 /// Loss shaping and distillation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
