@@ -9,7 +9,6 @@ mod cmd_model;
 mod cmd_pipeline;
 mod cmd_tasks;
 mod cmd_train;
-mod stage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
