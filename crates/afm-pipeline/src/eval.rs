@@ -284,7 +284,6 @@ pub(crate) fn learning_curve(
             point(&System::Mas(&Mas::load(&map, device)?), secs, step)?;
         }
     }
-    drop(point);
     drop(bar);
     Ok(points)
 }
