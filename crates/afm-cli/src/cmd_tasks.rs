@@ -2,9 +2,7 @@
 //! `afm agents run --scripted` (scripted reference trajectories) and `afm tool
 //! run` (the agents' tool by hand).
 
-use afm_tasks::{
-    generate, load_tasks, save_tasks, save_trajectories, solve, AgentConfig, Trajectory,
-};
+use afm_tasks::{generate, load_tasks, save_tasks, save_trajectories, AgentConfig, Trajectory};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -215,31 +213,17 @@ fn agents_run(a: AgentsRunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The scripted agents' trajectory on every task, with a progress bar; an
-/// error names `origin`, the task's line (1-based) and its family and op
-/// when a task has no reference solution.
-pub(crate) fn solve_scripted(
+/// The scripted agents' trajectory on every task, with a progress bar (see
+/// [`afm_pipeline::solve_scripted`]).
+fn solve_scripted(
     tasks: &[afm_tasks::Task],
     cfg: &AgentConfig,
     origin: &str,
 ) -> anyhow::Result<Vec<Trajectory>> {
     let bar = crate::progress::bar(tasks.len() as u64, "solve");
-    let mut trajs = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        let tr = solve(t, cfg).with_context(|| {
-            format!(
-                "{origin}:{}: task {} has no reference solution (family {:?}, op {:?})",
-                i + 1,
-                t.id,
-                t.family,
-                t.op
-            )
-        })?;
-        trajs.push(tr);
-        bar.inc(1);
-    }
+    let trajs = afm_pipeline::solve_scripted(tasks, cfg, origin, &mut || bar.inc(1));
     bar.finish_and_clear();
-    Ok(trajs)
+    trajs
 }
 
 /// Outcome counts and the token-length distribution of whole trajectories

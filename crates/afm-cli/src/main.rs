@@ -11,7 +11,6 @@ mod cmd_tasks;
 mod cmd_train;
 mod progress;
 mod settings;
-mod stage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,0 +1,117 @@
+//! The `prepare-*` stages: filter, (curriculum,) augment, pack.
+
+use crate::config::PipelineConfig;
+use crate::progress::{Event, Progress};
+use crate::stage::{self, Done};
+use afm_data::{AgentWeights, PrepareConfig};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A `prepare-*` stage's result (the counts of afm-data's manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepareSummary {
+    pub total: usize,
+    pub kept: usize,
+    pub filtered: BTreeMap<String, usize>,
+    pub rejected: BTreeMap<String, usize>,
+    pub augmented: BTreeMap<String, usize>,
+    /// The agents of the data, in role-id order.
+    pub roles: Vec<String>,
+    pub train_rows: usize,
+    pub val_rows: usize,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    pub packing_efficiency: f64,
+}
+
+/// Everything that determines a prepared dataset.
+#[derive(Serialize)]
+pub(crate) struct PrepareKey<'a> {
+    /// v4: fingerprints over this struct's JSON (v3: segments encoded
+    /// after one space, afm_data::format).
+    stage: &'static str,
+    inputs: Vec<stage::FileStamp>,
+    only: Option<&'a str>,
+    curriculum: bool,
+    augment: bool,
+    min_score: f64,
+    seq_len: usize,
+    seed: u64,
+    corpus_vocab: bool,
+    vocab_min_count: usize,
+}
+
+impl<'a> PrepareKey<'a> {
+    pub(crate) fn new(c: &PipelineConfig, ins: &[PathBuf], only: Option<&'a str>) -> Self {
+        PrepareKey {
+            stage: "prepare-v4",
+            inputs: stage::stamps(ins),
+            only,
+            // The agents' own datasets are never curriculum-ordered.
+            curriculum: c.curriculum && only.is_none(),
+            augment: c.augment,
+            min_score: c.min_score,
+            seq_len: c.seq_len,
+            seed: c.seed,
+            corpus_vocab: c.corpus_vocab,
+            vocab_min_count: c.vocab_min_count,
+        }
+    }
+}
+
+/// Prepare one dataset (a stage of its own): the AFM's (`only = None`,
+/// curriculum as configured) or one agent's.
+pub(crate) fn prepare_stage(
+    name: &str,
+    dir: &Path,
+    c: &PipelineConfig,
+    ins: &[PathBuf],
+    only: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Done<PrepareSummary>> {
+    let key = PrepareKey::new(c, ins, only);
+    let fp = stage::fingerprint(&key)?;
+    stage::run(name, dir, &fp, progress, |out| {
+        let cfg = PrepareConfig {
+            inputs: ins.to_vec(),
+            min_score: key.min_score,
+            curriculum: key.curriculum,
+            augment: key.augment,
+            corpus_vocab: c.corpus_vocab,
+            vocab_min_count: c.vocab_min_count,
+            seq_len: c.seq_len,
+            seed: c.seed,
+            weights: AgentWeights {
+                only: only.map(str::to_string),
+                ..AgentWeights::default()
+            },
+            out: out.to_path_buf(),
+            ..PrepareConfig::default()
+        };
+        let m = afm_data::prepare_with_progress(&cfg, &|p| {
+            progress.event(Event::Work {
+                task: name,
+                step: p.stage,
+                done: p.done,
+                total: p.total,
+            })
+        });
+        progress.event(Event::WorkDone { task: name });
+        let m = m?;
+        Ok(PrepareSummary {
+            total: m.total,
+            kept: m.kept,
+            filtered: m.filtered,
+            rejected: m.rejected,
+            augmented: m.augmented,
+            roles: m.roles,
+            train_rows: m.train.rows,
+            val_rows: m.val.rows,
+            tokens: m.tokens,
+            loss_tokens: m.loss_tokens,
+            packing_efficiency: m.packing_efficiency,
+        })
+    })
+}
