@@ -2,11 +2,13 @@
 //! resolution of a configuration (TOML file + flags) and the rendering of
 //! the library's progress. The recipe itself is the `afm-pipeline` crate.
 
+use crate::settings::Layers;
 use afm_bench::price::PriceTable;
 use afm_pipeline::{AblationOptions, Event, PipelineConfig, Progress, StageStatus, Start};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
+use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -21,48 +23,69 @@ pub enum Cmd {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct PipelineArgs {
-    /// TOML file with any `PipelineConfig` field (see README); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub name: Option<String>,
-    #[arg(long)]
-    pub runs_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub preset: Option<String>,
-    #[arg(long)]
-    pub device: Option<String>,
+    /// `--config FILE` (any `PipelineConfig` field, see README) and
+    /// `--set KEY=VALUE` (`--set train.optim.lr=1e-3`).
+    #[command(flatten)]
+    pub layers: Layers,
+    #[command(flatten)]
+    pub flags: PipelineFlags,
     /// Train in fp32 instead of the default bf16.
     #[arg(long)]
     pub fp32: bool,
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Your own trajectories (files or directories), in place of the generated ones.
     #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Train tasks the `data` stage generates and the scripted agents solve
-    /// (0 = the shipped datasets/scripted/train.jsonl).
-    #[arg(long)]
-    pub train_tasks: Option<usize>,
-    /// Held-out tasks file.
-    #[arg(long)]
-    pub tasks: Option<PathBuf>,
-    #[arg(long)]
-    pub mas_time_budget: Option<String>,
-    #[arg(long)]
-    pub afm_time_budget: Option<String>,
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    #[arg(long)]
-    pub eval_limit: Option<usize>,
-    #[arg(long)]
-    pub bench_tasks: Option<usize>,
     /// Price table TOML (per 1K input/output tokens, per call).
     #[arg(long)]
     pub prices: Option<PathBuf>,
     /// Delete the run directory first (otherwise completed stages are skipped).
     #[arg(long)]
     pub fresh: bool,
+}
+
+/// The flags that name a `PipelineConfig` field; only those given are laid
+/// over the configuration (see `crate::settings`).
+#[derive(Args, Debug, Clone, Default, Serialize)]
+pub struct PipelineFlags {
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Train tasks the `data` stage generates and the scripted agents solve
+    /// (0 = the shipped datasets/scripted/train.jsonl).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_tasks: Option<usize>,
+    /// Held-out tasks file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mas_time_budget: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub afm_time_budget: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_limit: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench_tasks: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -103,47 +126,12 @@ pub fn run(cmd: Cmd) -> Result<()> {
     }
 }
 
-/// Read `--config`, lay it over the pipeline's defaults, apply flags,
-/// validate ([`PipelineConfig::validated`]).
+/// `PipelineConfig::default()` <- `--config` <- the flags <- `--set` (see
+/// `crate::settings`: a `[train]` table that sets one field keeps the
+/// pipeline's tuned values of the others), then
+/// [`PipelineConfig::validated`].
 pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
-    let mut c = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            // Check the file on its own first (errors carry its line numbers),
-            // then lay it over the pipeline's defaults: a `[train]` table
-            // that sets one field keeps the pipeline's tuned values of the
-            // others (not `TrainConfig`'s generic defaults).
-            let user: toml::Value = toml::from_str::<PipelineConfig>(&text)
-                .and_then(|_| toml::from_str(&text))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            let mut merged = toml::Value::try_from(PipelineConfig::default())?;
-            overlay(&mut merged, user);
-            merged
-                .try_into()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-        }
-        None => PipelineConfig::default(),
-    };
-    macro_rules! set {
-        ($f:ident) => {
-            if let Some(v) = &a.$f {
-                c.$f = v.clone();
-            }
-        };
-    }
-    set!(name);
-    set!(runs_dir);
-    set!(preset);
-    set!(device);
-    set!(seed);
-    set!(tasks);
-    set!(train_tasks);
-    set!(mas_time_budget);
-    set!(afm_time_budget);
-    set!(max_steps);
-    set!(eval_limit);
-    set!(bench_tasks);
+    let mut c: PipelineConfig = crate::settings::resolve(&a.layers, &a.flags)?;
     if a.fp32 {
         c.bf16 = false;
     }
@@ -154,23 +142,6 @@ pub fn resolve(a: &PipelineArgs) -> Result<PipelineConfig> {
         c.prices = PriceTable::from_toml_file(p)?;
     }
     c.validated()
-}
-
-/// Lay `top` over `base`: tables merge key by key, anything else replaces.
-fn overlay(base: &mut toml::Value, top: toml::Value) {
-    match (base, top) {
-        (toml::Value::Table(b), toml::Value::Table(t)) => {
-            for (k, v) in t {
-                match b.get_mut(&k) {
-                    Some(slot) => overlay(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 /// The library's progress as log lines (stderr) and one progress bar per
@@ -246,16 +217,23 @@ mod tests {
     use super::*;
     use afm_pipeline::{boundary_loss, BOUNDARY_DEFAULTS};
 
+    fn with_config(p: &std::path::Path) -> PipelineArgs {
+        PipelineArgs {
+            layers: Layers {
+                config: Some(p.to_path_buf()),
+                set: Vec::new(),
+            },
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_non_finite_or_out_of_range_min_score_is_refused_up_front() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["nan", "inf", "-1.0", "101.0"] {
             let p = dir.path().join("p.toml");
             std::fs::write(&p, format!("min_score = {bad}\n")).unwrap();
-            let a = PipelineArgs {
-                config: Some(p.clone()),
-                ..Default::default()
-            };
+            let a = with_config(&p);
             let e = resolve(&a).unwrap_err().to_string();
             assert!(e.contains("min_score"), "{bad}: {e}");
         }
@@ -270,11 +248,8 @@ mod tests {
             "preset = \"tiny\"\nmin_score = 10.0\n[train]\nbatch_size = 4\n",
         )
         .unwrap();
-        let a = PipelineArgs {
-            config: Some(p.clone()),
-            name: Some("x".into()),
-            ..Default::default()
-        };
+        let mut a = with_config(&p);
+        a.flags.name = Some("x".into());
         let c = resolve(&a).unwrap();
         assert_eq!(
             (
@@ -294,10 +269,8 @@ mod tests {
         std::fs::write(&p, "presett = \"tiny\"\n").unwrap();
         let e = resolve(&a).unwrap_err().to_string();
         assert!(e.contains("presett"), "{e}");
-        let a = PipelineArgs {
-            afm_time_budget: Some("soon".into()),
-            ..Default::default()
-        };
+        let mut a = PipelineArgs::default();
+        a.flags.afm_time_budget = Some("soon".into());
         let e = resolve(&a).unwrap_err().to_string();
         assert!(e.contains("afm_time_budget"), "{e}");
     }
@@ -311,10 +284,7 @@ mod tests {
         let p = dir.path().join("p.toml");
         let with = |text: &str| {
             std::fs::write(&p, text).unwrap();
-            resolve(&PipelineArgs {
-                config: Some(p.clone()),
-                ..Default::default()
-            })
+            resolve(&with_config(&p))
         };
         // Defaults: the AFM gets the boundary weighting, the agents' models none.
         let c = with("").unwrap();
