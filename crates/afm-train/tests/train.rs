@@ -835,8 +835,9 @@ fn lr_schedule_spans_the_time_budget_and_resume_continues_it() {
     c.optim.lr = 1e-3;
     c.optim.min_lr = 1e-4;
     c.optim.warmup_steps = 2;
-    // Seconds of budget: room for a few slow debug steps on a loaded machine.
-    let budget = 3.0;
+    // Seconds of budget: room for a few slow debug steps on a loaded machine
+    // (a step longer than a third of it would skip a snapshot).
+    let budget = 5.0;
     c.time_budget = Some(format!("{budget}s"));
     c.snapshots = 3;
     let s = afm_train::train(&c).unwrap();
