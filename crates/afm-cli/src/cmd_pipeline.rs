@@ -546,7 +546,7 @@ fn prepare_stage(
             ..PrepareConfig::default()
         };
         let pb = bar(0, name);
-        let m = afm_data::prepare_with_progress(&cfg, &|p| {
+        let m = crate::cmd_data::prepare_with_progress(&cfg, &|p| {
             pb.set_length(p.total);
             pb.set_position(p.done);
             pb.set_message(format!("{name}:{}", p.stage));

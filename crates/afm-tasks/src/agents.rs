@@ -17,9 +17,9 @@
 
 use crate::lang::{run_to_observation, token_spans, Limits, TokenKind};
 use crate::tasks::{gen_task_of, solution, verify, Split, Task};
+use afm_format::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use afm_format::rng::SplitMix64;
 
 /// The planner agent's name.
 pub const PLANNER: &str = "Planner";

@@ -20,7 +20,7 @@
 use crate::data::make_batch;
 use crate::teacher::Teachers;
 use crate::LossConfig;
-use afm_data::shards::Shards;
+use afm_format::shards::Shards;
 use afm_model::Precision;
 use afm_tokenizer::atomic::{self, AtomicFile};
 use afm_tokenizer::Tokenizer;
