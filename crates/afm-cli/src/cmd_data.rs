@@ -205,7 +205,8 @@ impl afm_data::Resolver for TaskWorld {
     }
 }
 
-/// `afm_data::prepare_with` with [`TaskWorld`]: how every verb prepares data.
+/// `afm_data::prepare_with` with [`TaskWorld`]: how every verb prepares data
+/// (`afm prepare` and the pipeline's prepare stages).
 pub fn prepare_with_progress(
     cfg: &PrepareConfig,
     progress: &(dyn Fn(Progress) + Sync),

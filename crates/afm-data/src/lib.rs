@@ -35,7 +35,5 @@ pub use agents::AgentsMap;
 pub use augment::Resolver;
 pub use ingest::{read_file, Format, Limits};
 #[cfg(feature = "pipeline")]
-pub use prepare::{
-    prepare, prepare_with, prepare_with_progress, Manifest, PrepareConfig, Progress,
-};
+pub use prepare::{prepare, prepare_with, Manifest, PrepareConfig, Progress};
 pub use window::LongMode;

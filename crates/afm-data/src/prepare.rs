@@ -297,9 +297,10 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Run the pipeline with no progress reporting.
+/// Run the pipeline with no progress reporting and no task world (no
+/// record is re-solved; see [`prepare_with`]).
 pub fn prepare(cfg: &PrepareConfig) -> Result<Manifest> {
-    prepare_with_progress(cfg, &|_| {})
+    prepare_with(cfg, &|_| {}, None)
 }
 
 /// One row of the compact per-record table.
@@ -339,18 +340,10 @@ struct RejectLine<'a> {
     message: &'a str,
 }
 
-/// Run the pipeline, reporting progress, without a task world: records are
-/// never re-solved ([`prepare_with`] takes a [`Resolver`]).
-pub fn prepare_with_progress(
-    cfg: &PrepareConfig,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<Manifest> {
-    prepare_with(cfg, progress, None)
-}
-
 /// Run the pipeline, reporting progress. With `cfg.augment`, `resolver`
 /// (when given) re-solves the records it can ([`Transform::Resolve`]);
-/// `afm-data` has no task world of its own.
+/// `afm-data` has no task world of its own, so a caller that wants the
+/// `resolve` rows passes one (the `afm` CLI passes `afm-tasks`').
 pub fn prepare_with(
     cfg: &PrepareConfig,
     progress: &(dyn Fn(Progress) + Sync),
