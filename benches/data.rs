@@ -1,9 +1,9 @@
 //! afm-data throughput: tokenizing a batch with rayon (as `prepare` does),
 //! formatting+labelling trajectories, and packing documents into rows.
 //! `cargo bench --bench data`
-use afm_data::format::{encode_trajectory, AgentWeights, Doc};
 use afm_data::pack::Packer;
-use afm_data::{Step, StepKind, Trajectory};
+use afm_format::layout::{encode_trajectory, AgentWeights, Doc};
+use afm_format::{Step, StepKind, Trajectory};
 use afm_tokenizer::{RoleVocab, Tokenizer};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rayon::prelude::*;

@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let tok = write_dataset(&dir, &spec).unwrap();
-    let shards = afm_data::shards::Shards::open(&dir, "train").unwrap();
+    let shards = afm_format::shards::Shards::open(&dir, "train").unwrap();
     let mut presets = vec!["mini"];
     if std::env::var("AFM_BENCH_GPT2").is_ok_and(|v| v == "1") {
         presets.push("gpt2");

@@ -6,20 +6,23 @@
 //! no special token comes from text.
 #![no_main]
 
-use afm_data::format::{encode_trajectory, label};
 use afm_data::ingest::{parse_coa_tags, parse_document, parse_line, Format, Limits};
-use afm_data::{AgentsMap, StepKind};
+use afm_data::AgentsMap;
+use afm_format::layout::{encode_trajectory, label};
+use afm_format::StepKind;
 use afm_tokenizer::{RoleTracker, RoleVocab, Tokenizer};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
-fn check(t: afm_data::Trajectory) {
-    let Ok(t) = afm_data::agents::normalise(t, &AgentsMap::default()) else {
+fn check(t: afm_format::Trajectory) {
+    let Ok(t) = afm_data::ingest::normalise(t, &AgentsMap::default()) else {
         return;
     };
     let mut roles = RoleVocab::new();
     for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
-        roles.insert(&s.agent).expect("validated agent names are valid role names");
+        roles
+            .insert(&s.agent)
+            .expect("validated agent names are valid role names");
     }
     let n_markers = t.steps.len() + 2;
     let tok = Tokenizer::new(roles);
@@ -38,7 +41,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let limits = Limits::default();
     let p = Path::new("fuzz.json");
-    for fmt in [Format::Auto, Format::Native, Format::Ag2, Format::Messages, Format::CoaTags] {
+    for fmt in [
+        Format::Auto,
+        Format::Native,
+        Format::Ag2,
+        Format::Messages,
+        Format::CoaTags,
+    ] {
         for r in parse_document(data, fmt, &limits, p).into_iter().flatten() {
             check(r);
         }

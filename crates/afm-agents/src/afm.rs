@@ -18,7 +18,7 @@ use crate::format;
 use crate::lm::{Lm, Session};
 use crate::model_lm::ModelLm;
 use crate::trajectory::{RunStats, TaskRun, Validity};
-use afm_model::Model;
+use afm_model::{Model, Precision, SamplingConfig};
 use afm_tokenizer::{Tokenizer, END, EOT, FIRST_ROLE_TOKEN, OBS, TASK};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -50,6 +50,23 @@ pub struct RunOptions {
     /// itself instead of sampling (see [`Route`]). The MAS orchestrator
     /// always knows them.
     pub route: Route,
+}
+
+impl RunOptions {
+    /// The sampling part of the options.
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+
+    /// The decoding precision.
+    pub fn precision(&self) -> Precision {
+        Precision::from_bf16(self.bf16)
+    }
 }
 
 /// The hand-offs a chain's orchestration fixes: the agent that opens the
@@ -132,9 +149,9 @@ pub(crate) fn classify(tok: &Tokenizer, id: u32) -> Token {
 }
 
 /// Decode the tokens of a turn the model sampled (all checked to be in the
-/// vocabulary), the segment's leading space removed (`afm_data::format`).
+/// vocabulary), the segment's leading space removed (`afm_format::layout`).
 pub(crate) fn text_of(tok: &Tokenizer, ids: &[u32]) -> String {
-    afm_data::format::decode_segment(tok, ids).unwrap_or_else(|e| format!("<undecodable: {e}>"))
+    afm_format::layout::decode_segment(tok, ids).unwrap_or_else(|e| format!("<undecodable: {e}>"))
 }
 
 /// Count a step into per-agent validity.

@@ -1,12 +1,12 @@
 //! Token layout of prompts and contexts: the one FORMAT rule
-//! (`afm_data::format`), applied.
+//! (`afm_format::layout`), applied.
 //!
 //! A trajectory is `<|task|>` + segment(task) + per step
 //! (`<|agent:X|>` + segment(output) | `<|obs|>` + segment(observation)) +
 //! `<|end|>`. The runtimes build every prompt and context through
-//! `afm_data::format`, so inference sees exactly the layout training saw.
+//! `afm_format::layout`, so inference sees exactly the layout training saw.
 
-use afm_data::format::{encode_agent_turn, encode_observation, encode_task};
+use afm_format::layout::{encode_agent_turn, encode_observation, encode_task};
 use afm_tokenizer::Tokenizer;
 use anyhow::{anyhow, Result};
 

@@ -11,7 +11,7 @@
 //! - [`trajectory`]: [`TaskRun`], the output record (native JSONL shape),
 //!   and [`RunStats`], the accounting (definitions there).
 //! - [`env`]: what the runtimes use from `afm-tasks` (tool, answers,
-//!   verifier, per-agent validity); [`format`]: prompts by `afm_data::format`.
+//!   verifier, per-agent validity); [`format`]: prompts by `afm_format::layout`.
 //!
 //! ```no_run
 //! use afm_agents::{afm, eval, mas::Mas, RunOptions};

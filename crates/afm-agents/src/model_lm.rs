@@ -119,20 +119,3 @@ impl Session for ModelSession<'_> {
         self.decoder.row_len(row)
     }
 }
-
-impl crate::afm::RunOptions {
-    /// The sampling part of the options.
-    pub fn sampling(&self) -> SamplingConfig {
-        SamplingConfig {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-        }
-    }
-
-    /// The decoding precision.
-    pub fn precision(&self) -> Precision {
-        Precision::from_bf16(self.bf16)
-    }
-}

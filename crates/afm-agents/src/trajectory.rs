@@ -4,8 +4,15 @@
 //! One [`TaskRun`] serialises to one JSON line:
 //! `{"id","task","trajectory":[{"agent","output"}|{"agent","observation"}],
 //! "answer","success","runtime","failure","stats","validity"}`. The first
-//! five fields are the native trajectory shape that `afm-tasks` writes and
-//! `afm-data` ingests, so MAS runs can feed training directly.
+//! five fields are the native trajectory shape (`afm_format::native`, whose
+//! [`Turn`] they use) that `afm-tasks` writes and `afm-data` ingests, so MAS
+//! runs can feed training directly; [`TaskRun::to_native`] gives the native
+//! record itself.
+//!
+//! [`TaskRun`] is not an `afm_format::NativeTrajectory`: it carries more
+//! (runtime, failure reason, accounting, validity) and a run may end
+//! without an answer (`answer: null`, where the native record has a
+//! string), which evaluation tells apart from an empty answer.
 
 use crate::env::{Task, Turn};
 use anyhow::{Context, Result};
@@ -68,7 +75,7 @@ pub struct TaskRun {
     pub id: String,
     /// The task prompt text.
     pub task: String,
-    /// Agent turns and tool observations, in order (`afm_tasks::Turn`:
+    /// Agent turns and tool observations, in order (`afm_format::Turn`:
     /// `{"agent","output"}` or `{"agent","observation"}`).
     pub trajectory: Vec<Turn>,
     /// Final answer: `extract_answer` of the last turn that has one.

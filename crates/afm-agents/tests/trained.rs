@@ -1,6 +1,6 @@
 //! End to end with models trained in the test: `tiny` models overfit on a
-//! scripted trajectory (laid out by `afm_data::format`, roles by
-//! `RoleTracker`, losses on the positions `afm_data::format::label` assigns
+//! scripted trajectory (laid out by `afm_format::layout`, roles by
+//! `RoleTracker`, losses on the positions `afm_format::layout::label` assigns
 //! to agents). The AFM, greedy, must then replay the chains itself: emit the
 //! role tokens, call the tool, read the injected observation and answer
 //! correctly. The MAS, with one model trained per agent on its own turns,
@@ -11,8 +11,8 @@ mod common;
 use afm_agents::env::Task;
 use afm_agents::mas::Mas;
 use afm_agents::{afm, RunOptions};
-use afm_data::format::{encode_trajectory, label};
-use afm_data::{Step, StepKind, Trajectory};
+use afm_format::layout::{encode_trajectory, label};
+use afm_format::{Step, StepKind, Trajectory};
 use afm_model::{ForwardArgs, GptConfig, Model, Precision};
 use afm_tokenizer::{Tokenizer, END, ROLE_NONE};
 use common::*;
@@ -136,7 +136,7 @@ fn trained_models_with_a_corpus_vocabulary_solve_their_tasks() {
         .collect();
     assert_eq!(tasks.len(), 1);
     let ids = encode(&full, &tasks[0]);
-    let prompt = afm_data::format::encode_task(&full, &tasks[0].prompt);
+    let prompt = afm_format::layout::encode_task(&full, &tasks[0].prompt);
     let dropped = *prompt
         .iter()
         .find(|&&i| !full.is_special(i) && full.decode(&[i]).unwrap().len() > 1)

@@ -1,6 +1,7 @@
-//! Verbs of afm-data: `afm prepare`.
+//! Verbs of afm-data: `afm prepare` (with the task world's re-solver,
+//! `afm_pipeline::TaskWorld`).
 
-use afm_data::{AgentWeights, AgentsMap, Format, LongMode, PrepareConfig, Progress};
+use afm_data::{AgentWeights, AgentsMap, Format, LongMode, Manifest, PrepareConfig, Progress};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
@@ -179,16 +180,26 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         bar.set_length(p.total);
         bar.set_position(p.done);
     };
-    let m = afm_data::prepare_with_progress(&cfg, &progress)?;
+    let m = prepare_with_progress(&cfg, &progress)?;
     bar.finish_and_clear();
     print!("{}", m.table());
     println!("wrote {}", cfg.out.display());
     Ok(())
 }
 
+/// `afm_data::prepare_with` with the task world's re-solver (see
+/// `afm_pipeline::TaskWorld`): how every verb prepares data.
+pub fn prepare_with_progress(
+    cfg: &PrepareConfig,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<Manifest> {
+    afm_pipeline::prepare_in_task_world(cfg, progress)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use clap::Parser;
 
     #[derive(Parser)]

@@ -234,7 +234,7 @@ fn summary(trajs: &[Trajectory]) -> String {
     let mut buf = Vec::new();
     let mut seg = |text: &str| {
         buf.clear();
-        afm_data::format::encode_segment_into(&tok, text, &mut buf);
+        afm_format::layout::encode_segment_into(&tok, text, &mut buf);
         buf.len()
     };
     let mut lens: Vec<usize> = trajs

@@ -148,19 +148,6 @@ fn tail(log: &Path) -> String {
     text[i..].to_string()
 }
 
-/// SplitMix64: the kill delays, the same in every run of the test.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
 /// Start the pipeline, wait until `trigger` holds, wait `delay` more, and
 /// SIGKILL it. Panics when the pipeline exits before it is killed (the kill
 /// point was not reached) or the trigger never holds.
@@ -289,7 +276,8 @@ fn pipeline_killed_at_random_points_resumes_to_the_same_results() {
     // kill followed by a rerun that goes on from what is there.
     let name = "cut";
     let root = s.root(name);
-    let mut rng = Rng(0xAF3_2026);
+    // The kill delays: the same in every run of the test.
+    let mut rng = afm_format::SplitMix64::new(0xAF3_2026);
     let mut attempt = 0;
     let mut next = || {
         attempt += 1;
@@ -301,19 +289,19 @@ fn pipeline_killed_at_random_points_resumes_to_the_same_results() {
         name,
         next(),
         "prepare-afm",
-        Duration::from_millis(rng.below(200)),
+        Duration::from_millis(rng.below_mod(200) as u64),
         |r| marker_exists(r, "prepared/afm"),
     );
     // 2. training: a seeded one of the three agent models' trainings, after
     //    its first checkpoint (then a seeded delay: mid-training or just after).
     let models = ["mas-Planner", "mas-Coder", "mas-Reviewer"];
-    let m = models[rng.below(3) as usize];
+    let m = models[rng.below_mod(3)];
     kill_when(
         &s,
         name,
         next(),
         &format!("train-{m}"),
-        Duration::from_millis(rng.below(150)),
+        Duration::from_millis(rng.below_mod(150) as u64),
         |r| newest_checkpoint(&r.join("models").join(m)) > 0,
     );
     // A second training kill in the AFM, after a checkpoint newer than any
@@ -325,7 +313,7 @@ fn pipeline_killed_at_random_points_resumes_to_the_same_results() {
         name,
         next(),
         "train-afm",
-        Duration::from_millis(rng.below(50)),
+        Duration::from_millis(rng.below_mod(50) as u64),
         |_| newest_checkpoint(&afm) > before,
     );
     // 3. evaluation.
@@ -334,7 +322,7 @@ fn pipeline_killed_at_random_points_resumes_to_the_same_results() {
         name,
         next(),
         "eval",
-        Duration::from_millis(rng.below(300)),
+        Duration::from_millis(rng.below_mod(300) as u64),
         |r| marker_exists(r, "eval"),
     );
     // 4. the bench (latency and throughput; its numbers are timings, not
@@ -344,7 +332,7 @@ fn pipeline_killed_at_random_points_resumes_to_the_same_results() {
         name,
         next(),
         "bench",
-        Duration::from_millis(rng.below(50)),
+        Duration::from_millis(rng.below_mod(50) as u64),
         |r| marker_exists(r, "bench"),
     );
     // 5. the report: blocked on the FIFO standing where its first chart goes.

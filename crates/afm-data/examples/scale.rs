@@ -7,7 +7,7 @@
 //! ```
 //! Peak RSS is what `/usr/bin/time -v` reports ("Maximum resident set size").
 
-use afm_data::{prepare_with_progress, PrepareConfig};
+use afm_data::{prepare_with, PrepareConfig};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let t1 = Instant::now();
-    let m = prepare_with_progress(&cfg, &|_| {})?;
+    let m = prepare_with(&cfg, &|_| {}, None)?;
     let secs = t1.elapsed().as_secs_f64();
     print!("{}", m.table());
     println!(

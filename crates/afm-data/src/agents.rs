@@ -13,7 +13,7 @@
 //!
 //! Renames apply first; the observation rule then sees the new name.
 
-use crate::record::{Step, StepKind};
+use afm_format::record::{Step, StepKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -76,26 +76,6 @@ impl AgentsMap {
             step.kind = StepKind::Observation;
         }
     }
-}
-
-/// Normalise a parsed record: apply the agents map to every step and
-/// re-check the (renamed) agent names.
-pub fn normalise(
-    mut t: crate::record::Trajectory,
-    map: &AgentsMap,
-) -> Result<crate::record::Trajectory, crate::ingest::Invalid> {
-    for (i, s) in t.steps.iter_mut().enumerate() {
-        map.apply(s);
-        if s.kind == StepKind::Agent {
-            if let Err(e) = afm_tokenizer::RoleVocab::new().insert(&s.agent) {
-                return Err(crate::ingest::Invalid {
-                    reason: crate::ingest::RejectReason::BadAgentName,
-                    message: format!("step[{i}] after the agents map: {e}"),
-                });
-            }
-        }
-    }
-    Ok(t)
 }
 
 /// The default rule: `tool` role, or a name containing terminal, tool,

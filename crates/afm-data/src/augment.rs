@@ -9,18 +9,21 @@
 //!   any observation (so tool outputs, which the rename could change, and
 //!   the final answer are byte-identical). Renaming is consistent across all
 //!   agent turns.
-//! - [`Transform::Resolve`]: for generated tasks whose `meta` says how to
-//!   re-solve them (`family`, `op`, `level`, `inputs`, `task_id`, `expected`,
-//!   as written by `afm-tasks`), perturb the inputs and solve again with
-//!   `afm_tasks::perturb_and_solve`: error-free scripted agents, answer
-//!   checked by the task's verifier; only train-split tasks are produced.
+//! - [`Transform::Resolve`]: for records a task world can re-solve, a new
+//!   task of the same kind with fresh inputs, solved again and verified.
+//!   `afm-data` has no task world: the caller injects one as a
+//!   [`Resolver`] (the `afm` CLI passes `afm-tasks`' scripted agents, which
+//!   re-solve generated tasks from their `meta` and produce only
+//!   train-split tasks). The re-solved record goes through the same checks
+//!   as a native input record.
 //!
 //! Which records get which transform is chosen in the polars table of
 //! [`crate::prepare`] (train split only, so a held-out task never leaks);
 //! each augmented record's id is `SOURCE+TRANSFORM` and its `meta.augment`
 //! records `{source, transform}`.
 
-use crate::record::{StepKind, Trajectory};
+use afm_format::hash::fnv1a;
+use afm_format::record::{StepKind, Trajectory};
 use std::collections::{BTreeSet, HashMap};
 
 /// Task-wording templates (`{task}` is replaced by the task).
@@ -169,38 +172,31 @@ fn replace_words(text: &str, map: &HashMap<&str, String>) -> String {
     out
 }
 
-/// The `afm-tasks` task a generated record was made from, when its `meta`
-/// carries what re-solving needs.
-pub fn source_task(t: &Trajectory) -> Option<afm_tasks::Task> {
-    let m = t.meta.as_ref()?;
-    Some(afm_tasks::Task {
-        id: m.get("task_id")?.as_str()?.to_string(),
-        family: m.get("family")?.as_str()?.to_string(),
-        op: m.get("op")?.as_str()?.to_string(),
-        level: u8::try_from(m.get("level")?.as_u64()?).ok()?,
-        prompt: t.task.clone(),
-        inputs: m.get("inputs")?.clone(),
-        answer: m.get("expected")?.as_str()?.to_string(),
-    })
+/// A task world that re-solves records with new inputs: what
+/// [`Transform::Resolve`] needs. Injected by the caller of
+/// [`crate::prepare::prepare_with`], so `afm-data` depends on no task world.
+pub trait Resolver: Sync {
+    /// True when `t` can be re-solved (its metadata says how); decides which
+    /// records get a `resolve` row in the augmentation plan.
+    fn can_resolve(&self, t: &Trajectory) -> bool;
+
+    /// A new task like `t`'s with inputs drawn from `seed`, solved and
+    /// verified, as a record; `None` when no such task was found.
+    fn resolve(&self, t: &Trajectory, seed: u64) -> Option<Trajectory>;
 }
 
 /// Apply `tr` to a copy of `t`; `None` when it would change nothing (or,
-/// for [`Transform::Resolve`], when no verified train-split variant exists).
-pub fn apply(t: &Trajectory, tr: Transform) -> Option<Trajectory> {
+/// for [`Transform::Resolve`], when there is no `resolver`, or it finds no
+/// verified variant, or the variant fails the native record checks).
+pub fn apply(t: &Trajectory, tr: Transform, resolver: Option<&dyn Resolver>) -> Option<Trajectory> {
     let mut a = t.clone();
     match tr {
         Transform::Resolve(seed) => {
-            let task = source_task(t)?;
-            let (_, solved) = afm_tasks::perturb_and_solve(
-                &task,
-                seed ^ crate::score::fnv1a(t.id.as_bytes(), 0),
-            )?;
-            let v = serde_json::to_value(&solved).ok()?;
-            a = crate::ingest::convert(
-                &v,
-                crate::ingest::Format::Native,
+            let solved = resolver?.resolve(t, seed ^ fnv1a(t.id.as_bytes(), 0))?;
+            a = crate::ingest::check(
+                solved,
                 &crate::ingest::Limits::default(),
-                &t.id,
+                crate::ingest::Format::Native,
             )
             .ok()?;
             if a.task == t.task {
@@ -224,7 +220,7 @@ pub fn apply(t: &Trajectory, tr: Transform) -> Option<Trajectory> {
                 .collect();
             let mut map = HashMap::new();
             for (i, n) in names.iter().enumerate() {
-                let h = crate::score::fnv1a(n.as_bytes(), seed) % 1000;
+                let h = fnv1a(n.as_bytes(), seed) % 1000;
                 let mut new = format!("{}_{h}", if n.len() > 8 { &n[..1] } else { "v" });
                 let mut k = 0;
                 while all_words.contains(new.as_str()) || map.values().any(|v| v == &new) {
@@ -259,7 +255,7 @@ pub fn apply(t: &Trajectory, tr: Transform) -> Option<Trajectory> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Step;
+    use afm_format::record::Step;
 
     fn t() -> Trajectory {
         let st = |a: &str, k, x: &str| Step {
@@ -293,7 +289,7 @@ mod tests {
             renamable(&src),
             vec!["result".to_string(), "total".to_string()]
         );
-        let a = apply(&src, Transform::Rename(7)).unwrap();
+        let a = apply(&src, Transform::Rename(7), None).unwrap();
         assert_eq!(a.task, src.task);
         assert_eq!(a.answer, src.answer);
         assert_eq!(a.steps[1], src.steps[1]);
@@ -305,28 +301,57 @@ mod tests {
         assert_eq!(renamable(&s2), vec!["result".to_string()]);
     }
 
+    /// A resolver that rewrites the task when the record has a `meta`.
+    struct Stub;
+    impl Resolver for Stub {
+        fn can_resolve(&self, t: &Trajectory) -> bool {
+            t.meta.is_some()
+        }
+        fn resolve(&self, t: &Trajectory, seed: u64) -> Option<Trajectory> {
+            let mut n = t.clone();
+            n.task = format!("{} (variant {seed:x})", t.task);
+            n.id = "solved".into();
+            n.meta = Some(serde_json::json!({"split": "train"}));
+            Some(n)
+        }
+    }
+
+    /// The seed the resolver gets mixes in the record id; the result keeps
+    /// its own content, gets the `SOURCE+resolve` id and the augment meta,
+    /// and is checked like an input record. No resolver: no variant.
     #[test]
-    fn resolve_makes_a_new_verified_task() {
-        let task = afm_tasks::generate(5, 1, 0).unwrap().0.remove(0);
-        let tr = afm_tasks::solve(&task, &afm_tasks::AgentConfig::default()).unwrap();
-        let v = serde_json::to_value(&tr).unwrap();
-        let src =
-            crate::ingest::convert(&v, crate::ingest::Format::Native, &Default::default(), "x")
-                .unwrap();
-        assert_eq!(source_task(&src).unwrap().id, task.id);
-        let a = apply(&src, Transform::Resolve(1)).unwrap();
-        assert_ne!(a.task, src.task);
-        assert_eq!(a.success, Some(true));
-        assert_eq!(a.meta.as_ref().unwrap()["augment"]["transform"], "resolve");
-        assert_eq!(a.meta.as_ref().unwrap()["split"], "train");
-        // Records without re-solve metadata are not eligible.
-        assert!(apply(&t(), Transform::Resolve(1)).is_none());
+    fn resolve_uses_the_injected_resolver() {
+        let mut src = t();
+        src.meta = Some(serde_json::json!({"family": "f"}));
+        let a = apply(&src, Transform::Resolve(1), Some(&Stub)).unwrap();
+        let mixed = 1 ^ fnv1a(b"r1", 0);
+        assert_eq!(a.task, format!("Sum the list xs (variant {mixed:x})"));
+        assert_eq!(a.id, "r1+resolve");
+        assert_eq!(a.steps, src.steps);
+        let meta = a.meta.as_ref().unwrap();
+        assert_eq!(meta["augment"]["transform"], "resolve");
+        assert_eq!(meta["augment"]["source"], "r1");
+        assert_eq!(meta["split"], "train");
+        assert!(apply(&src, Transform::Resolve(1), None).is_none());
+        // A variant that fails the input checks (a NUL byte) is dropped.
+        struct Nul;
+        impl Resolver for Nul {
+            fn can_resolve(&self, _: &Trajectory) -> bool {
+                true
+            }
+            fn resolve(&self, t: &Trajectory, _: u64) -> Option<Trajectory> {
+                let mut n = t.clone();
+                n.task = "bad\0task".into();
+                Some(n)
+            }
+        }
+        assert!(apply(&src, Transform::Resolve(1), Some(&Nul)).is_none());
     }
 
     #[test]
     fn template_rewords_only_the_task() {
         let src = t();
-        let a = apply(&src, Transform::Template(0)).unwrap();
+        let a = apply(&src, Transform::Template(0), None).unwrap();
         assert_eq!(a.task, "Task: Sum the list xs");
         assert_eq!(a.steps, src.steps);
         assert_eq!(a.id, "r1+template0");

@@ -18,7 +18,8 @@
 //! A bad record never stops reading: each one comes back as an
 //! [`Invalid`] with a [`RejectReason`] and a message naming the field.
 
-use crate::record::{Step, StepKind, Trajectory};
+use crate::agents::{is_default_observation, AgentsMap};
+use afm_format::record::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -628,7 +629,7 @@ pub fn convert(
         Format::CoaTags => coa(o, limits, default_id),
         Format::Auto => unreachable!("resolved above"),
     }?;
-    finish(t, limits, fmt)
+    check(t, limits, fmt)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -1041,7 +1042,7 @@ pub fn parse_coa_tags(text: &str) -> Vec<Step> {
                 None => (body, ""),
             },
         };
-        let kind = if name == "observation" || crate::agents::is_default_observation(name) {
+        let kind = if name == "observation" || is_default_observation(name) {
             StepKind::Observation
         } else {
             StepKind::Agent
@@ -1082,8 +1083,26 @@ fn next_open_tag(s: &str) -> Option<(usize, &str, usize)> {
     None
 }
 
-/// Checks shared by every format: non-empty steps, field sizes, NUL bytes, agent names.
-fn finish(t: Trajectory, limits: &Limits, fmt: Format) -> Result<Trajectory, Invalid> {
+/// Normalise a parsed record: apply the agents map ([`crate::agents`]) to
+/// every step and re-check the (renamed) agent names.
+pub fn normalise(mut t: Trajectory, map: &AgentsMap) -> Result<Trajectory, Invalid> {
+    for (i, s) in t.steps.iter_mut().enumerate() {
+        map.apply(s);
+        if s.kind == StepKind::Agent {
+            if let Err(e) = afm_tokenizer::RoleVocab::new().insert(&s.agent) {
+                return Err(Invalid {
+                    reason: RejectReason::BadAgentName,
+                    message: format!("step[{i}] after the agents map: {e}"),
+                });
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Checks shared by every format: non-empty steps, field sizes, NUL bytes,
+/// agent names (`fmt` names the fields in messages).
+pub(crate) fn check(t: Trajectory, limits: &Limits, fmt: Format) -> Result<Trajectory, Invalid> {
     if t.task.trim().is_empty() {
         return Err(Invalid::new(RejectReason::MissingTask, "the task is empty"));
     }

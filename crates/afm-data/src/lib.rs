@@ -7,33 +7,33 @@
 //! - [`ingest`]: the input formats (native JSONL, AG2 logs, OpenAI messages,
 //!   Chain-of-Agents tags), validation and rejects.
 //! - [`agents`]: agent renames and observation agents (TOML map).
-//! - [`format`]: THE trajectory format and loss-mask rule (the agent runtime
-//!   reuses it to build prompts).
 //! - [`score`]: quality score, curriculum difficulty, dedup/split keys.
-//! - [`augment`]: target-preserving augmentations.
+//! - [`augment`]: target-preserving augmentations; re-solving a record
+//!   needs a task world the caller injects ([`augment::Resolver`]).
 //! - [`window`]: long trajectories (drop, truncate, window).
 //! - [`pack`]: padding-free best-fit packing into rows.
-//! - [`shards`]: the packed shard format, the contract with `afm-train`.
+//!
+//! The formats it reads and writes are `afm-format`'s: the record
+//! (`afm_format::Trajectory`), the token layout and loss-mask rule
+//! (`afm_format::layout`) and the shard files (`afm_format::shards`).
 //!
 //! See `crates/afm-data/README.md` for the formats, formulas and numbers.
 
 pub mod agents;
 #[cfg(feature = "pipeline")]
 pub mod augment;
-pub mod format;
 pub mod ingest;
 pub mod pack;
 #[cfg(feature = "pipeline")]
 pub mod prepare;
-pub mod record;
 pub mod score;
-pub mod shards;
 pub mod window;
 
+pub use afm_format::layout::AgentWeights; // part of `PrepareConfig`
 pub use agents::AgentsMap;
-pub use format::{AgentWeights, Doc};
+#[cfg(feature = "pipeline")]
+pub use augment::Resolver;
 pub use ingest::{read_file, Format, Limits};
 #[cfg(feature = "pipeline")]
-pub use prepare::{prepare, prepare_with_progress, Manifest, PrepareConfig, Progress};
-pub use record::{Step, StepKind, Trajectory};
+pub use prepare::{prepare, prepare_with, Manifest, PrepareConfig, Progress};
 pub use window::LongMode;

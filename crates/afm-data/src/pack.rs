@@ -18,8 +18,8 @@
 //! inside a row keep their arrival order, so a curriculum order survives
 //! up to the buffer size.
 
-use crate::format::Doc;
-use crate::shards::Row;
+use afm_format::layout::Doc;
+use afm_format::shards::Row;
 use afm_tokenizer::EOT;
 
 /// Packing statistics.

@@ -17,14 +17,14 @@
 //!    (best-fit, bounded buffer) and written as shards.
 
 use crate::agents::AgentsMap;
-use crate::augment::{self, Transform};
-use crate::format::{encode_trajectory, AgentWeights, FormatError};
+use crate::augment::{self, Resolver, Transform};
 use crate::ingest::{self, Format, Limits, Parsed};
 use crate::pack::{PackStats, Packer};
-use crate::record::{StepKind, Trajectory};
 use crate::score;
-use crate::shards::ShardWriter;
 use crate::window::{self, LongMode, TooLong};
+use afm_format::layout::{encode_trajectory, AgentWeights, FormatError};
+use afm_format::record::{StepKind, Trajectory};
+use afm_format::shards::ShardWriter;
 use afm_tokenizer::{RoleVocab, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
@@ -297,9 +297,10 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Run the pipeline with no progress reporting.
+/// Run the pipeline with no progress reporting and no task world (no
+/// record is re-solved; see [`prepare_with`]).
 pub fn prepare(cfg: &PrepareConfig) -> Result<Manifest> {
-    prepare_with_progress(cfg, &|_| {})
+    prepare_with(cfg, &|_| {}, None)
 }
 
 /// One row of the compact per-record table.
@@ -328,7 +329,7 @@ impl Drop for SpillGuard {
     }
 }
 
-pub use crate::agents::normalise;
+use crate::ingest::normalise;
 
 #[derive(Serialize)]
 struct RejectLine<'a> {
@@ -339,10 +340,14 @@ struct RejectLine<'a> {
     message: &'a str,
 }
 
-/// Run the pipeline, reporting progress.
-pub fn prepare_with_progress(
+/// Run the pipeline, reporting progress. With `cfg.augment`, `resolver`
+/// (when given) re-solves the records it can ([`Transform::Resolve`]);
+/// `afm-data` has no task world of its own, so a caller that wants the
+/// `resolve` rows passes one (the `afm` CLI passes `afm-tasks`').
+pub fn prepare_with(
     cfg: &PrepareConfig,
     progress: &(dyn Fn(Progress) + Sync),
+    resolver: Option<&dyn Resolver>,
 ) -> Result<Manifest> {
     cfg.validate()?;
     let max_tokens = cfg.max_tokens.unwrap_or(cfg.seq_len);
@@ -440,7 +445,8 @@ pub fn prepare_with_progress(
                                             message: format!("cannot re-serialise: {e}"),
                                         })?;
                                     let ren = cfg.augment && !augment::renamable(&t).is_empty();
-                                    let res = cfg.augment && augment::source_task(&t).is_some();
+                                    let res =
+                                        cfg.augment && resolver.is_some_and(|r| r.can_resolve(&t));
                                     let held = held_out(&t);
                                     let pl = 1 + count_tok.encode(&t.task).len() as u32;
                                     let (tk, ck) =
@@ -637,7 +643,7 @@ pub fn prepare_with_progress(
                 let src = read_spilled(&spill_file, &recs[p.rec as usize])?;
                 let t = match p.transform {
                     None => src,
-                    Some(tr) => match augment::apply(&src, tr) {
+                    Some(tr) => match augment::apply(&src, tr, resolver) {
                         None => return Ok(Out::AugSkipped("skipped:noop")),
                         Some(a) => {
                             let Ok(a) = normalise(a, &cfg.agents_map) else {
@@ -1084,7 +1090,7 @@ fn plan(
                     let stage = rank * cfg.curriculum_stages / k.max(1);
                     (
                         stage,
-                        score::fnv1a(&base[i].0.to_le_bytes(), cfg.seed),
+                        afm_format::hash::fnv1a(&base[i].0.to_le_bytes(), cfg.seed),
                         base[i],
                     )
                 })
@@ -1157,7 +1163,7 @@ fn plan(
         let transform = match k {
             0 => None,
             1 => {
-                let t = score::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
+                let t = afm_format::hash::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
                     % augment::TEMPLATES.len() as u64;
                 Some(Transform::Template(t as u8))
             }

@@ -18,7 +18,8 @@
 //!
 //! `difficulty = log2(1 + tokens) + 0.5 * agent_turns + 1.0 * tool_calls`.
 
-use crate::record::{StepKind, Trajectory};
+use afm_format::hash::fnv1a;
+use afm_format::record::{StepKind, Trajectory};
 
 /// Quality parts and their sum.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,16 +179,6 @@ pub fn normalise(s: &str) -> String {
     out
 }
 
-/// 64-bit FNV-1a (stable across runs, platforms and Rust versions).
-pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf29ce484222325u64 ^ seed.wrapping_mul(0x100000001b3);
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 /// Key of the task: what the train/validation split and held-out checks use.
 pub fn task_key(task: &str) -> u64 {
     fnv1a(normalise(task).as_bytes(), 0)
@@ -210,7 +201,7 @@ pub fn content_key(t: &Trajectory) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Step;
+    use afm_format::record::Step;
 
     fn t(success: Option<bool>, texts: &[&str]) -> Trajectory {
         Trajectory {

@@ -13,7 +13,7 @@
 //! trained in exactly one window: the windows' trained ranges are disjoint
 //! and cover every weighted position of the whole document.
 
-use crate::format::{Doc, Encoded};
+use afm_format::layout::{Doc, Encoded};
 
 /// What to do with documents longer than `max_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -175,8 +175,8 @@ fn windows(enc: &Encoded, table: &[f32], max_tokens: usize) -> Result<Vec<Window
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{encode_trajectory, AgentWeights};
-    use crate::record::{Step, StepKind, Trajectory};
+    use afm_format::layout::{encode_trajectory, AgentWeights};
+    use afm_format::record::{Step, StepKind, Trajectory};
     use afm_tokenizer::{RoleVocab, Tokenizer};
 
     fn long_traj(turns: usize, giant: bool) -> Trajectory {

@@ -4,8 +4,8 @@
 mod common;
 
 use afm_data::ingest::{read_file, Format, Limits, RejectReason};
-use afm_data::shards::Shards;
 use afm_data::{prepare, PrepareConfig};
+use afm_format::shards::Shards;
 use std::io::Write;
 
 fn good(i: usize) -> String {

@@ -7,7 +7,8 @@
 mod common;
 
 use afm_data::ingest::{for_each_batch, read_file, BatchInfo, BatchSize, Format, Limits};
-use afm_data::{prepare, PrepareConfig, StepKind};
+use afm_data::{prepare, PrepareConfig};
+use afm_format::StepKind;
 use common::Lcg;
 use std::io::Write;
 use std::path::Path;
@@ -31,9 +32,7 @@ fn screenshot(n: usize, rng: &mut Lcg) -> String {
 
 /// FNV-1a, to compare multi-MB texts without keeping them.
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
+    afm_format::hash::fnv1a(s.as_bytes(), 0)
 }
 
 /// Writes `n` Magentic-One-like records; every `big_every`-th carries a
@@ -78,7 +77,7 @@ fn write_log(
     want
 }
 
-fn observation(t: &afm_data::Trajectory) -> &str {
+fn observation(t: &afm_format::Trajectory) -> &str {
     let s = &t.steps[1];
     assert_eq!(s.kind, StepKind::Observation);
     &s.text

@@ -1,7 +1,8 @@
 //! Every input format on hand-written records, agent naming and the agents map.
 
 use afm_data::ingest::{parse_coa_tags, read_file, Format, Limits};
-use afm_data::{AgentsMap, StepKind, Trajectory};
+use afm_data::AgentsMap;
+use afm_format::{StepKind, Trajectory};
 use std::path::Path;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -20,6 +21,41 @@ fn ok(path: &Path, fmt: Format) -> Vec<Trajectory> {
 
 fn kinds(t: &Trajectory) -> Vec<(String, StepKind)> {
     t.steps.iter().map(|s| (s.agent.clone(), s.kind)).collect()
+}
+
+/// The native reader and the native schema (`afm_format::native`) agree:
+/// a record written by `NativeTrajectory` reads back as its `to_record`,
+/// with and without a score and metadata.
+#[test]
+fn native_reader_reads_what_the_schema_writes() {
+    use afm_format::{NativeTrajectory, Turn};
+    let mk = |score, meta| NativeTrajectory {
+        id: "n1".into(),
+        task: "Add 2 and 3.".into(),
+        trajectory: vec![
+            Turn::output("Planner", "Add them."),
+            Turn::output("Coder", "2 + 3"),
+            Turn::observation("Interpreter", "5"),
+            Turn::output("Reviewer", "Checked. ANSWER: 5"),
+        ],
+        success: false,
+        answer: String::new(),
+        score,
+        meta,
+    };
+    for n in [
+        mk(
+            Some(0.5),
+            serde_json::json!({"family": "arith", "level": 2}),
+        ),
+        mk(None, serde_json::Value::Null),
+    ] {
+        let v = serde_json::to_value(&n).unwrap();
+        for fmt in [Format::Auto, Format::Native] {
+            let read = afm_data::ingest::convert(&v, fmt, &Limits::default(), "unused").unwrap();
+            assert_eq!(read, n.to_record().unwrap());
+        }
+    }
 }
 
 #[test]
@@ -67,7 +103,7 @@ fn ag2_log() {
     assert_eq!(t.steps[3].text, "", "null content is an empty turn");
     let map =
         AgentsMap::from_toml("[rename]\nVerificationExpert = \"Verification_Expert\"\n").unwrap();
-    let t = afm_data::agents::normalise(t.clone(), &map).unwrap();
+    let t = afm_data::ingest::normalise(t.clone(), &map).unwrap();
     assert_eq!(
         kinds(&t),
         vec![

@@ -5,9 +5,9 @@
 
 mod common;
 
-use afm_data::format::{is_marker, label};
-use afm_data::shards::Shards;
 use afm_data::{prepare, AgentWeights, PrepareConfig};
+use afm_format::layout::{is_marker, label};
+use afm_format::shards::Shards;
 use afm_tokenizer::{RoleTracker, Tokenizer, EOT, TASK};
 use std::collections::HashSet;
 use std::io::Write;
@@ -72,7 +72,7 @@ fn docs(dir: &Path, split: &str) -> (Shards, Vec<D>) {
 fn task_of(tok: &Tokenizer, d: &D) -> String {
     assert_eq!(d.tokens[0], TASK);
     let end = d.tokens.iter().position(|&t| is_marker(t)).unwrap();
-    afm_data::format::decode_segment(tok, &d.tokens[1..end]).unwrap()
+    afm_format::layout::decode_segment(tok, &d.tokens[1..end]).unwrap()
 }
 
 fn cfg(input: &Path, out: &Path) -> PrepareConfig {
@@ -115,7 +115,7 @@ fn shards_follow_the_format_rule_and_pack_tightly() {
             assert_eq!(doc.roles, RoleTracker::roles_of(&doc.tokens));
             let l = label(&doc.tokens);
             assert_eq!(doc.owners, l.owners);
-            let w = afm_data::format::weights_of(&l.owners, &table);
+            let w = afm_format::layout::weights_of(&l.owners, &table);
             assert_eq!(&doc.weights[..doc.weights.len() - 1], &w[..w.len() - 1]);
             // Observation content (the python tool) is never trained.
             for i in 0..doc.tokens.len() - 1 {

@@ -4,10 +4,11 @@
 //! data set fails the test.
 #![allow(clippy::needless_range_loop)]
 
-use afm_data::format::{encode_trajectory, label, AgentWeights};
 use afm_data::ingest::{read_file, Format, Limits};
-use afm_data::shards::Shards;
-use afm_data::{prepare, AgentsMap, PrepareConfig, StepKind};
+use afm_data::{prepare, AgentsMap, PrepareConfig};
+use afm_format::layout::{encode_trajectory, label, AgentWeights};
+use afm_format::shards::Shards;
+use afm_format::StepKind;
 use afm_tokenizer::{RoleVocab, Tokenizer, ROLE_OBS};
 use std::path::PathBuf;
 
@@ -57,7 +58,7 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
             .result
             .clone()
             .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
-        let t = afm_data::agents::normalise(t, &map).unwrap();
+        let t = afm_data::ingest::normalise(t, &map).unwrap();
         assert_eq!(t.success, Some(false), "all Who&When runs failed");
         let mut roles = RoleVocab::new();
         for s in &t.steps {
@@ -73,10 +74,10 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
         let tok = Tokenizer::new(roles);
         let enc = encode_trajectory(&tok, &t).unwrap();
         let l = label(&enc.tokens);
-        let w = afm_data::format::weights_of(&l.owners, &AgentWeights::default().table(&tok));
+        let w = afm_format::layout::weights_of(&l.owners, &AgentWeights::default().table(&tok));
         // Every target inside an observation (terminal output) has weight 0.
         for i in 0..enc.tokens.len() - 1 {
-            if l.roles[i + 1] == ROLE_OBS && !afm_data::format::is_marker(enc.tokens[i + 1]) {
+            if l.roles[i + 1] == ROLE_OBS && !afm_format::layout::is_marker(enc.tokens[i + 1]) {
                 assert_eq!(
                     w[i],
                     0.0,
@@ -108,7 +109,7 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
             // A target inside an observation never has loss.
             let next_is_obs_content = s.positions.get(i + 1).is_some_and(|&p| p > 0)
                 && s.roles[i + 1] as u32 == ROLE_OBS
-                && !afm_data::format::is_marker(s.targets[i]);
+                && !afm_format::layout::is_marker(s.targets[i]);
             if next_is_obs_content {
                 assert_eq!(s.weights[i], 0.0, "{split} position {i}");
             }

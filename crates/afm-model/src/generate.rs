@@ -3,8 +3,8 @@
 //! mid-generation), sampling ([`SamplingConfig`]) and [`generate`].
 
 use crate::gpt::{CachedStep, KvCache, Weights};
-use crate::rng::Rng;
 use crate::{Model, Precision};
+use afm_format::SplitMix64;
 use afm_tokenizer::RoleTracker;
 use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
@@ -74,7 +74,7 @@ pub struct Decoder<'m> {
     lens: Vec<usize>,
     trackers: Vec<RoleTracker>,
     logits: Tensor,
-    rngs: Option<(u64, Vec<Rng>)>,
+    rngs: Option<(u64, Vec<SplitMix64>)>,
     batch: usize,
 }
 
@@ -271,7 +271,11 @@ impl<'m> Decoder<'m> {
                 !matches!(&self.rngs, Some((s, r)) if *s == cfg.seed && r.len() >= b as usize);
             if fresh {
                 let rngs = (0..b.max(self.batch as i64) as u64)
-                    .map(|r| Rng::new(cfg.seed.wrapping_add(r.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+                    .map(|r| {
+                        crate::rng::seeded(
+                            cfg.seed.wrapping_add(r.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                        )
+                    })
                     .collect();
                 self.rngs = Some((cfg.seed, rngs));
             }
@@ -298,7 +302,7 @@ impl<'m> Decoder<'m> {
 fn sample_row(
     row: &[f32],
     cfg: &SamplingConfig,
-    rng: Option<&mut Rng>,
+    rng: Option<&mut SplitMix64>,
 ) -> anyhow::Result<(u32, f32)> {
     if row.iter().any(|x| x.is_nan()) {
         bail!("sample: logits contain NaN");

@@ -320,7 +320,7 @@ impl Gpt {
     /// role table 0.
     pub fn init_weights(&self, seed: u64) {
         let _g = tch::no_grad_guard();
-        let mut rng = crate::rng::Rng::new(seed);
+        let mut rng = crate::rng::seeded(seed);
         let proj_std = 0.02 / ((2 * self.config.n_layer) as f64).sqrt();
         let mut fill = |t: &Tensor, std: f64| {
             let v = rng.normals(t.numel(), std);

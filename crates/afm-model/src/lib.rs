@@ -17,7 +17,7 @@ mod generate;
 mod gpt;
 pub mod hf;
 mod model;
-pub mod rng;
+mod rng;
 mod simd;
 pub mod speed;
 mod st;

@@ -9,7 +9,7 @@ use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 
 /// Random `[batch, ctx]` token ids below `vocab` (deterministic in `seed`).
 pub fn random_tokens(batch: usize, ctx: usize, vocab: usize, seed: u64) -> Tensor {
-    let mut rng = crate::rng::Rng::new(seed);
+    let mut rng = crate::rng::seeded(seed);
     let v: Vec<i64> = (0..batch * ctx)
         .map(|_| (rng.next_u64() % vocab as u64) as i64)
         .collect();

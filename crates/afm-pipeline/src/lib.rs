@@ -40,6 +40,7 @@ mod progress;
 mod run;
 mod stage;
 mod train;
+mod world;
 
 #[cfg(test)]
 mod tests;
@@ -52,3 +53,4 @@ pub use prepare::PrepareSummary;
 pub use progress::{Event, Progress, Quiet, StageStatus};
 pub use run::{run, Start};
 pub use train::{boundary_loss, BOUNDARY_DEFAULTS};
+pub use world::{prepare_in_task_world, TaskWorld};

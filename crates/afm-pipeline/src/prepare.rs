@@ -90,7 +90,7 @@ pub(crate) fn prepare_stage(
             out: out.to_path_buf(),
             ..PrepareConfig::default()
         };
-        let m = afm_data::prepare_with_progress(&cfg, &|p| {
+        let m = crate::world::prepare_in_task_world(&cfg, &|p| {
             progress.event(Event::Work {
                 task: name,
                 step: p.stage,

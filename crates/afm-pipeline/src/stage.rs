@@ -66,7 +66,7 @@ pub(crate) fn fingerprint<K: Serialize>(key: &K) -> Result<String> {
     let text = serde_json::to_string(key)?;
     Ok(format!(
         "{:016x}",
-        afm_data::score::fnv1a(text.as_bytes(), 0)
+        afm_format::hash::fnv1a(text.as_bytes(), 0)
     ))
 }
 

@@ -1,5 +1,7 @@
 //! Scripted reference agents (Planner -> Coder -> Interpreter -> Reviewer,
-//! with a retry loop) and the native trajectory format they write.
+//! with a retry loop), writing `afm_format`'s native trajectories with
+//! [`TrajMeta`], and the re-solver of the `resolve` augmentation
+//! ([`source_task`], [`resolve_record`]).
 //!
 //! Turn texts are short and formulaic:
 //!
@@ -14,8 +16,8 @@
 //! outcome is checked with [`verify`], never assumed.
 
 use crate::lang::{run_to_observation, token_spans, Limits, TokenKind};
-use crate::rng::Rng;
 use crate::tasks::{gen_task_of, solution, verify, Split, Task};
+use afm_format::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -57,43 +59,9 @@ pub fn extract_answer(text: &str) -> Option<String> {
     (!a.is_empty()).then(|| a.to_string())
 }
 
-/// One turn of a trajectory: agents have an `output`, the tool an `observation`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Turn {
-    pub agent: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observation: Option<String>,
-}
-
-impl Turn {
-    /// An agent turn.
-    pub fn output(agent: &str, text: impl Into<String>) -> Self {
-        Self {
-            agent: agent.to_string(),
-            output: Some(text.into()),
-            observation: None,
-        }
-    }
-
-    /// A tool turn.
-    pub fn observation(agent: &str, text: impl Into<String>) -> Self {
-        Self {
-            agent: agent.to_string(),
-            output: None,
-            observation: Some(text.into()),
-        }
-    }
-
-    /// The turn's text (output or observation).
-    pub fn text(&self) -> &str {
-        self.output
-            .as_deref()
-            .or(self.observation.as_deref())
-            .unwrap_or("")
-    }
-}
+/// One turn of a trajectory (`afm_format::native`): agents have an
+/// `output`, the tool an `observation`.
+pub use afm_format::native::Turn;
 
 /// One injected mistake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,18 +94,9 @@ pub struct TrajMeta {
     pub mistakes: Vec<Mistake>,
 }
 
-/// A trajectory in afm's native JSONL format (one per line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trajectory {
-    pub id: String,
-    pub task: String,
-    pub trajectory: Vec<Turn>,
-    pub success: bool,
-    pub answer: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    pub meta: TrajMeta,
-}
+/// A trajectory in afm's native JSONL format (one per line), with the
+/// scripted agents' metadata: the one native schema of `afm_format::native`.
+pub type Trajectory = afm_format::NativeTrajectory<TrajMeta>;
 
 /// Seed of the shipped default dataset (`datasets/`).
 pub const DEFAULT_DATASET_SEED: u64 = 2026;
@@ -260,7 +219,7 @@ fn syntax_slip(program: &str) -> Option<String> {
 fn code_mistake(
     program: &str,
     task: &Task,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     lim: &Limits,
 ) -> Option<(String, String)> {
     let spans = token_spans(program).ok()?;
@@ -333,7 +292,7 @@ fn code_mistake(
     }
     // Deterministic shuffle, then the first candidate that changes the answer.
     for i in (1..cands.len()).rev() {
-        let j = rng.below(i + 1);
+        let j = rng.below_mod(i + 1);
         cands.swap(i, j);
     }
     let mut fallback = None;
@@ -376,7 +335,7 @@ fn miscopy(answer: &str) -> String {
 pub fn solve(task: &Task, cfg: &AgentConfig) -> Option<Trajectory> {
     let sol = solution(task)?;
     let lim = &cfg.limits;
-    let mut rng = Rng::derive(cfg.seed, &task.id);
+    let mut rng = SplitMix64::derive(cfg.seed, &task.id);
     let mut turns = Vec::new();
     let mut mistakes = Vec::new();
 
@@ -389,7 +348,7 @@ pub fn solve(task: &Task, cfg: &AgentConfig) -> Option<Trajectory> {
             .filter(|(_, p)| !verify(task, &run_to_observation(p, lim)))
             .collect();
         if !ok.is_empty() {
-            let (plan, prog) = ok[rng.below(ok.len())];
+            let (plan, prog) = ok[rng.below_mod(ok.len())];
             turns.push(Turn::output(PLANNER, plan.clone()));
             wrong_program = Some(prog.clone());
             mistakes.push(Mistake {
@@ -521,7 +480,7 @@ pub fn solve(task: &Task, cfg: &AgentConfig) -> Option<Trajectory> {
 /// task was found in a few tries (held-out tasks are never produced) or the
 /// solution did not verify.
 pub fn perturb_and_solve(task: &Task, seed: u64) -> Option<(Task, Trajectory)> {
-    let mut rng = Rng::derive(seed, &task.id);
+    let mut rng = SplitMix64::derive(seed, &task.id);
     for _ in 0..32 {
         let t = gen_task_of(&task.family, &task.op, task.level, &mut rng)?;
         if t.id == task.id || t.split() != Split::Train {
@@ -535,6 +494,32 @@ pub fn perturb_and_solve(task: &Task, seed: u64) -> Option<(Task, Trajectory)> {
         return tr.success.then_some((t, tr));
     }
     None
+}
+
+/// The task a record (`afm_format::Trajectory`, e.g. one `afm-data` read
+/// from native JSONL) was generated from, when its `meta` carries what
+/// re-solving needs ([`TrajMeta`]'s `task_id`, `family`, `op`, `level`,
+/// `inputs`, `expected`).
+pub fn source_task(t: &afm_format::Trajectory) -> Option<Task> {
+    let m = t.meta.as_ref()?;
+    Some(Task {
+        id: m.get("task_id")?.as_str()?.to_string(),
+        family: m.get("family")?.as_str()?.to_string(),
+        op: m.get("op")?.as_str()?.to_string(),
+        level: u8::try_from(m.get("level")?.as_u64()?).ok()?,
+        prompt: t.task.clone(),
+        inputs: m.get("inputs")?.clone(),
+        answer: m.get("expected")?.as_str()?.to_string(),
+    })
+}
+
+/// Re-solve a generated record with new inputs drawn from `seed`
+/// ([`source_task`], then [`perturb_and_solve`]): the new verified
+/// train-split trajectory as a record, or `None`. What `afm-data`'s
+/// `resolve` augmentation is given by its caller.
+pub fn resolve_record(t: &afm_format::Trajectory, seed: u64) -> Option<afm_format::Trajectory> {
+    let (_, solved) = perturb_and_solve(&source_task(t)?, seed)?;
+    solved.to_record().ok()
 }
 
 /// Write trajectories as native JSONL.
@@ -580,6 +565,41 @@ mod tests {
 
     fn tasks(n: usize) -> Vec<Task> {
         generate(11, n, 0).unwrap().0
+    }
+
+    /// A scripted record names its source task; re-solving it gives a new
+    /// verified train-split task of the same kind, the same for the same
+    /// seed. A record without that metadata is not re-solvable.
+    #[test]
+    fn records_name_their_task_and_re_solve() {
+        for task in tasks(40) {
+            let rec = solve(&task, &AgentConfig::default())
+                .unwrap()
+                .to_record()
+                .unwrap();
+            assert_eq!(source_task(&rec).as_ref(), Some(&task));
+            let Some(a) = resolve_record(&rec, 9) else {
+                continue;
+            };
+            assert_eq!(resolve_record(&rec, 9).as_ref(), Some(&a));
+            assert_ne!(a.task, rec.task);
+            assert_eq!(a.success, Some(true));
+            let m = a.meta.as_ref().unwrap();
+            assert_eq!(
+                (&m["family"], &m["op"]),
+                (
+                    &rec.meta.as_ref().unwrap()["family"],
+                    &rec.meta.as_ref().unwrap()["op"]
+                )
+            );
+            assert_eq!(m["split"], "train");
+        }
+        let mut bare = solve(&tasks(1)[0], &AgentConfig::default())
+            .unwrap()
+            .to_record()
+            .unwrap();
+        bare.meta = None;
+        assert!(source_task(&bare).is_none() && resolve_record(&bare, 1).is_none());
     }
 
     #[test]

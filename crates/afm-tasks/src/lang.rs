@@ -1481,6 +1481,7 @@ pub enum TokenKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use afm_format::rng::SplitMix64;
 
     fn run(s: &str) -> String {
         run_to_observation(s, &Limits::default())
@@ -1718,11 +1719,11 @@ mod tests {
             "str",
             "lcm",
         ];
-        let mut rng = crate::rng::Rng::new(5);
+        let mut rng = SplitMix64::new(5);
         let lim = Limits::default();
         let (mut ok, mut err) = (0, 0);
         for _ in 0..20_000 {
-            let n = 1 + rng.below(12);
+            let n = 1 + rng.below_mod(12);
             let src: Vec<&str> = (0..n).map(|_| *rng.pick(&TOKS)).collect();
             match run_program(&src.join(" "), &lim) {
                 Ok(v) => {
@@ -1760,7 +1761,7 @@ mod tests {
 
     #[test]
     fn merge_sort_matches_std_sort_and_is_stable() {
-        let mut rng = crate::rng::Rng::new(11);
+        let mut rng = SplitMix64::new(11);
         for n in [0usize, 1, 2, 3, 7, 8, 9, 100, 257] {
             let xs: Vec<i64> = (0..n).map(|_| rng.range(-20, 20)).collect();
             let src = format!("sorted({xs:?})");

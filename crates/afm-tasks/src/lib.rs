@@ -9,9 +9,13 @@
 //!   generator ([`generate`]), the fixed held-out split ([`Task::split`]),
 //!   [`verify`], and JSONL task files ([`load_tasks`], [`save_tasks`]).
 //! - [`agents`]: scripted Planner, Coder, Reviewer ([`solve`]) with
-//!   configurable mistakes ([`AgentConfig`]), the native trajectory format
-//!   ([`Trajectory`]), [`extract_answer`], role instructions, the agent
-//!   order, and the augmentation hook [`perturb_and_solve`].
+//!   configurable mistakes ([`AgentConfig`]), their native trajectories
+//!   ([`Trajectory`]: `afm_format::NativeTrajectory` with [`TrajMeta`]),
+//!   [`extract_answer`], role instructions, the agent order, and the
+//!   augmentation hooks [`perturb_and_solve`] and [`resolve_record`].
+//!
+//! Randomness and hashing are `afm_format`'s `SplitMix64` and `fnv1a`
+//! (the committed dataset depends on their exact streams).
 //!
 //! ```
 //! use afm_tasks::{extract_answer, generate, solve, verify, AgentConfig, Limits};
@@ -27,14 +31,13 @@
 
 pub mod agents;
 pub mod lang;
-pub mod rng;
 pub mod tasks;
 
 pub use agents::{
-    default_dataset_config, extract_answer, load_trajectories, perturb_and_solve, role_instruction,
-    save_trajectories, solve, AgentConfig, Mistake, TrajMeta, Trajectory, Turn, AGENT_ORDER,
-    ANSWER_MARKER, CODER, DEFAULT_DATASET_SEED, INTERPRETER, LM_AGENTS, PLANNER, REVIEWER,
-    REVISE_MARKER, SYNTAX_SLIP_SHARE,
+    default_dataset_config, extract_answer, load_trajectories, perturb_and_solve, resolve_record,
+    role_instruction, save_trajectories, solve, source_task, AgentConfig, Mistake, TrajMeta,
+    Trajectory, Turn, AGENT_ORDER, ANSWER_MARKER, CODER, DEFAULT_DATASET_SEED, INTERPRETER,
+    LM_AGENTS, PLANNER, REVIEWER, REVISE_MARKER, SYNTAX_SLIP_SHARE,
 };
 pub use lang::{observation_text, run_program, run_to_observation, Limits, ToolError, Value};
 pub use tasks::{

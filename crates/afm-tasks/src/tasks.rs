@@ -5,7 +5,8 @@
 //! reference (not by the interpreter); the tests check that the reference
 //! program of each task, run by the interpreter, gives the same answer.
 
-use crate::rng::{fnv1a, Rng};
+use afm_format::hash::fnv1a;
+use afm_format::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use std::path::Path;
@@ -59,7 +60,7 @@ pub fn canonical_key(family: &str, op: &str, inputs: &Json) -> String {
 /// The split is a pure function of the canonical key, so a task can never
 /// be in both splits, whatever seed or count generated it.
 pub fn split_of_key(key: &str) -> Split {
-    let h = fnv1a(format!("afm-split-v1:{key}").as_bytes());
+    let h = fnv1a(format!("afm-split-v1:{key}").as_bytes(), 0);
     if h % 100 < TEST_PERCENT {
         Split::Test
     } else {
@@ -304,11 +305,11 @@ impl Ax {
     }
 }
 
-fn gen_ax(rng: &mut Rng, n_ops: usize, max_leaf: i64) -> Ax {
+fn gen_ax(rng: &mut SplitMix64, n_ops: usize, max_leaf: i64) -> Ax {
     if n_ops == 0 {
         return Ax::Num(rng.range(1, max_leaf));
     }
-    let left = rng.below(n_ops);
+    let left = rng.below_mod(n_ops);
     let op = *rng.pick(&["+", "-", "*", "//", "%"]);
     Ax::Bin(
         op,
@@ -326,7 +327,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 /// Generate one task of `family`/`op` at `level` (the op must be valid there).
-pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<Task> {
+pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut SplitMix64) -> Option<Task> {
     let (inputs, prompt, answer): (Json, String, String) = match family {
         "list" => {
             let n = match level {
@@ -369,7 +370,7 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<T
                 "len" => (format!("How many numbers are in {l}?"), n.to_string()),
                 "count" => {
                     let k = if rng.chance(0.8) {
-                        xs[rng.below(n)]
+                        xs[rng.below_mod(n)]
                     } else {
                         rng.range(0, 9)
                     };
@@ -416,7 +417,7 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<T
             (inputs, prompt, answer)
         }
         "string" => {
-            let word = |rng: &mut Rng| -> String {
+            let word = |rng: &mut SplitMix64| -> String {
                 if level == 2 {
                     rng.pick(&LONG_WORDS).to_string()
                 } else {
@@ -445,9 +446,9 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<T
                     let s = word(rng);
                     let cs: Vec<char> = s.chars().collect();
                     let c = if rng.chance(0.85) {
-                        cs[rng.below(cs.len())]
+                        cs[rng.below_mod(cs.len())]
                     } else {
-                        (b'a' + rng.below(26) as u8) as char
+                        (b'a' + rng.below_mod(26) as u8) as char
                     };
                     let n = cs.iter().filter(|x| **x == c).count();
                     (
@@ -556,7 +557,7 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<T
         _ => return None,
     };
     let key = canonical_key(family, op, &inputs);
-    let id = format!("{family}-{op}-{:016x}", fnv1a(key.as_bytes()));
+    let id = format!("{family}-{op}-{:016x}", fnv1a(key.as_bytes(), 0));
     Some(Task {
         id,
         family: family.to_string(),
@@ -569,7 +570,7 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut Rng) -> Option<T
 }
 
 /// Generate one random task: uniform level, family, then op.
-pub fn gen_task(rng: &mut Rng) -> Option<Task> {
+pub fn gen_task(rng: &mut SplitMix64) -> Option<Task> {
     let level = rng.range(1, 3) as u8;
     let family = *rng.pick(&FAMILIES);
     let op = *rng.pick(ops_of(family, level));
@@ -584,7 +585,7 @@ pub fn generate(
     n_train: usize,
     n_test: usize,
 ) -> anyhow::Result<(Vec<Task>, Vec<Task>)> {
-    let mut rng = Rng::derive(seed, "afm-tasks-generate");
+    let mut rng = SplitMix64::derive(seed, "afm-tasks-generate");
     let mut seen = std::collections::HashSet::new();
     let (mut train, mut test) = (Vec::new(), Vec::new());
     let budget = 200 * (n_train + n_test) + 10_000;
@@ -1024,7 +1025,7 @@ mod tests {
 
     #[test]
     fn verify_normalises() {
-        let mut t = gen_task_of("list", "sort", 1, &mut Rng::new(3)).unwrap();
+        let mut t = gen_task_of("list", "sort", 1, &mut SplitMix64::new(3)).unwrap();
         t.answer = "[1, 2, 3]".into();
         assert!(verify(&t, "[1,2,3]"));
         assert!(verify(&t, "  [ 1, 2,  3 ]. "));

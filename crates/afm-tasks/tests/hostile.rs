@@ -7,7 +7,7 @@
 //! Repeat with more programs: `AFM_HOSTILE_PROGRAMS=1000000 cargo test
 //! -p afm-tasks --release --test hostile`.
 
-use afm_tasks::rng::Rng;
+use afm_format::rng::SplitMix64;
 use afm_tasks::{observation_text, run_program, run_to_observation, Limits, ToolError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -53,16 +53,16 @@ const OPS: [&str; 14] = [
 ];
 
 /// A random expression of nesting depth at most `depth`.
-fn expr(rng: &mut Rng, depth: usize) -> String {
+fn expr(rng: &mut SplitMix64, depth: usize) -> String {
     if depth == 0 || rng.chance(0.2) {
         return atom(rng);
     }
     let d = depth - 1;
-    match rng.below(13) {
+    match rng.below_mod(13) {
         0 | 1 => format!("{} {} {}", expr(rng, d), rng.pick(&OPS), expr(rng, d)),
         2 => format!("({})", expr(rng, d)),
         3 => {
-            let n = rng.below(5);
+            let n = rng.below_mod(5);
             let items: Vec<String> = (0..n).map(|_| expr(rng, d)).collect();
             format!("[{}]", items.join(", "))
         }
@@ -93,12 +93,12 @@ fn expr(rng: &mut Rng, depth: usize) -> String {
     }
 }
 
-fn atom(rng: &mut Rng) -> String {
-    match rng.below(9) {
+fn atom(rng: &mut SplitMix64) -> String {
+    match rng.below_mod(9) {
         0..=2 => rng.pick(&INTS).to_string(),
         3 | 4 => rng.pick(&STRS).to_string(),
         5 => rng.pick(&NAMES).to_string(),
-        6 => ["true", "false", "[]", "[[]]"][rng.below(4)].to_string(),
+        6 => ["true", "false", "[]", "[[]]"][rng.below_mod(4)].to_string(),
         7 => rng.pick(&UNARY_BUILTINS).to_string(),
         _ => [
             "range(19)",
@@ -108,15 +108,15 @@ fn atom(rng: &mut Rng) -> String {
             "sorted([19, \"a\"] + reversed(range(19)))",
             "[] * 10 ** 18",
             "(f => f(f))(f => f(f))",
-        ][rng.below(7)]
+        ][rng.below_mod(7)]
         .to_string(),
     }
 }
 
 /// Deeply nested programs of every bracket kind, beyond the nesting limit.
-fn deep(rng: &mut Rng) -> String {
-    let n = 1 + rng.below(400);
-    match rng.below(4) {
+fn deep(rng: &mut SplitMix64) -> String {
+    let n = 1 + rng.below_mod(400);
+    match rng.below_mod(4) {
         0 => format!("{}1{}", "(".repeat(n), ")".repeat(n)),
         1 => format!("{}{}", "[".repeat(n), "]".repeat(n)),
         2 => format!("{}0", "-".repeat(n)),
@@ -124,11 +124,11 @@ fn deep(rng: &mut Rng) -> String {
     }
 }
 
-fn program(rng: &mut Rng) -> String {
+fn program(rng: &mut SplitMix64) -> String {
     if rng.chance(0.03) {
         deep(rng)
     } else {
-        let depth = 1 + rng.below(6);
+        let depth = 1 + rng.below_mod(6);
         expr(rng, depth)
     }
 }
@@ -146,7 +146,7 @@ fn generated_hostile_programs_never_panic_hang_or_flip() {
         max_millis: 30_000,
         ..Limits::default()
     };
-    let mut rng = Rng::new(0x5EED);
+    let mut rng = SplitMix64::new(0x5EED);
     let (mut values, mut errors) = (0usize, 0usize);
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     let mut slowest = (Duration::ZERO, String::new());

@@ -1,38 +1,16 @@
 //! Batches from prepared shards: the seeded epoch order (or the curriculum
 //! order), the data cursor saved with checkpoints, boundary loss weighting,
 //! and the tensors one forward pass needs.
+//!
+//! The data order's only random generator is `afm_format::SplitMix64`
+//! (the same on every platform; its `below` is unbiased).
 
 use crate::config::LossConfig;
-use afm_data::shards::Shards;
+use afm_format::shards::{ShardIndex, Shards};
+use afm_format::SplitMix64;
 use afm_tokenizer::{Tokenizer, END, FIRST_ROLE_TOKEN, OBS};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-
-/// SplitMix64: the only random generator of the data order (so the order is
-/// the same on every platform and needs no dependency).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), unbiased by rejection.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-}
 
 /// How the rows of a split are ordered in each epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +27,7 @@ pub enum RowOrder {
 
 impl RowOrder {
     /// The order a split's index asks for (see `ShardIndex::curriculum`).
-    pub fn of_index(index: &afm_data::shards::ShardIndex) -> Self {
+    pub fn of_index(index: &ShardIndex) -> Self {
         match (index.curriculum, index.curriculum_stages) {
             (false, _) => RowOrder::Shuffle,
             (true, 0) => RowOrder::Stored,

@@ -3,7 +3,7 @@
 //!
 //! [`train`] (the recipe [`Trainer`]: setup, step, evaluate, checkpoint,
 //! finish) reads a prepared dataset (`train`/`val` shards and
-//! `vocab.json`, see `afm_data::shards`), builds or loads the student
+//! `vocab.json`, see `afm_format::shards`), builds or loads the student
 //! (`afm_model::Model`), and optimises
 //! `sum_i w_i * l_i / sum_i w_i` over the loss positions (see [`loss`]),
 //! where each position's teacher is the checkpoint of the agent that owns

@@ -25,7 +25,7 @@ use crate::teacher::Teachers;
 use crate::trainer::{
     evaluate, owner_label, train_step, val_sample, EvalResult, StepStats, StopReason, TrainSummary,
 };
-use afm_data::shards::Shards;
+use afm_format::shards::Shards;
 use afm_model::{weight_decay_applies, GptConfig, Model, Precision};
 use afm_tokenizer::atomic;
 use afm_tokenizer::Tokenizer;

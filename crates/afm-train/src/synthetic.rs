@@ -1,10 +1,10 @@
 //! Synthetic prepared datasets for tests and benchmarks (written with
-//! `afm_data::shards::ShardWriter`, in the exact layout `afm data prepare`
+//! `afm_format::shards::ShardWriter`, in the exact layout `afm data prepare`
 //! produces): packed multi-agent trajectories with task prompts, agent
 //! turns, tool observations and `<|end|>`, loss only on agent turns.
 
-use crate::data::SplitMix64;
-use afm_data::shards::{Row, ShardWriter};
+use afm_format::shards::{Row, ShardWriter};
+use afm_format::SplitMix64;
 use afm_tokenizer::{RoleTracker, RoleVocab, Tokenizer, END, OBS, TASK};
 use anyhow::Context;
 use std::path::Path;

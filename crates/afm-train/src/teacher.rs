@@ -9,7 +9,7 @@ use crate::data::{make_batch, Batch};
 use crate::loss::MISSING_LOGIT;
 use crate::teacher_cache::{CacheIndex, CacheWriter, TeacherCache};
 use crate::LossConfig;
-use afm_data::shards::Shards;
+use afm_format::shards::Shards;
 use afm_model::{ForwardArgs, Model, Precision};
 use afm_tokenizer::{Tokenizer, FIRST_ROLE_TOKEN, ROLE_FIRST_AGENT};
 use anyhow::{bail, Context};

@@ -8,7 +8,7 @@ use crate::loss::{cross_entropy_per_token, divergence_per_token};
 use crate::metrics::AgentEval;
 use crate::optim::AdamW;
 use crate::teacher::Teachers;
-use afm_data::shards::Shards;
+use afm_format::shards::Shards;
 use afm_model::{ForwardArgs, LmDistill, Model, Precision};
 use afm_tokenizer::{Tokenizer, ROLE_NONE, ROLE_OBS};
 use anyhow::bail;

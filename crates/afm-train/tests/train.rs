@@ -1,6 +1,6 @@
 //! End-to-end behaviour of the trainer on tiny models and synthetic shards.
 
-use afm_data::shards::Shards;
+use afm_format::shards::Shards;
 use afm_model::{ForwardArgs, GptConfig, Model, Precision};
 use afm_tokenizer::{RoleVocab, Tokenizer, FIRST_ROLE_TOKEN};
 use afm_train::data::make_batch;
@@ -766,7 +766,7 @@ fn time_budget_and_early_stopping() {
 /// of 40 has Reviewer loss positions, and a 3-row sample must include it.
 #[test]
 fn validation_sample_covers_every_agent_and_is_identical_across_runs() {
-    use afm_data::shards::{Row, ShardWriter};
+    use afm_format::shards::{Row, ShardWriter};
     let tmp = tempfile::tempdir().unwrap();
     let (rows, t) = (40usize, 8usize);
     let mut w = ShardWriter::create(tmp.path(), "val", t).unwrap();

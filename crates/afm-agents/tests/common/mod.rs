@@ -42,7 +42,7 @@ pub fn last_obs(t: &Tokenizer, ctx: &[u32]) -> String {
         .iter()
         .position(|&x| t.is_special(x))
         .map_or(ctx.len(), |p| at + p);
-    afm_data::format::decode_segment(t, &ctx[at..end]).unwrap()
+    afm_format::layout::decode_segment(t, &ctx[at..end]).unwrap()
 }
 
 /// Plan and (correct) program of each task, keyed by its prompt tokens.
@@ -64,7 +64,7 @@ pub fn solutions(t: &Tokenizer, tasks: &[Task]) -> Arc<HashMap<Vec<u32>, (String
 /// `segment(text)`: a turn's text as the format rule encodes it.
 pub fn seg(t: &Tokenizer, text: &str) -> Vec<u32> {
     let mut v = Vec::new();
-    afm_data::format::encode_segment_into(t, text, &mut v);
+    afm_format::layout::encode_segment_into(t, text, &mut v);
     v
 }
 

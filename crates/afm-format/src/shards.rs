@@ -1,5 +1,6 @@
 //! Packed training shards: the on-disk contract between `afm-data` (writer)
-//! and `afm-train` (reader).
+//! and `afm-train` (reader), kept in `afm-format` so the reader needs no
+//! polars.
 //!
 //! A split (`train`, `val`) of a prepared dataset directory is a set of flat
 //! little-endian arrays, each `rows * row_len` long, plus a JSON index:

@@ -1,5 +1,7 @@
-//! THE trajectory format and loss-mask rule. Training data and the agent
-//! runtime's prompts are both built with these functions, so they agree.
+//! THE token layout and loss-mask rule. Training data (`afm-data`) and the
+//! agent runtime's prompts (`afm-agents`) are both built with these
+//! functions, so they agree; it lives in `afm-format` so the runtime needs
+//! no polars.
 //!
 //! ## Tokens
 //!

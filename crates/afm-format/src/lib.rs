@@ -1,0 +1,33 @@
+//! afm-format: the formats every afm crate shares, with neither polars nor
+//! libtorch, so that tasks, data, model, train and agents all use one
+//! definition of each.
+//!
+//! - [`record`]: [`Trajectory`], the normalised record every input format
+//!   becomes (task, steps, outcome, metadata).
+//! - [`native`]: afm's native trajectory JSONL ([`NativeTrajectory`],
+//!   [`Turn`]): what the scripted agents and the runtimes write and the data
+//!   pipeline reads.
+//! - [`layout`]: THE token layout and loss-mask rule (`<|task|>`, role
+//!   tokens, `<|obs|>`, `<|end|>`; owners and weights). Training data and
+//!   the runtimes' prompts are both built with it.
+//! - [`shards`]: the packed shard files, written by `afm-data` and read by
+//!   `afm-train`.
+//! - [`rng`] ([`SplitMix64`]) and [`hash`] ([`hash::fnv1a`]): the one seeded
+//!   generator and the one stable hash; generated data, data order, weight
+//!   initialisation and sampling depend only on their seeds.
+//!
+//! One trajectory's path: a log line (any input format) -> [`Trajectory`]
+//! -> [`layout::encode_trajectory`] and [`layout::Doc`] (tokens, roles,
+//! owners, weights) -> packed by `afm-data` into a [`shards::Row`] ->
+//! [`shards::Shards`] read by the trainer.
+
+pub mod hash;
+pub mod layout;
+pub mod native;
+pub mod record;
+pub mod rng;
+pub mod shards;
+
+pub use native::{NativeTrajectory, Turn};
+pub use record::{Step, StepKind, Trajectory};
+pub use rng::SplitMix64;
