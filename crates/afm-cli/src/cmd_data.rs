@@ -1,10 +1,12 @@
 //! Verbs of afm-data: `afm prepare` (with the task world's re-solver,
 //! `afm_pipeline::TaskWorld`).
 
+use crate::settings::Layers;
 use afm_data::{AgentWeights, AgentsMap, Format, LongMode, Manifest, PrepareConfig, Progress};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
+use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -16,71 +18,101 @@ pub enum Cmd {
 
 #[derive(Args)]
 pub struct PrepareArgs {
+    /// `--config FILE` (any `PrepareConfig` field) and `--set KEY=VALUE`.
+    #[command(flatten)]
+    pub layers: Layers,
+    #[command(flatten)]
+    pub flags: PrepareFlags,
     /// Input files or directories (all .json/.jsonl/.ndjson inside, sorted).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Input format: auto, native, ag2, messages, coa-tags.
-    #[arg(long, default_value = "auto")]
-    pub format: Format,
     /// TOML file renaming agents and marking observation agents.
     #[arg(long)]
     pub agents_map: Option<PathBuf>,
-    /// Drop records whose quality score (0..100) is below this.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_min_score)]
-    pub min_score: f64,
-    /// Longest document in tokens (default: --seq-len).
-    #[arg(long)]
-    pub max_tokens: Option<usize>,
-    /// Longer documents: window, truncate or drop.
-    #[arg(long, default_value = "window")]
-    pub long: LongMode,
-    /// Order rows easy -> hard, in `--curriculum-stages` buckets.
-    #[arg(long)]
-    pub curriculum: bool,
-    /// Curriculum stages: difficulty buckets the trainer walks easy -> hard,
-    /// shuffling inside each every epoch (0: one strict sorted order).
-    #[arg(long, default_value_t = 4)]
-    pub curriculum_stages: usize,
-    /// Add target-preserving augmentations of training records.
-    #[arg(long)]
-    pub augment: bool,
-    /// Model rows only for the BPE tokens the data uses (a corpus
-    /// vocabulary; for models trained from scratch; not exportable to HF).
-    #[arg(long)]
-    pub corpus_vocab: bool,
-    /// With --corpus-vocab: rows only for BPE tokens occurring at least this
-    /// often in the training records; rarer ones are written as bytes.
-    #[arg(long, default_value_t = 1)]
-    pub vocab_min_count: usize,
-    /// Share of tasks held out for validation.
-    #[arg(long, default_value_t = 0.05)]
-    pub val_fraction: f64,
-    /// Row length of the shards.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
     /// Loss weight of an agent, NAME=W (repeatable).
     #[arg(long = "agent-weight")]
     pub agent_weight: Vec<String>,
     /// Train only this agent (weight 1, others 0).
     #[arg(long)]
     pub only_agent: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fail on the first rejected record.
-    #[arg(long)]
-    pub strict: bool,
     /// Keep exact duplicates.
     #[arg(long)]
     pub no_dedup: bool,
+}
+
+/// The flags that name a `PrepareConfig` field (defaults: the config's
+/// `Default`); only those given are laid over it (see `crate::settings`).
+#[derive(Args, Serialize)]
+pub struct PrepareFlags {
+    /// Input format: auto, native, ag2, messages, coa-tags.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Drop records whose quality score (0..100) is below this.
+    #[arg(long, value_parser = parse_min_score)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f64>,
+    /// Longest document in tokens (default: --seq-len).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    /// Longer documents: window, truncate or drop.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long: Option<LongMode>,
+    /// Order rows easy -> hard, in `--curriculum-stages` buckets.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub curriculum: bool,
+    /// Curriculum stages: difficulty buckets the trainer walks easy -> hard,
+    /// shuffling inside each every epoch (0: one strict sorted order).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curriculum_stages: Option<usize>,
+    /// Add target-preserving augmentations of training records.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub augment: bool,
+    /// Model rows only for the BPE tokens the data uses (a corpus
+    /// vocabulary; for models trained from scratch; not exportable to HF).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub corpus_vocab: bool,
+    /// With --corpus-vocab: rows only for BPE tokens occurring at least this
+    /// often in the training records; rarer ones are written as bytes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_min_count: Option<usize>,
+    /// Share of tasks held out for validation.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
+    /// Row length of the shards.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Fail on the first rejected record.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
     /// Longest accepted text field in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_field_bytes: usize,
+    #[arg(long)]
+    #[serde(
+        rename = "limits.max_field_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_field_bytes: Option<usize>,
     /// Output directory.
     #[arg(long)]
-    pub out: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
     /// Write the dataset even when no record is kept for training (otherwise
     /// an error naming how many records were read, filtered and rejected).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty: bool,
 }
 
@@ -130,37 +162,33 @@ fn parse_weights(a: &PrepareArgs) -> anyhow::Result<AgentWeights> {
     Ok(w)
 }
 
+/// `PrepareConfig::default()` <- `--config` <- the flags <- `--set`, then
+/// the flags that are not plain fields (inputs, agent map and weights).
+fn build_config(a: &PrepareArgs) -> anyhow::Result<PrepareConfig> {
+    let mut cfg: PrepareConfig = crate::settings::resolve(&a.layers, &a.flags)?;
+    if !a.input.is_empty() {
+        cfg.inputs = a.input.clone();
+    }
+    if let Some(p) = &a.agents_map {
+        cfg.agents_map = AgentsMap::load(p)?;
+    }
+    if a.only_agent.is_some() || !a.agent_weight.is_empty() {
+        cfg.weights = parse_weights(a)?;
+    }
+    if a.no_dedup {
+        cfg.dedup = false;
+    }
+    if cfg.inputs.is_empty() {
+        bail!("no input: give --input (or `inputs` in --config)");
+    }
+    if cfg.out.as_os_str().is_empty() {
+        bail!("no output directory: give --out (or `out` in --config)");
+    }
+    Ok(cfg)
+}
+
 fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
-    let agents_map = match &a.agents_map {
-        Some(p) => AgentsMap::load(p)?,
-        None => AgentsMap::default(),
-    };
-    let cfg = PrepareConfig {
-        inputs: a.input.clone(),
-        format: a.format,
-        agents_map,
-        min_score: a.min_score,
-        max_tokens: a.max_tokens,
-        long: a.long,
-        curriculum: a.curriculum,
-        curriculum_stages: a.curriculum_stages,
-        corpus_vocab: a.corpus_vocab,
-        vocab_min_count: a.vocab_min_count,
-        augment: a.augment,
-        val_fraction: a.val_fraction,
-        seq_len: a.seq_len,
-        weights: parse_weights(&a)?,
-        seed: a.seed,
-        strict: a.strict,
-        dedup: !a.no_dedup,
-        limits: afm_data::Limits {
-            max_field_bytes: a.max_field_bytes,
-            ..Default::default()
-        },
-        out: a.out.clone(),
-        allow_empty: a.allow_empty,
-        ..Default::default()
-    };
+    let cfg = build_config(&a)?;
     cfg.validate()?;
     let bar = ProgressBar::new(0);
     let stage: Mutex<&'static str> = Mutex::new("");
@@ -228,9 +256,16 @@ mod tests {
         }
         for good in ["0", "60", "100", "42.5"] {
             let a = parse(&["--min-score", good]).unwrap();
-            assert_eq!(a.min_score, good.parse::<f64>().unwrap());
-            assert!(!a.allow_empty);
+            assert_eq!(a.flags.min_score, Some(good.parse::<f64>().unwrap()));
+            assert!(!a.flags.allow_empty);
+            let c = build_config(&a).unwrap();
+            assert_eq!(c.min_score, good.parse::<f64>().unwrap());
+            // Every other field keeps `PrepareConfig`'s default.
+            assert_eq!(
+                (c.seq_len, c.val_fraction, c.curriculum_stages),
+                (256, 0.05, 4)
+            );
         }
-        assert!(parse(&["--allow-empty"]).unwrap().allow_empty);
+        assert!(parse(&["--allow-empty"]).unwrap().flags.allow_empty);
     }
 }

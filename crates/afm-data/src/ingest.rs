@@ -140,6 +140,7 @@ pub struct Parsed {
 
 /// Size limits applied while validating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest accepted text field, in bytes (default 1 MiB).
     pub max_field_bytes: usize,

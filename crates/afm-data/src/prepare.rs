@@ -36,8 +36,10 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Everything `afm prepare` can be told.
+/// Everything `afm prepare` can be told (a TOML file may set any field; the
+/// others keep their `Default`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PrepareConfig {
     /// Files or directories (all `.json`/`.jsonl`/`.ndjson` inside, sorted).
     pub inputs: Vec<PathBuf>,

@@ -191,6 +191,7 @@ pub fn label(tokens: &[u32]) -> Labels {
 
 /// Loss weight per agent: default 1.0, overrides per name, or one agent only.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AgentWeights {
     /// Agent name -> weight (`--agent-weight NAME=W`).
     pub weights: BTreeMap<String, f32>,
