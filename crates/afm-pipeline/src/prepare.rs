@@ -26,37 +26,39 @@ pub struct PrepareSummary {
     pub packing_efficiency: f64,
 }
 
-/// Everything that determines a prepared dataset.
+/// Everything that determines a prepared dataset: the whole
+/// `PrepareConfig` the stage runs (its output directory aside) and the
+/// inputs' stamps.
 #[derive(Serialize)]
-pub(crate) struct PrepareKey<'a> {
-    /// v4: fingerprints over this struct's JSON (v3: segments encoded
-    /// after one space, afm_data::format).
+pub(crate) struct PrepareKey {
+    /// v5: the whole serialised `PrepareConfig` (v4: the pipeline fields
+    /// it was built from).
     stage: &'static str,
     inputs: Vec<stage::FileStamp>,
-    only: Option<&'a str>,
-    curriculum: bool,
-    augment: bool,
-    min_score: f64,
-    seq_len: usize,
-    seed: u64,
-    corpus_vocab: bool,
-    vocab_min_count: usize,
+    config: PrepareConfig,
 }
 
-impl<'a> PrepareKey<'a> {
-    pub(crate) fn new(c: &PipelineConfig, ins: &[PathBuf], only: Option<&'a str>) -> Self {
+impl PrepareKey {
+    pub(crate) fn new(c: &PipelineConfig, ins: &[PathBuf], only: Option<&str>) -> Self {
         PrepareKey {
-            stage: "prepare-v4",
+            stage: "prepare-v5",
             inputs: stage::stamps(ins),
-            only,
-            // The agents' own datasets are never curriculum-ordered.
-            curriculum: c.curriculum && only.is_none(),
-            augment: c.augment,
-            min_score: c.min_score,
-            seq_len: c.seq_len,
-            seed: c.seed,
-            corpus_vocab: c.corpus_vocab,
-            vocab_min_count: c.vocab_min_count,
+            config: PrepareConfig {
+                inputs: ins.to_vec(),
+                min_score: c.min_score,
+                // The agents' own datasets are never curriculum-ordered.
+                curriculum: c.curriculum && only.is_none(),
+                augment: c.augment,
+                corpus_vocab: c.corpus_vocab,
+                vocab_min_count: c.vocab_min_count,
+                seq_len: c.seq_len,
+                seed: c.seed,
+                weights: AgentWeights {
+                    only: only.map(str::to_string),
+                    ..AgentWeights::default()
+                },
+                ..PrepareConfig::default()
+            },
         }
     }
 }
@@ -75,20 +77,8 @@ pub(crate) fn prepare_stage(
     let fp = stage::fingerprint(&key)?;
     stage::run(name, dir, &fp, progress, |out| {
         let cfg = PrepareConfig {
-            inputs: ins.to_vec(),
-            min_score: key.min_score,
-            curriculum: key.curriculum,
-            augment: key.augment,
-            corpus_vocab: c.corpus_vocab,
-            vocab_min_count: c.vocab_min_count,
-            seq_len: c.seq_len,
-            seed: c.seed,
-            weights: AgentWeights {
-                only: only.map(str::to_string),
-                ..AgentWeights::default()
-            },
             out: out.to_path_buf(),
-            ..PrepareConfig::default()
+            ..key.config.clone()
         };
         let m = crate::world::prepare_in_task_world(&cfg, &|p| {
             progress.event(Event::Work {
