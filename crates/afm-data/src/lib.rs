@@ -4,6 +4,8 @@
 //! dedup -> split by task -> curriculum -> augment -> format -> tokenize ->
 //! mask -> window -> pack -> write.
 //!
+//! - [`prepare`](mod@prepare): the recipe [`Prepare`] (setup, read, plan,
+//!   vocabulary, write, finish) that [`prepare()`] and [`prepare_with`] run.
 //! - [`ingest`]: the input formats (native JSONL, AG2 logs, OpenAI messages,
 //!   Chain-of-Agents tags), validation and rejects.
 //! - [`agents`]: agent renames and observation agents (TOML map).
@@ -35,5 +37,5 @@ pub use agents::AgentsMap;
 pub use augment::Resolver;
 pub use ingest::{read_file, Format, Limits};
 #[cfg(feature = "pipeline")]
-pub use prepare::{prepare, prepare_with, Manifest, PrepareConfig, Progress};
+pub use prepare::{prepare, prepare_with, Manifest, Prepare, PrepareConfig, Progress};
 pub use window::LongMode;

@@ -15,10 +15,16 @@
 //! 3. **write** (streaming, rayon per batch): records are read back from the
 //!    spill in plan order, formatted, tokenized, labelled, windowed, packed
 //!    (best-fit, bounded buffer) and written as shards.
+//!
+//! [`Prepare`] lays a run out as a recipe, one method per phase: `setup`,
+//! `read` (pass 1), `plan`, `vocabulary` (roles, corpus vocabulary,
+//! `vocab.json`), `write` (pass 2) and `finish` (stats, the accounting
+//! check, `manifest.json`). [`prepare_with`] and [`prepare`] are thin
+//! wrappers over [`Prepare::run`].
 
 use crate::agents::AgentsMap;
 use crate::augment::{self, Resolver, Transform};
-use crate::ingest::{self, Format, Limits, Parsed};
+use crate::ingest::{self, normalise, Format, Limits, Parsed};
 use crate::pack::{PackStats, Packer};
 use crate::score;
 use crate::window::{self, LongMode, TooLong};
@@ -26,7 +32,7 @@ use afm_format::layout::{encode_trajectory, AgentWeights, FormatError};
 use afm_format::record::{StepKind, Trajectory};
 use afm_format::shards::ShardWriter;
 use afm_tokenizer::{RoleVocab, Tokenizer};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -331,8 +337,6 @@ impl Drop for SpillGuard {
     }
 }
 
-use crate::ingest::normalise;
-
 #[derive(Serialize)]
 struct RejectLine<'a> {
     file: String,
@@ -346,496 +350,753 @@ struct RejectLine<'a> {
 /// (when given) re-solves the records it can ([`Transform::Resolve`]);
 /// `afm-data` has no task world of its own, so a caller that wants the
 /// `resolve` rows passes one (the `afm` CLI passes `afm-tasks`').
+///
+/// A thin wrapper: `Prepare::setup(cfg, progress, resolver)?.run()` (see
+/// [`Prepare`] for the phases).
 pub fn prepare_with(
     cfg: &PrepareConfig,
     progress: &(dyn Fn(Progress) + Sync),
     resolver: Option<&dyn Resolver>,
 ) -> Result<Manifest> {
-    cfg.validate()?;
-    let max_tokens = cfg.max_tokens.unwrap_or(cfg.seq_len);
-    let files = ingest::expand_inputs(&cfg.inputs)?;
-    if files.is_empty() {
-        bail!(
-            "no input files (.json, .jsonl, .ndjson) in {:?}",
-            cfg.inputs
-        );
-    }
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let total_bytes: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
+    Prepare::setup(cfg, progress, resolver)?.run()
+}
 
-    // ---- pass 1: read, validate, normalise, score, spill ----
-    let spill_path = cfg.out.join(".prepare.spill.jsonl");
-    let _guard = SpillGuard(spill_path.clone());
-    let mut spill = BufWriter::new(
-        File::create(&spill_path).with_context(|| format!("creating {}", spill_path.display()))?,
-    );
-    let rejects_path = cfg.out.join("rejects.jsonl");
-    let mut rejects = BufWriter::new(
-        File::create(&rejects_path)
-            .with_context(|| format!("creating {}", rejects_path.display()))?,
-    );
-    let mut m = Manifest {
-        version: 1,
-        config: cfg.clone(),
-        ..Default::default()
-    };
-    m.files = files.iter().map(|f| f.display().to_string()).collect();
-    let mut recs: Vec<Rec> = Vec::new();
-    let mut pre_vocab: Vec<String> = Vec::new();
-    let mut pre_index: HashMap<String, u16> = HashMap::new();
-    let mut offset = 0u64;
-    let mut bytes_before = 0u64;
-    let mut fatal: Option<anyhow::Error> = None;
-    let count_tok = Tokenizer::gpt2();
-    for file in &files {
-        let file_bytes = std::fs::metadata(file).map(|x| x.len()).unwrap_or(0);
-        ingest::for_each_batch(
-            file,
-            cfg.format,
-            &cfg.limits,
-            ingest::BatchSize::default(),
-            |batch: Vec<Parsed>, info: ingest::BatchInfo| {
-                if fatal.is_some() {
-                    return;
-                }
-                progress(Progress {
-                    stage: "read",
-                    done: bytes_before + info.bytes_read,
-                    total: total_bytes,
-                });
-                // Per record in parallel: normalise, score, key, serialise.
-                // The trajectory itself is not kept: its agents (distinct,
-                // in order) are all pass 1 needs besides the spilled line.
-                type Ok1 = (
-                    String,
-                    Vec<String>,
-                    score::Quality,
-                    u64,
-                    u64,
-                    f64,
-                    [bool; 3],
-                    u32,
-                );
-                let work: Vec<(ingest::Location, std::result::Result<Ok1, ingest::Invalid>)> =
-                    batch
+/// One `prepare` run laid out as a recipe, the way the trainer is
+/// (`afm_train::Trainer`): each phase is a method, and [`Prepare::run`]
+/// calls them in order.
+///
+/// - `setup`: validate the config, expand the inputs, create the output
+///   directory, the spill file and `rejects.jsonl`;
+/// - `read` (pass 1): ingest, normalise, score and key every record, spill
+///   the valid ones, write the rejects;
+/// - `plan`: the polars plan over the compact table (score filter, dedup,
+///   split, order, augmentation rows);
+/// - `vocabulary`: the roles of the kept records, the corpus vocabulary of
+///   frequent tokens (`--vocab-min-count` > 1), the loss weights,
+///   `vocab.json`;
+/// - `write` (pass 2): format, tokenize, mask, window, pack, the shards
+///   and `augmented.jsonl`;
+/// - `finish`: the corpus vocabulary of the tokens used (`--corpus-vocab`
+///   alone), the split stats, the accounting check (total = kept +
+///   filtered + rejected) and `manifest.json`.
+///
+/// Only `setup` and `run` are public: the phases share state that must be
+/// built in this order. The spill file is removed however the run ends.
+pub struct Prepare<'a> {
+    cfg: &'a PrepareConfig,
+    progress: &'a (dyn Fn(Progress) + Sync),
+    resolver: Option<&'a dyn Resolver>,
+    /// Longest document: `cfg.max_tokens`, else `cfg.seq_len`.
+    max_tokens: usize,
+    /// The input files, expanded and sorted.
+    files: Vec<PathBuf>,
+    total_bytes: u64,
+    /// The manifest, filled in phase by phase.
+    m: Manifest,
+    spill_path: PathBuf,
+    spill: BufWriter<File>,
+    /// Byte offset of the next spilled line.
+    offset: u64,
+    rejects_path: PathBuf,
+    rejects: BufWriter<File>,
+    /// The compact table: one row per valid record, in input order.
+    recs: Vec<Rec>,
+    names: AgentNames,
+    _guard: SpillGuard,
+}
+
+/// One record as pass 1 keeps it: the normalised trajectory serialised for
+/// the spill, its agents (distinct, in order of their first turn) and what
+/// the plan needs. The trajectory itself is not kept.
+struct Inspected {
+    line: String,
+    agents: Vec<String>,
+    quality: score::Quality,
+    task_key: u64,
+    content_key: u64,
+    difficulty: f64,
+    renamable: bool,
+    resolvable: bool,
+    held_out: bool,
+    prompt_len: u32,
+}
+
+/// Agent names seen in pass 1, numbered in order of first appearance (a
+/// [`Rec`] keeps its agents' numbers, not their names).
+#[derive(Default)]
+struct AgentNames {
+    names: Vec<String>,
+    index: HashMap<String, u16>,
+}
+
+impl AgentNames {
+    fn id(&mut self, name: String) -> Result<u16> {
+        if let Some(&i) = self.index.get(&name) {
+            return Ok(i);
+        }
+        if self.names.len() >= u16::MAX as usize {
+            bail!("more than 65535 distinct agent names");
+        }
+        let id = self.names.len() as u16;
+        self.index.insert(name.clone(), id);
+        self.names.push(name);
+        Ok(id)
+    }
+
+    fn name(&self, id: u16) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// The tokenizer the documents are encoded with, and the loss weight of
+/// each role.
+struct Vocabulary {
+    tok: Tokenizer,
+    table: Vec<f32>,
+}
+
+/// The documents of one planned record (pass 2).
+struct Docs {
+    windows: Vec<window::Window>,
+    /// Longer than `max_tokens`: windowed or truncated.
+    long: bool,
+    truncated: bool,
+    task_key: u64,
+    id: String,
+}
+
+/// What pass 2 makes of one planned record.
+enum Out {
+    Docs(Docs),
+    /// A source record dropped, under this reason.
+    Filtered(&'static str),
+    /// An augmentation not written, under this `skipped:*` reason.
+    AugSkipped(&'static str),
+}
+
+/// Counts pass 2 keeps besides the manifest's, per split (train, val).
+struct Tally {
+    records: [usize; 2],
+    tasks: [HashSet<u64>; 2],
+    /// Source records kept.
+    kept: usize,
+    kept_split: [usize; 2],
+    /// Indexed by role.
+    agent_stats: Vec<AgentStats>,
+    /// BPE ids any document uses (the corpus vocabulary of
+    /// `--corpus-vocab` with `--vocab-min-count 1`).
+    corpus_seen: Vec<bool>,
+}
+
+/// Pass 2 in progress: the shard writers, packers and augmentation log.
+struct Pass2 {
+    writers: [ShardWriter; 2],
+    packers: [Packer; 2],
+    aug_log: BufWriter<File>,
+    tally: Tally,
+}
+
+/// What pass 2 wrote, per split (train, val).
+struct Written {
+    tally: Tally,
+    packed: [PackStats; 2],
+    loss_tokens: [usize; 2],
+}
+
+impl<'a> Prepare<'a> {
+    /// Validate `cfg`, expand its inputs and create the output directory,
+    /// the spill file and `rejects.jsonl`.
+    pub fn setup(
+        cfg: &'a PrepareConfig,
+        progress: &'a (dyn Fn(Progress) + Sync),
+        resolver: Option<&'a dyn Resolver>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let max_tokens = cfg.max_tokens.unwrap_or(cfg.seq_len);
+        let files = ingest::expand_inputs(&cfg.inputs)?;
+        if files.is_empty() {
+            bail!(
+                "no input files (.json, .jsonl, .ndjson) in {:?}",
+                cfg.inputs
+            );
+        }
+        std::fs::create_dir_all(&cfg.out)
+            .with_context(|| format!("creating {}", cfg.out.display()))?;
+        let total_bytes: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        let spill_path = cfg.out.join(".prepare.spill.jsonl");
+        let guard = SpillGuard(spill_path.clone());
+        let spill = BufWriter::new(
+            File::create(&spill_path)
+                .with_context(|| format!("creating {}", spill_path.display()))?,
+        );
+        let rejects_path = cfg.out.join("rejects.jsonl");
+        let rejects = BufWriter::new(
+            File::create(&rejects_path)
+                .with_context(|| format!("creating {}", rejects_path.display()))?,
+        );
+        let m = Manifest {
+            version: 1,
+            config: cfg.clone(),
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            ..Default::default()
+        };
+        Ok(Self {
+            cfg,
+            progress,
+            resolver,
+            max_tokens,
+            files,
+            total_bytes,
+            m,
+            spill_path,
+            spill,
+            offset: 0,
+            rejects_path,
+            rejects,
+            recs: Vec::new(),
+            names: AgentNames::default(),
+            _guard: guard,
+        })
+    }
+
+    /// Every phase in order; the manifest it wrote.
+    pub fn run(mut self) -> Result<Manifest> {
+        self.read()?;
+        let plan = self.plan()?;
+        let vocab = self.vocabulary(&plan)?;
+        let written = self.write(&plan, &vocab)?;
+        self.finish(&vocab, written)
+    }
+
+    /// Pass 1 (streaming, rayon per batch): validate, normalise, score and
+    /// key every record; spill the valid ones, write the rejects.
+    fn read(&mut self) -> Result<()> {
+        let (cfg, progress, resolver) = (self.cfg, self.progress, self.resolver);
+        let total_bytes = self.total_bytes;
+        let count_tok = Tokenizer::gpt2();
+        let mut bytes_before = 0u64;
+        for file in self.files.clone() {
+            let file_bytes = std::fs::metadata(&file).map(|x| x.len()).unwrap_or(0);
+            let mut fatal: Option<anyhow::Error> = None;
+            ingest::for_each_batch(
+                &file,
+                cfg.format,
+                &cfg.limits,
+                ingest::BatchSize::default(),
+                |batch: Vec<Parsed>, info: ingest::BatchInfo| {
+                    if fatal.is_some() {
+                        return;
+                    }
+                    progress(Progress {
+                        stage: "read",
+                        done: bytes_before + info.bytes_read,
+                        total: total_bytes,
+                    });
+                    let work: Vec<(ingest::Location, std::result::Result<Inspected, _>)> = batch
                         .into_par_iter()
                         .map(|p| {
-                            let r = p
-                                .result
-                                .and_then(|t| normalise(t, &cfg.agents_map))
-                                .and_then(|t| {
-                                    let q = score::quality(&t);
-                                    let tokens = if cfg.curriculum {
-                                        count_tok.encode(&t.task).len()
-                                            + t.steps
-                                                .iter()
-                                                .map(|s| 1 + count_tok.encode(&s.text).len())
-                                                .sum::<usize>()
-                                            + 2
-                                    } else {
-                                        0
-                                    };
-                                    let d =
-                                        score::difficulty(tokens, t.agent_turns(), t.tool_calls());
-                                    let line =
-                                        serde_json::to_string(&t).map_err(|e| ingest::Invalid {
-                                            reason: ingest::RejectReason::WrongType,
-                                            message: format!("cannot re-serialise: {e}"),
-                                        })?;
-                                    let ren = cfg.augment && !augment::renamable(&t).is_empty();
-                                    let res =
-                                        cfg.augment && resolver.is_some_and(|r| r.can_resolve(&t));
-                                    let held = held_out(&t);
-                                    let pl = 1 + count_tok.encode(&t.task).len() as u32;
-                                    let (tk, ck) =
-                                        (score::task_key(&t.task), score::content_key(&t));
-                                    let mut agents: Vec<String> = Vec::new();
-                                    for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
-                                        if !agents.contains(&s.agent) {
-                                            agents.push(s.agent.clone());
-                                        }
-                                    }
-                                    Ok((line, agents, q, tk, ck, d, [ren, res, held], pl))
-                                });
+                            let r = p.result.and_then(|t| inspect(t, cfg, resolver, &count_tok));
                             (p.loc, r)
                         })
                         .collect();
-                for (loc, r) in work {
-                    m.total += 1;
-                    match r {
-                        Err(inv) => {
-                            let key = inv.reason.key();
-                            if cfg.strict {
-                                fatal = Some(anyhow!("{loc}: rejected ({key}): {}", inv.message));
-                                return;
-                            }
-                            *m.rejected.entry(key.to_string()).or_default() += 1;
-                            let line = RejectLine {
-                                file: loc.file.display().to_string(),
-                                line: loc.line,
-                                record: loc.record,
-                                reason: key,
-                                message: &inv.message,
-                            };
-                            let res = serde_json::to_writer(&mut rejects, &line)
-                                .map_err(anyhow::Error::from)
-                                .and_then(|_| {
-                                    rejects.write_all(b"\n").map_err(anyhow::Error::from)
-                                });
-                            if let Err(e) = res {
-                                fatal =
-                                    Some(e.context(format!("writing {}", rejects_path.display())));
-                                return;
-                            }
-                        }
-                        Ok((line, names, q, tk, ck, d, [ren, res, held], pl)) => {
-                            let mut agents = Vec::new();
-                            for name in names {
-                                let id = match pre_index.get(&name) {
-                                    Some(&i) => i,
-                                    None => {
-                                        if pre_vocab.len() >= u16::MAX as usize {
-                                            fatal = Some(anyhow!(
-                                                "more than 65535 distinct agent names"
-                                            ));
-                                            return;
-                                        }
-                                        pre_index.insert(name.clone(), pre_vocab.len() as u16);
-                                        pre_vocab.push(name);
-                                        (pre_vocab.len() - 1) as u16
-                                    }
-                                };
-                                if !agents.contains(&id) {
-                                    agents.push(id);
-                                }
-                            }
-                            if let Err(e) = spill
-                                .write_all(line.as_bytes())
-                                .and_then(|_| spill.write_all(b"\n"))
-                            {
-                                fatal = Some(
-                                    anyhow::Error::from(e)
-                                        .context(format!("writing {}", spill_path.display())),
-                                );
-                                return;
-                            }
-                            recs.push(Rec {
-                                offset,
-                                len: line.len() as u32,
-                                task_key: tk,
-                                content_key: ck,
-                                score: q.total(),
-                                worst: q.worst_part() as u32,
-                                difficulty: d,
-                                renamable: ren,
-                                resolvable: res,
-                                held_out: held,
-                                prompt_len: pl,
-                                agents: agents.into_boxed_slice(),
-                            });
-                            offset += line.len() as u64 + 1;
+                    for (loc, r) in work {
+                        if let Err(e) = self.take(loc, r) {
+                            fatal = Some(e);
+                            return;
                         }
                     }
-                }
-            },
-        )?;
-        if let Some(e) = fatal.take() {
-            return Err(e);
+                },
+            )?;
+            if let Some(e) = fatal {
+                return Err(e);
+            }
+            bytes_before += file_bytes;
         }
-        bytes_before += file_bytes;
+        self.spill.flush().context("flushing the spill file")?;
+        self.rejects
+            .flush()
+            .with_context(|| format!("writing {}", self.rejects_path.display()))
     }
-    spill.flush().context("flushing the spill file")?;
-    drop(spill);
-    rejects
-        .flush()
-        .with_context(|| format!("writing {}", rejects_path.display()))?;
 
-    // ---- plan: polars lazy over the compact table ----
-    let plan = plan(cfg, max_tokens, &recs, &mut m).context("planning (polars)")?;
-
-    // Role vocabulary: agents of kept records, first seen in input order.
-    let mut kept_recs: Vec<u32> = plan
-        .iter()
-        .filter(|p| p.transform.is_none())
-        .map(|p| p.rec)
-        .collect();
-    kept_recs.sort_unstable();
-    let mut roles = RoleVocab::new();
-    for &r in &kept_recs {
-        for &a in recs[r as usize].agents.iter() {
-            roles.insert(&pre_vocab[a as usize])?;
+    /// Count one record of pass 1, and reject or spill it.
+    fn take(
+        &mut self,
+        loc: ingest::Location,
+        r: std::result::Result<Inspected, ingest::Invalid>,
+    ) -> Result<()> {
+        self.m.total += 1;
+        match r {
+            Err(inv) => self.reject(loc, inv),
+            Ok(x) => self.spill(x),
         }
     }
-    let mut tok = Tokenizer::new(roles);
-    if cfg.corpus_vocab && cfg.vocab_min_count > 1 {
-        progress(Progress {
-            stage: "count",
-            done: 0,
-            total: plan.len() as u64,
+
+    /// A rejected record: fatal with `strict`, else a line of `rejects.jsonl`.
+    fn reject(&mut self, loc: ingest::Location, inv: ingest::Invalid) -> Result<()> {
+        let key = inv.reason.key();
+        if self.cfg.strict {
+            bail!("{loc}: rejected ({key}): {}", inv.message);
+        }
+        *self.m.rejected.entry(key.to_string()).or_default() += 1;
+        let line = RejectLine {
+            file: loc.file.display().to_string(),
+            line: loc.line,
+            record: loc.record,
+            reason: key,
+            message: &inv.message,
+        };
+        serde_json::to_writer(&mut self.rejects, &line)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| self.rejects.write_all(b"\n").map_err(anyhow::Error::from))
+            .with_context(|| format!("writing {}", self.rejects_path.display()))
+    }
+
+    /// A valid record: its line to the spill, its row to the compact table.
+    fn spill(&mut self, x: Inspected) -> Result<()> {
+        let mut agents = Vec::new();
+        for name in x.agents {
+            let id = self.names.id(name)?;
+            if !agents.contains(&id) {
+                agents.push(id);
+            }
+        }
+        self.spill
+            .write_all(x.line.as_bytes())
+            .and_then(|_| self.spill.write_all(b"\n"))
+            .with_context(|| format!("writing {}", self.spill_path.display()))?;
+        self.recs.push(Rec {
+            offset: self.offset,
+            len: x.line.len() as u32,
+            task_key: x.task_key,
+            content_key: x.content_key,
+            score: x.quality.total(),
+            worst: x.quality.worst_part() as u32,
+            difficulty: x.difficulty,
+            renamable: x.renamable,
+            resolvable: x.resolvable,
+            held_out: x.held_out,
+            prompt_len: x.prompt_len,
+            agents: agents.into_boxed_slice(),
         });
-        let corpus = frequent_tokens(&plan, &recs, &spill_path, &tok, cfg.vocab_min_count)?;
-        tok = tok.with_corpus(corpus);
+        self.offset += x.line.len() as u64 + 1;
+        Ok(())
     }
-    for name in cfg.weights.weights.keys().chain(cfg.weights.only.iter()) {
-        if tok.roles().index_of(name).is_none() {
-            bail!(
-                "agent {name:?} (in --agent-weight/--only-agent) is not in the data; agents: {:?}",
-                tok.roles().agents()
-            );
-        }
-    }
-    let table = cfg.weights.table(&tok);
-    m.roles = tok.roles().agents().to_vec();
-    m.n_vocab = tok.n_vocab();
-    m.n_roles = tok.roles().n_roles();
-    afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
-        .context("writing vocab.json")?;
 
-    // ---- pass 2: format, tokenize, mask, window, pack, write ----
-    let val_tasks: HashSet<u64> = plan
-        .iter()
-        .filter(|p| p.val)
-        .map(|p| recs[p.rec as usize].task_key)
-        .collect();
-    let spill_file =
-        File::open(&spill_path).with_context(|| format!("opening {}", spill_path.display()))?;
-    let mut writers = [
-        ShardWriter::create(&cfg.out, "train", cfg.seq_len)?,
-        ShardWriter::create(&cfg.out, "val", cfg.seq_len)?,
-    ];
-    for w in writers.iter_mut() {
-        w.set_curriculum(cfg.curriculum, cfg.curriculum_stages);
+    /// The plan (polars lazy over the compact table): score filter, dedup,
+    /// split by task, order, augmentation rows.
+    fn plan(&mut self) -> Result<Vec<PlanRow>> {
+        plan_rows(self.cfg, self.max_tokens, &self.recs, &mut self.m).context("planning (polars)")
     }
-    let mut packers = [
-        Packer::new(cfg.seq_len, cfg.pack_buffer),
-        Packer::new(cfg.seq_len, cfg.pack_buffer),
-    ];
-    let mut split_tasks: [HashSet<u64>; 2] = [HashSet::new(), HashSet::new()];
-    let mut split_records = [0usize; 2];
-    let mut kept = 0usize;
-    // Source records kept, per split (train, val).
-    let mut kept_split = [0usize; 2];
-    let mut agent_stats: Vec<AgentStats> = vec![AgentStats::default(); tok.roles().n_roles()];
-    let mut aug_log = BufWriter::new(
-        File::create(cfg.out.join("augmented.jsonl")).context("creating augmented.jsonl")?,
-    );
-    let total_plan = plan.len() as u64;
-    let mut corpus_seen = vec![false; afm_tokenizer::EOT as usize];
-    enum Out {
-        Docs(Vec<window::Window>, bool, bool, u64, String),
-        Filtered(&'static str),
-        AugSkipped(&'static str),
+
+    /// The role vocabulary (agents of kept records, first seen in input
+    /// order), the corpus vocabulary of frequent tokens, the loss weights;
+    /// writes `vocab.json`.
+    fn vocabulary(&mut self, plan: &[PlanRow]) -> Result<Vocabulary> {
+        let cfg = self.cfg;
+        let mut kept_recs: Vec<u32> = plan
+            .iter()
+            .filter(|p| p.transform.is_none())
+            .map(|p| p.rec)
+            .collect();
+        kept_recs.sort_unstable();
+        let mut roles = RoleVocab::new();
+        for &r in &kept_recs {
+            for &a in self.recs[r as usize].agents.iter() {
+                roles.insert(self.names.name(a))?;
+            }
+        }
+        let mut tok = Tokenizer::new(roles);
+        if cfg.corpus_vocab && cfg.vocab_min_count > 1 {
+            (self.progress)(Progress {
+                stage: "count",
+                done: 0,
+                total: plan.len() as u64,
+            });
+            let corpus = frequent_tokens(
+                plan,
+                &self.recs,
+                &self.spill_path,
+                &tok,
+                cfg.vocab_min_count,
+            )?;
+            tok = tok.with_corpus(corpus);
+        }
+        for name in cfg.weights.weights.keys().chain(cfg.weights.only.iter()) {
+            if tok.roles().index_of(name).is_none() {
+                bail!(
+                    "agent {name:?} (in --agent-weight/--only-agent) is not in the data; agents: {:?}",
+                    tok.roles().agents()
+                );
+            }
+        }
+        let table = cfg.weights.table(&tok);
+        self.m.roles = tok.roles().agents().to_vec();
+        self.m.n_vocab = tok.n_vocab();
+        self.m.n_roles = tok.roles().n_roles();
+        afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
+            .context("writing vocab.json")?;
+        Ok(Vocabulary { tok, table })
     }
-    let mut written = 0u64;
-    // Bounded by bytes as well as records: one record may be megabytes.
-    for chunk in write_batches(&plan, &recs, 2048, WRITE_BATCH_BYTES) {
-        progress(Progress {
+
+    /// Pass 2 (streaming, rayon per batch): read the records back from the
+    /// spill in plan order; format, tokenize, mask, window, pack and write
+    /// the shards and `augmented.jsonl`.
+    fn write(&mut self, plan: &[PlanRow], vocab: &Vocabulary) -> Result<Written> {
+        let val_tasks: HashSet<u64> = plan
+            .iter()
+            .filter(|p| p.val)
+            .map(|p| self.recs[p.rec as usize].task_key)
+            .collect();
+        let spill = File::open(&self.spill_path)
+            .with_context(|| format!("opening {}", self.spill_path.display()))?;
+        let mut pass = Pass2::create(self.cfg, vocab.tok.roles().n_roles())?;
+        let total_plan = plan.len() as u64;
+        let mut written = 0u64;
+        // Bounded by bytes as well as records: one record may be megabytes.
+        for chunk in write_batches(plan, &self.recs, 2048, WRITE_BATCH_BYTES) {
+            (self.progress)(Progress {
+                stage: "write",
+                done: written,
+                total: total_plan,
+            });
+            written += chunk.len() as u64;
+            let this = &*self;
+            let outs: Vec<Result<Out>> = chunk
+                .par_iter()
+                .map(|p| this.render(p, vocab, &val_tasks, &spill))
+                .collect();
+            for (p, o) in chunk.iter().zip(outs) {
+                pass.absorb(p, o?, &mut self.m)?;
+            }
+        }
+        pass.aug_log.flush()?;
+        (self.progress)(Progress {
             stage: "write",
-            done: written,
+            done: total_plan,
             total: total_plan,
         });
-        written += chunk.len() as u64;
-        let outs: Vec<Result<Out>> = chunk
-            .par_iter()
-            .map(|p| -> Result<Out> {
-                let src = read_spilled(&spill_file, &recs[p.rec as usize])?;
-                let t = match p.transform {
-                    None => src,
-                    Some(tr) => match augment::apply(&src, tr, resolver) {
-                        None => return Ok(Out::AugSkipped("skipped:noop")),
-                        Some(a) => {
-                            let Ok(a) = normalise(a, &cfg.agents_map) else {
-                                return Ok(Out::AugSkipped("skipped:bad_agent_name"));
-                            };
-                            if val_tasks.contains(&score::task_key(&a.task)) {
-                                return Ok(Out::AugSkipped("skipped:would_leak"));
-                            }
-                            a
-                        }
-                    },
-                };
-                let enc = match encode_trajectory(&tok, &t) {
-                    Ok(e) => e,
-                    Err(FormatError::UnknownAgent(_)) if p.transform.is_some() => {
-                        return Ok(Out::AugSkipped("skipped:unknown_agent"));
+        pass.finish()
+    }
+
+    /// One planned record read back from the spill: its transform applied
+    /// (and the result checked), encoded, windowed.
+    fn render(
+        &self,
+        p: &PlanRow,
+        vocab: &Vocabulary,
+        val_tasks: &HashSet<u64>,
+        spill: &File,
+    ) -> Result<Out> {
+        let cfg = self.cfg;
+        let src = read_spilled(spill, &self.recs[p.rec as usize])?;
+        let t = match p.transform {
+            None => src,
+            Some(tr) => match augment::apply(&src, tr, self.resolver) {
+                None => return Ok(Out::AugSkipped("skipped:noop")),
+                Some(a) => {
+                    let Ok(a) = normalise(a, &cfg.agents_map) else {
+                        return Ok(Out::AugSkipped("skipped:bad_agent_name"));
+                    };
+                    if val_tasks.contains(&score::task_key(&a.task)) {
+                        return Ok(Out::AugSkipped("skipped:would_leak"));
                     }
-                    Err(FormatError::UnknownAgent(a)) => {
-                        bail!("internal: agent {a:?} missing from the vocabulary")
-                    }
-                };
-                let long = enc.tokens.len() > max_tokens;
-                match window::fit(&enc, &table, max_tokens, cfg.long) {
-                    Ok(ws) => {
-                        if ws.iter().all(|w| w.doc.weights.iter().all(|&x| x == 0.0)) {
-                            return Ok(if p.transform.is_some() {
-                                Out::AugSkipped("skipped:no_loss_tokens")
-                            } else {
-                                Out::Filtered("no_loss_tokens")
-                            });
-                        }
-                        Ok(Out::Docs(
-                            ws,
-                            long,
-                            cfg.long == LongMode::Truncate && long,
-                            score::task_key(&t.task),
-                            t.id.clone(),
-                        ))
-                    }
-                    Err(TooLong::Dropped) => Ok(if p.transform.is_some() {
-                        Out::AugSkipped("skipped:too_long")
-                    } else {
-                        Out::Filtered("too_long")
-                    }),
-                    Err(TooLong::PromptTooLong) => Ok(if p.transform.is_some() {
-                        Out::AugSkipped("skipped:prompt_too_long")
-                    } else {
-                        Out::Filtered("prompt_too_long")
-                    }),
+                    a
                 }
-            })
-            .collect();
-        for (p, o) in chunk.iter().zip(outs) {
-            let s = p.val as usize;
-            match o? {
-                Out::Filtered(why) => *m.filtered.entry(why.into()).or_default() += 1,
-                Out::AugSkipped(why) => *m.augmented.entry(why.into()).or_default() += 1,
-                Out::Docs(ws, long, trunc, tk, id) => {
-                    if let Some(tr) = p.transform {
-                        *m.augmented.entry(tr.kind().into()).or_default() += 1;
-                        serde_json::to_writer(
-                            &mut aug_log,
-                            &serde_json::json!({
-                                "id": id,
-                                "source": id.rsplit_once('+').map(|x| x.0).unwrap_or(&id),
-                                "transform": tr.name(),
-                                "split": "train"
-                            }),
-                        )?;
-                        aug_log.write_all(b"\n")?;
-                    } else {
-                        kept += 1;
-                        kept_split[s] += 1;
-                    }
-                    split_records[s] += 1;
-                    split_tasks[s].insert(tk);
-                    if long {
-                        if trunc {
-                            m.truncated += 1;
-                        } else {
-                            m.windowed += 1;
-                            m.extra_windows += ws.len() - 1;
-                        }
-                    }
-                    for w in ws {
-                        for (i, &o) in w.doc.owners.iter().enumerate().skip(w.new_from) {
-                            if o >= afm_tokenizer::ROLE_FIRST_AGENT && i + 1 < w.doc.len() {
-                                let st = &mut agent_stats[o as usize];
-                                st.tokens += 1;
-                                if w.doc.weights[i] > 0.0 {
-                                    st.loss_tokens += 1;
-                                }
-                            }
-                        }
-                        for (i, &tkn) in w.doc.tokens.iter().enumerate() {
-                            let opens = w.doc.roles[i];
-                            if tkn >= afm_tokenizer::FIRST_ROLE_TOKEN
-                                && w.doc.owners[i] == opens
-                                && w.doc.weights[i] > 0.0
-                            {
-                                agent_stats[opens as usize].turns += 1;
-                            }
-                        }
-                        let (packer, writer) = (&mut packers[s], &mut writers[s]);
-                        // The corpus vocabulary covers whole documents, so
-                        // every dataset prepared from the same records
-                        // (each agent's, the AFM's) gets the same one.
-                        for &t in &w.doc.tokens {
-                            if let Some(x) = corpus_seen.get_mut(t as usize) {
-                                *x = true;
-                            }
-                        }
-                        let mut doc = w.doc;
-                        doc.trim_untrained();
-                        packer.push(doc, &mut |pk: crate::pack::Packed| {
-                            writer.push(&pk.row, pk.real_tokens, pk.documents)
-                        })?;
-                    }
+            },
+        };
+        let enc = match encode_trajectory(&vocab.tok, &t) {
+            Ok(e) => e,
+            Err(FormatError::UnknownAgent(_)) if p.transform.is_some() => {
+                return Ok(Out::AugSkipped("skipped:unknown_agent"));
+            }
+            Err(FormatError::UnknownAgent(a)) => {
+                bail!("internal: agent {a:?} missing from the vocabulary")
+            }
+        };
+        let long = enc.tokens.len() > self.max_tokens;
+        // A source record is filtered under `why`; an augmentation skipped.
+        let dropped = |why: &'static str, skipped: &'static str| {
+            if p.transform.is_some() {
+                Out::AugSkipped(skipped)
+            } else {
+                Out::Filtered(why)
+            }
+        };
+        match window::fit(&enc, &vocab.table, self.max_tokens, cfg.long) {
+            Ok(ws) => {
+                if ws.iter().all(|w| w.doc.weights.iter().all(|&x| x == 0.0)) {
+                    return Ok(dropped("no_loss_tokens", "skipped:no_loss_tokens"));
                 }
+                Ok(Out::Docs(Docs {
+                    windows: ws,
+                    long,
+                    truncated: cfg.long == LongMode::Truncate && long,
+                    task_key: score::task_key(&t.task),
+                    id: t.id.clone(),
+                }))
+            }
+            Err(TooLong::Dropped) => Ok(dropped("too_long", "skipped:too_long")),
+            Err(TooLong::PromptTooLong) => {
+                Ok(dropped("prompt_too_long", "skipped:prompt_too_long"))
             }
         }
     }
-    aug_log.flush()?;
-    progress(Progress {
-        stage: "write",
-        done: total_plan,
-        total: total_plan,
-    });
-    let [p_train, p_val] = packers;
-    let [mut w_train, mut w_val] = writers;
-    let st_train = p_train.finish(&mut |pk: crate::pack::Packed| {
-        w_train.push(&pk.row, pk.real_tokens, pk.documents)
-    })?;
-    let st_val = p_val
-        .finish(&mut |pk: crate::pack::Packed| w_val.push(&pk.row, pk.real_tokens, pk.documents))?;
-    let i_train = w_train.finish()?;
-    let i_val = w_val.finish()?;
-    if cfg.corpus_vocab && cfg.vocab_min_count <= 1 {
-        // Rows only for the BPE ids the documents use (see `CorpusVocab`).
-        let ids = (0..corpus_seen.len() as u32).filter(|&i| corpus_seen[i as usize]);
-        let tok = tok
-            .clone()
-            .with_corpus(afm_tokenizer::CorpusVocab::from_ids(ids));
-        m.n_vocab = tok.n_vocab();
-        afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
-            .context("writing vocab.json")?;
+
+    /// The corpus vocabulary of the tokens used (`--corpus-vocab` with
+    /// `--vocab-min-count 1`), the split stats, the accounting check and
+    /// `manifest.json`.
+    fn finish(mut self, vocab: &Vocabulary, w: Written) -> Result<Manifest> {
+        let cfg = self.cfg;
+        let m = &mut self.m;
+        if cfg.corpus_vocab && cfg.vocab_min_count <= 1 {
+            // Rows only for the BPE ids the documents use (see `CorpusVocab`).
+            let seen = &w.tally.corpus_seen;
+            let ids = (0..seen.len() as u32).filter(|&i| seen[i as usize]);
+            let tok = vocab
+                .tok
+                .clone()
+                .with_corpus(afm_tokenizer::CorpusVocab::from_ids(ids));
+            m.n_vocab = tok.n_vocab();
+            afm_tokenizer::atomic::write(&cfg.out.join("vocab.json"), tok.to_json())
+                .context("writing vocab.json")?;
+        }
+        let split = |s: usize| SplitStats {
+            records: w.tally.records[s],
+            tasks: w.tally.tasks[s].len(),
+            documents: w.packed[s].documents,
+            rows: w.packed[s].rows,
+            real_tokens: w.packed[s].real_tokens,
+            loss_tokens: w.loss_tokens[s],
+            padding: w.packed[s].padding,
+            efficiency: w.packed[s].efficiency(),
+        };
+        m.train = split(0);
+        m.val = split(1);
+        m.kept = w.tally.kept;
+        m.tokens = w.packed[0].real_tokens + w.packed[1].real_tokens;
+        m.loss_tokens = w.loss_tokens[0] + w.loss_tokens[1];
+        let all = m.tokens + w.packed[0].padding + w.packed[1].padding;
+        m.packing_efficiency = if all == 0 {
+            0.0
+        } else {
+            m.tokens as f64 / all as f64
+        };
+        for (i, a) in vocab.tok.roles().agents().iter().enumerate() {
+            m.per_agent.insert(
+                a.clone(),
+                w.tally.agent_stats[afm_tokenizer::ROLE_FIRST_AGENT as usize + i].clone(),
+            );
+        }
+        let filtered: usize = m.filtered.values().sum();
+        let rejected: usize = m.rejected.values().sum();
+        if m.total != m.kept + filtered + rejected {
+            bail!("internal accounting error: total {} != kept {} + filtered {filtered} + rejected {rejected}", m.total, m.kept);
+        }
+        if w.tally.kept_split[0] == 0 && !cfg.allow_empty {
+            bail!(
+                "{}",
+                nothing_to_train(m, w.tally.kept_split[1], &self.rejects_path)
+            );
+        }
+        let text = serde_json::to_string_pretty(&*m)?;
+        afm_tokenizer::atomic::write(&cfg.out.join("manifest.json"), text)
+            .context("writing manifest.json")?;
+        Ok(std::mem::take(m))
     }
-    let split = |st: PackStats, loss: usize, s: usize| SplitStats {
-        records: split_records[s],
-        tasks: split_tasks[s].len(),
-        documents: st.documents,
-        rows: st.rows,
-        real_tokens: st.real_tokens,
-        loss_tokens: loss,
-        padding: st.padding,
-        efficiency: st.efficiency(),
-    };
-    m.train = split(st_train, i_train.loss_tokens, 0);
-    m.val = split(st_val, i_val.loss_tokens, 1);
-    m.kept = kept;
-    m.tokens = st_train.real_tokens + st_val.real_tokens;
-    m.loss_tokens = i_train.loss_tokens + i_val.loss_tokens;
-    let all = m.tokens + st_train.padding + st_val.padding;
-    m.packing_efficiency = if all == 0 {
-        0.0
-    } else {
-        m.tokens as f64 / all as f64
-    };
-    for (i, a) in tok.roles().agents().iter().enumerate() {
-        m.per_agent.insert(
-            a.clone(),
-            agent_stats[afm_tokenizer::ROLE_FIRST_AGENT as usize + i].clone(),
-        );
-    }
-    let filtered: usize = m.filtered.values().sum();
-    let rejected: usize = m.rejected.values().sum();
-    if m.total != m.kept + filtered + rejected {
-        bail!("internal accounting error: total {} != kept {} + filtered {filtered} + rejected {rejected}", m.total, m.kept);
-    }
-    if kept_split[0] == 0 && !cfg.allow_empty {
-        bail!("{}", nothing_to_train(&m, kept_split[1], &rejects_path));
-    }
-    let text = serde_json::to_string_pretty(&m)?;
-    afm_tokenizer::atomic::write(&cfg.out.join("manifest.json"), text)
-        .context("writing manifest.json")?;
-    Ok(m)
 }
 
-/// Consecutive slices of `plan` of at most `max_rows` rows whose spilled
-/// records total at most `max_bytes` (always at least one row).
+/// Normalise, score and key one parsed record (pass 1, per record in
+/// parallel).
+fn inspect(
+    t: Trajectory,
+    cfg: &PrepareConfig,
+    resolver: Option<&dyn Resolver>,
+    count_tok: &Tokenizer,
+) -> std::result::Result<Inspected, ingest::Invalid> {
+    let t = normalise(t, &cfg.agents_map)?;
+    let quality = score::quality(&t);
+    let tokens = if cfg.curriculum {
+        count_tok.encode(&t.task).len()
+            + t.steps
+                .iter()
+                .map(|s| 1 + count_tok.encode(&s.text).len())
+                .sum::<usize>()
+            + 2
+    } else {
+        0
+    };
+    let difficulty = score::difficulty(tokens, t.agent_turns(), t.tool_calls());
+    let line = serde_json::to_string(&t).map_err(|e| ingest::Invalid {
+        reason: ingest::RejectReason::WrongType,
+        message: format!("cannot re-serialise: {e}"),
+    })?;
+    let renamable = cfg.augment && !augment::renamable(&t).is_empty();
+    let resolvable = cfg.augment && resolver.is_some_and(|r| r.can_resolve(&t));
+    let held_out = held_out(&t);
+    let prompt_len = 1 + count_tok.encode(&t.task).len() as u32;
+    let (task_key, content_key) = (score::task_key(&t.task), score::content_key(&t));
+    let mut agents: Vec<String> = Vec::new();
+    for s in t.steps.iter().filter(|s| s.kind == StepKind::Agent) {
+        if !agents.contains(&s.agent) {
+            agents.push(s.agent.clone());
+        }
+    }
+    Ok(Inspected {
+        line,
+        agents,
+        quality,
+        task_key,
+        content_key,
+        difficulty,
+        renamable,
+        resolvable,
+        held_out,
+        prompt_len,
+    })
+}
+
+impl Pass2 {
+    /// The shard writers and packers of both splits, and `augmented.jsonl`.
+    fn create(cfg: &PrepareConfig, n_roles: usize) -> Result<Self> {
+        let mut writers = [
+            ShardWriter::create(&cfg.out, "train", cfg.seq_len)?,
+            ShardWriter::create(&cfg.out, "val", cfg.seq_len)?,
+        ];
+        for w in writers.iter_mut() {
+            w.set_curriculum(cfg.curriculum, cfg.curriculum_stages);
+        }
+        let packers = [
+            Packer::new(cfg.seq_len, cfg.pack_buffer),
+            Packer::new(cfg.seq_len, cfg.pack_buffer),
+        ];
+        let aug_log = BufWriter::new(
+            File::create(cfg.out.join("augmented.jsonl")).context("creating augmented.jsonl")?,
+        );
+        Ok(Self {
+            writers,
+            packers,
+            aug_log,
+            tally: Tally {
+                records: [0; 2],
+                tasks: [HashSet::new(), HashSet::new()],
+                kept: 0,
+                kept_split: [0; 2],
+                agent_stats: vec![AgentStats::default(); n_roles],
+                corpus_seen: vec![false; afm_tokenizer::EOT as usize],
+            },
+        })
+    }
+
+    /// Count one planned record's outcome, log an augmentation, and pack
+    /// its documents.
+    fn absorb(&mut self, p: &PlanRow, out: Out, m: &mut Manifest) -> Result<()> {
+        let s = p.val as usize;
+        let d = match out {
+            Out::Filtered(why) => {
+                *m.filtered.entry(why.into()).or_default() += 1;
+                return Ok(());
+            }
+            Out::AugSkipped(why) => {
+                *m.augmented.entry(why.into()).or_default() += 1;
+                return Ok(());
+            }
+            Out::Docs(d) => d,
+        };
+        let tally = &mut self.tally;
+        if let Some(tr) = p.transform {
+            *m.augmented.entry(tr.kind().into()).or_default() += 1;
+            let id = &d.id;
+            serde_json::to_writer(
+                &mut self.aug_log,
+                &serde_json::json!({
+                    "id": id,
+                    "source": id.rsplit_once('+').map(|x| x.0).unwrap_or(id),
+                    "transform": tr.name(),
+                    "split": "train"
+                }),
+            )?;
+            self.aug_log.write_all(b"\n")?;
+        } else {
+            tally.kept += 1;
+            tally.kept_split[s] += 1;
+        }
+        tally.records[s] += 1;
+        tally.tasks[s].insert(d.task_key);
+        if d.long {
+            if d.truncated {
+                m.truncated += 1;
+            } else {
+                m.windowed += 1;
+                m.extra_windows += d.windows.len() - 1;
+            }
+        }
+        let (packer, writer) = (&mut self.packers[s], &mut self.writers[s]);
+        for w in d.windows {
+            count_agents(&mut tally.agent_stats, &w);
+            // The corpus vocabulary covers whole documents, so every
+            // dataset prepared from the same records (each agent's, the
+            // AFM's) gets the same one.
+            for &t in &w.doc.tokens {
+                if let Some(x) = tally.corpus_seen.get_mut(t as usize) {
+                    *x = true;
+                }
+            }
+            let mut doc = w.doc;
+            doc.trim_untrained();
+            packer.push(doc, &mut |pk: crate::pack::Packed| {
+                writer.push(&pk.row, pk.real_tokens, pk.documents)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Flush the packers and close the shards (train, then val).
+    fn finish(self) -> Result<Written> {
+        let [p_train, p_val] = self.packers;
+        let [mut w_train, mut w_val] = self.writers;
+        let st_train = p_train.finish(&mut |pk: crate::pack::Packed| {
+            w_train.push(&pk.row, pk.real_tokens, pk.documents)
+        })?;
+        let st_val = p_val.finish(&mut |pk: crate::pack::Packed| {
+            w_val.push(&pk.row, pk.real_tokens, pk.documents)
+        })?;
+        let i_train = w_train.finish()?;
+        let i_val = w_val.finish()?;
+        Ok(Written {
+            tally: self.tally,
+            packed: [st_train, st_val],
+            loss_tokens: [i_train.loss_tokens, i_val.loss_tokens],
+        })
+    }
+}
+
+/// Per-agent counts of one window: the targets an agent owns (and those
+/// with loss weight) among the window's own positions, and its turns.
+fn count_agents(stats: &mut [AgentStats], w: &window::Window) {
+    for (i, &o) in w.doc.owners.iter().enumerate().skip(w.new_from) {
+        if o >= afm_tokenizer::ROLE_FIRST_AGENT && i + 1 < w.doc.len() {
+            let st = &mut stats[o as usize];
+            st.tokens += 1;
+            if w.doc.weights[i] > 0.0 {
+                st.loss_tokens += 1;
+            }
+        }
+    }
+    for (i, &tkn) in w.doc.tokens.iter().enumerate() {
+        let opens = w.doc.roles[i];
+        if tkn >= afm_tokenizer::FIRST_ROLE_TOKEN
+            && w.doc.owners[i] == opens
+            && w.doc.weights[i] > 0.0
+        {
+            stats[opens as usize].turns += 1;
+        }
+    }
+}
+
 /// The normalised trajectory pass 1 spilled for record `r`.
 fn read_spilled(spill: &File, r: &Rec) -> Result<Trajectory> {
     let mut buf = vec![0u8; r.len as usize];
@@ -897,6 +1158,8 @@ fn frequent_tokens(
     ))
 }
 
+/// Consecutive slices of `plan` of at most `max_rows` rows whose spilled
+/// records total at most `max_bytes` (always at least one row).
 fn write_batches<'a>(
     plan: &'a [PlanRow],
     recs: &'a [Rec],
@@ -983,7 +1246,10 @@ struct PlanRow {
 
 const SPLIT_BUCKETS: u64 = 1_000_000;
 
-fn plan(
+/// The plan (polars lazy over the compact table): score filter (counted
+/// in `m.filtered`), prompts too long to window, dedup, train/val split by
+/// task, order (input order, or curriculum), then the augmentation rows.
+fn plan_rows(
     cfg: &PrepareConfig,
     max_tokens: usize,
     recs: &[Rec],
@@ -1003,24 +1269,7 @@ fn plan(
         "prompt_len" => recs.iter().map(|r| r.prompt_len).collect::<Vec<u32>>(),
     )?;
     let lf = df.lazy();
-    // Score filter, counted by the part that lost the most points.
-    let low = lf
-        .clone()
-        .filter(col("score").lt(lit(cfg.min_score)))
-        .group_by([col("worst")])
-        .agg([len().alias("n")])
-        .collect()?;
-    let worst = low.column("worst")?.u32()?.clone();
-    let counts = low.column("n")?.idx()?.clone();
-    for (w, c) in (0..worst.len()).map(|i| (worst.get(i), counts.get(i))) {
-        if let (Some(w), Some(c)) = (w, c) {
-            let name = score::PARTS
-                .get(w as usize)
-                .map(|p| p.0)
-                .unwrap_or("unknown");
-            *m.filtered.entry(format!("low_score:{name}")).or_default() += c as usize;
-        }
-    }
+    count_low_scores(&lf, cfg.min_score, m)?;
     let passed = lf.filter(col("score").gt_eq(lit(cfg.min_score)));
     // A window keeps the task prompt: it needs room for at least 4 more tokens.
     let passed = if cfg.long == LongMode::Window {
@@ -1079,29 +1328,9 @@ fn plan(
     let val_col: Vec<bool> = (0..val_ca.len())
         .map(|i| val_ca.get(i).unwrap_or(false))
         .collect();
-    // Curriculum stages: quantile buckets by difficulty, seeded order inside each.
     let mut base: Vec<(u32, bool)> = recs_col.into_iter().zip(val_col).collect();
     if cfg.curriculum && cfg.curriculum_stages > 1 {
-        for val in [false, true] {
-            let idx: Vec<usize> = (0..base.len()).filter(|&i| base[i].1 == val).collect();
-            let k = idx.len();
-            let mut staged: Vec<(usize, u64, (u32, bool))> = idx
-                .iter()
-                .enumerate()
-                .map(|(rank, &i)| {
-                    let stage = rank * cfg.curriculum_stages / k.max(1);
-                    (
-                        stage,
-                        afm_format::hash::fnv1a(&base[i].0.to_le_bytes(), cfg.seed),
-                        base[i],
-                    )
-                })
-                .collect();
-            staged.sort_by_key(|x| (x.0, x.1));
-            for (slot, x) in idx.iter().zip(staged) {
-                base[*slot] = x.2;
-            }
-        }
+        stage_curriculum(&mut base, cfg.curriculum_stages, cfg.seed);
     }
     if !cfg.augment {
         return Ok(base
@@ -1113,6 +1342,59 @@ fn plan(
             })
             .collect());
     }
+    augment_rows(cfg, recs, &base)
+}
+
+/// Count the records under `min_score` in `m.filtered`, each under the
+/// score part that lost the most points (`low_score:PART`).
+fn count_low_scores(lf: &LazyFrame, min_score: f64, m: &mut Manifest) -> Result<()> {
+    let low = lf
+        .clone()
+        .filter(col("score").lt(lit(min_score)))
+        .group_by([col("worst")])
+        .agg([len().alias("n")])
+        .collect()?;
+    let worst = low.column("worst")?.u32()?.clone();
+    let counts = low.column("n")?.idx()?.clone();
+    for (w, c) in (0..worst.len()).map(|i| (worst.get(i), counts.get(i))) {
+        if let (Some(w), Some(c)) = (w, c) {
+            let name = score::PARTS
+                .get(w as usize)
+                .map(|p| p.0)
+                .unwrap_or("unknown");
+            *m.filtered.entry(format!("low_score:{name}")).or_default() += c as usize;
+        }
+    }
+    Ok(())
+}
+
+/// Curriculum stages: within each split, `stages` quantile buckets of the
+/// difficulty-sorted `base` (rec, val), a seeded order inside each.
+fn stage_curriculum(base: &mut [(u32, bool)], stages: usize, seed: u64) {
+    for val in [false, true] {
+        let idx: Vec<usize> = (0..base.len()).filter(|&i| base[i].1 == val).collect();
+        let k = idx.len();
+        let mut staged: Vec<(usize, u64, (u32, bool))> = idx
+            .iter()
+            .enumerate()
+            .map(|(rank, &i)| {
+                let stage = rank * stages / k.max(1);
+                (
+                    stage,
+                    afm_format::hash::fnv1a(&base[i].0.to_le_bytes(), seed),
+                    base[i],
+                )
+            })
+            .collect();
+        staged.sort_by_key(|x| (x.0, x.1));
+        for (slot, x) in idx.iter().zip(staged) {
+            base[*slot] = x.2;
+        }
+    }
+}
+
+/// The planned order `base` (rec, val) with the augmentation rows added.
+fn augment_rows(cfg: &PrepareConfig, recs: &[Rec], base: &[(u32, bool)]) -> Result<Vec<PlanRow>> {
     // Augmentation rows (train only), as a polars query over the planned
     // order: every train record gets a template rewording; records with
     // renamable identifiers a rename; records with re-solve metadata a
