@@ -6,7 +6,7 @@
 //! no special token comes from text.
 #![no_main]
 
-use afm_data::ingest::{parse_coa_tags, parse_document, parse_line, Format, Limits};
+use afm_data::ingest::{parse_coa_tags, parse_document, parse_line, Format, IngestLimits};
 use afm_data::AgentsMap;
 use afm_format::layout::{encode_trajectory, label};
 use afm_format::StepKind;
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 1 << 16 {
         return;
     }
-    let limits = Limits::default();
+    let limits = IngestLimits::default();
     let p = Path::new("fuzz.json");
     for fmt in [
         Format::Auto,

@@ -203,9 +203,11 @@ impl Progress for Bars {
             }
             Event::Note(text) => {
                 let slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+                // Above the live bar on a terminal; a plain line otherwise
+                // (a hidden bar's println prints nothing).
                 match slot.as_ref() {
-                    Some((_, b)) => b.println(text),
-                    None => eprintln!("{text}"),
+                    Some((_, b)) if !b.is_hidden() => b.println(text),
+                    _ => eprintln!("{text}"),
                 }
             }
         }

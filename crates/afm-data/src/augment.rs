@@ -195,7 +195,7 @@ pub fn apply(t: &Trajectory, tr: Transform, resolver: Option<&dyn Resolver>) -> 
             let solved = resolver?.resolve(t, seed ^ fnv1a(t.id.as_bytes(), 0))?;
             a = crate::ingest::check(
                 solved,
-                &crate::ingest::Limits::default(),
+                &crate::ingest::IngestLimits::default(),
                 crate::ingest::Format::Native,
             )
             .ok()?;

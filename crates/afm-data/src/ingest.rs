@@ -141,14 +141,14 @@ pub struct Parsed {
 /// Size limits applied while validating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub struct IngestLimits {
     /// Longest accepted text field, in bytes (default 1 MiB).
     pub max_field_bytes: usize,
     /// Longest accepted record (a JSONL line or a JSON document), in bytes (default 64 MiB).
     pub max_record_bytes: usize,
 }
 
-impl Default for Limits {
+impl Default for IngestLimits {
     fn default() -> Self {
         Self {
             max_field_bytes: 1 << 20,
@@ -223,7 +223,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
 }
 
 /// Read every record of one file (convenience over [`for_each_batch`]).
-pub fn read_file(path: &Path, format: Format, limits: &Limits) -> Result<Vec<Parsed>, IngestError> {
+pub fn read_file(
+    path: &Path,
+    format: Format,
+    limits: &IngestLimits,
+) -> Result<Vec<Parsed>, IngestError> {
     let mut all = Vec::new();
     for_each_batch(path, format, limits, BatchSize::default(), |b, _| {
         all.extend(b)
@@ -233,7 +237,7 @@ pub fn read_file(path: &Path, format: Format, limits: &Limits) -> Result<Vec<Par
 
 /// How much one JSONL batch may hold before it is parsed: raw line bytes
 /// and lines. A batch always takes at least one line, so a line longer than
-/// `max_bytes` (up to [`Limits::max_record_bytes`]) is a batch of its own;
+/// `max_bytes` (up to [`IngestLimits::max_record_bytes`]) is a batch of its own;
 /// the bytes in flight are at most `max_bytes` plus the line being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSize {
@@ -271,7 +275,7 @@ pub struct BatchInfo {
 pub fn for_each_batch(
     path: &Path,
     format: Format,
-    limits: &Limits,
+    limits: &IngestLimits,
     size: BatchSize,
     mut f: impl FnMut(Vec<Parsed>, BatchInfo),
 ) -> Result<(), IngestError> {
@@ -380,7 +384,7 @@ pub fn for_each_batch(
 /// The lines of one JSONL batch and the state carried between batches.
 struct LineBatch<'a> {
     path: &'a Path,
-    limits: &'a Limits,
+    limits: &'a IngestLimits,
     detected: Format,
     /// (1-based line, bytes); `None` = over the record limit.
     lines: Vec<(usize, Option<Vec<u8>>)>,
@@ -505,7 +509,7 @@ fn parse_json(s: &str) -> Result<Value, Invalid> {
 pub fn parse_line(
     bytes: &[u8],
     format: Format,
-    limits: &Limits,
+    limits: &IngestLimits,
     file: &Path,
     line: usize,
 ) -> Result<Trajectory, Invalid> {
@@ -521,7 +525,7 @@ pub fn parse_line(
 pub fn parse_document(
     bytes: &[u8],
     format: Format,
-    limits: &Limits,
+    limits: &IngestLimits,
     file: &Path,
 ) -> Vec<Result<Trajectory, Invalid>> {
     let stem = file_stem(file);
@@ -594,7 +598,7 @@ pub fn detect(v: &Value) -> Option<Format> {
 pub fn convert(
     v: &Value,
     format: Format,
-    limits: &Limits,
+    limits: &IngestLimits,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
     let fmt = match format {
@@ -719,7 +723,7 @@ fn required_task(o: &Map<String, Value>, fields: &[&str]) -> Result<String, Inva
 
 fn native(
     o: &Map<String, Value>,
-    _limits: &Limits,
+    _limits: &IngestLimits,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
     let task = required_task(o, &["task"])?;
@@ -840,7 +844,11 @@ fn name_or_role(m: &Map<String, Value>, at: &str) -> Result<(String, Option<Stri
     }
 }
 
-fn ag2(o: &Map<String, Value>, _limits: &Limits, default_id: &str) -> Result<Trajectory, Invalid> {
+fn ag2(
+    o: &Map<String, Value>,
+    _limits: &IngestLimits,
+    default_id: &str,
+) -> Result<Trajectory, Invalid> {
     let hist = o
         .get("history")
         .ok_or_else(|| Invalid::new(RejectReason::EmptyTrajectory, "field `history` is missing"))?;
@@ -904,7 +912,7 @@ fn ag2(o: &Map<String, Value>, _limits: &Limits, default_id: &str) -> Result<Tra
 fn messages_from_list(
     items: &[Value],
     o: Option<&Map<String, Value>>,
-    _limits: &Limits,
+    _limits: &IngestLimits,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
     let empty = Map::new();
@@ -985,7 +993,11 @@ fn messages_from_list(
 
 const COA_TEXT_FIELDS: [&str; 4] = ["response", "output", "completion", "text"];
 
-fn coa(o: &Map<String, Value>, _limits: &Limits, default_id: &str) -> Result<Trajectory, Invalid> {
+fn coa(
+    o: &Map<String, Value>,
+    _limits: &IngestLimits,
+    default_id: &str,
+) -> Result<Trajectory, Invalid> {
     let task = required_task(o, &["task", "question", "prompt", "input"])?;
     let (field, text) = COA_TEXT_FIELDS
         .iter()
@@ -1103,7 +1115,11 @@ pub fn normalise(mut t: Trajectory, map: &AgentsMap) -> Result<Trajectory, Inval
 
 /// Checks shared by every format: non-empty steps, field sizes, NUL bytes,
 /// agent names (`fmt` names the fields in messages).
-pub(crate) fn check(t: Trajectory, limits: &Limits, fmt: Format) -> Result<Trajectory, Invalid> {
+pub(crate) fn check(
+    t: Trajectory,
+    limits: &IngestLimits,
+    fmt: Format,
+) -> Result<Trajectory, Invalid> {
     if t.task.trim().is_empty() {
         return Err(Invalid::new(RejectReason::MissingTask, "the task is empty"));
     }

@@ -35,7 +35,7 @@ pub use afm_format::layout::AgentWeights; // part of `PrepareConfig`
 pub use agents::AgentsMap;
 #[cfg(feature = "pipeline")]
 pub use augment::Resolver;
-pub use ingest::{read_file, Format, Limits};
+pub use ingest::{read_file, Format, IngestLimits};
 #[cfg(feature = "pipeline")]
 pub use prepare::{prepare, prepare_with, Manifest, Prepare, PrepareConfig, Progress};
 pub use window::LongMode;

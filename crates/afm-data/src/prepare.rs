@@ -24,7 +24,7 @@
 
 use crate::agents::AgentsMap;
 use crate::augment::{self, Resolver, Transform};
-use crate::ingest::{self, normalise, Format, Limits, Parsed};
+use crate::ingest::{self, normalise, Format, IngestLimits, Parsed};
 use crate::pack::{PackStats, Packer};
 use crate::score;
 use crate::window::{self, LongMode, TooLong};
@@ -86,7 +86,7 @@ pub struct PrepareConfig {
     pub strict: bool,
     /// Drop exact duplicates (normalised task + trajectory).
     pub dedup: bool,
-    pub limits: Limits,
+    pub limits: IngestLimits,
     /// Documents buffered by the packer.
     pub pack_buffer: usize,
     /// Output directory.
@@ -117,7 +117,7 @@ impl Default for PrepareConfig {
             seed: 0,
             strict: false,
             dedup: true,
-            limits: Limits::default(),
+            limits: IngestLimits::default(),
             pack_buffer: 8192,
             out: PathBuf::from("prepared"),
             allow_empty: false,

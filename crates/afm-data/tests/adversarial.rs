@@ -3,7 +3,7 @@
 
 mod common;
 
-use afm_data::ingest::{read_file, Format, Limits, RejectReason};
+use afm_data::ingest::{read_file, Format, IngestLimits, RejectReason};
 use afm_data::{prepare, PrepareConfig};
 use afm_format::shards::Shards;
 use std::io::Write;
@@ -116,7 +116,7 @@ fn rejects_are_named_and_counted_exactly() {
     let p = d.path().join("bad.jsonl");
     std::fs::write(&p, &bytes).unwrap();
     // Reader level: every bad line has its reason and line number.
-    let recs = read_file(&p, Format::Native, &Limits::default()).unwrap();
+    let recs = read_file(&p, Format::Native, &IngestLimits::default()).unwrap();
     let bad: Vec<(usize, &str)> = recs
         .iter()
         .filter_map(|r| {
@@ -208,7 +208,7 @@ fn whole_document_errors_and_limits() {
         br#"{"question":"q","history":[{"content":"a","name":"A"},"#,
     )
     .unwrap();
-    let r = read_file(&p, Format::Auto, &Limits::default()).unwrap();
+    let r = read_file(&p, Format::Auto, &IngestLimits::default()).unwrap();
     assert_eq!(r.len(), 1);
     let e = r[0].result.clone().unwrap_err();
     assert_eq!(e.reason, RejectReason::BrokenJson);
@@ -220,7 +220,7 @@ fn whole_document_errors_and_limits() {
     writeln!(f, "{}", "x".repeat(5000)).unwrap();
     writeln!(f, "{}", good(2)).unwrap();
     drop(f);
-    let lim = Limits {
+    let lim = IngestLimits {
         max_record_bytes: 1000,
         ..Default::default()
     };

@@ -6,7 +6,7 @@
 
 mod common;
 
-use afm_data::ingest::{for_each_batch, read_file, BatchInfo, BatchSize, Format, Limits};
+use afm_data::ingest::{for_each_batch, read_file, BatchInfo, BatchSize, Format, IngestLimits};
 use afm_data::{prepare, PrepareConfig};
 use afm_format::StepKind;
 use common::Lcg;
@@ -90,7 +90,7 @@ fn multi_mb_lines_are_batched_by_bytes_and_read_exactly() {
     // 16 records, 8 of them with a 4-8 MB screenshot (~50 MB in all).
     let want = write_log(&p, 16, 2, (4, 7), 7);
     let file_len = std::fs::metadata(&p).unwrap().len();
-    let limits = Limits {
+    let limits = IngestLimits {
         max_field_bytes: 16 << 20,
         ..Default::default()
     };
@@ -156,7 +156,7 @@ fn lines_over_the_record_limit_hold_nothing_and_are_rejected_by_line() {
     let p = d.path().join("m.jsonl");
     // 6 records; records 0, 3 carry 4-5 MB screenshots: over a 3 MiB record limit.
     let want = write_log(&p, 6, 3, (4, 4), 11);
-    let limits = Limits {
+    let limits = IngestLimits {
         max_field_bytes: 16 << 20,
         max_record_bytes: 3 << 20,
     };
@@ -264,7 +264,7 @@ fn rss_probe() {
                 },
                 max_records: 4096,
             };
-            let limits = Limits {
+            let limits = IngestLimits {
                 max_field_bytes: 16 << 20,
                 ..Default::default()
             };

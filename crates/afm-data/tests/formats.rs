@@ -1,6 +1,6 @@
 //! Every input format on hand-written records, agent naming and the agents map.
 
-use afm_data::ingest::{parse_coa_tags, read_file, Format, Limits};
+use afm_data::ingest::{parse_coa_tags, read_file, Format, IngestLimits};
 use afm_data::AgentsMap;
 use afm_format::{StepKind, Trajectory};
 use std::path::Path;
@@ -12,7 +12,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn ok(path: &Path, fmt: Format) -> Vec<Trajectory> {
-    read_file(path, fmt, &Limits::default())
+    read_file(path, fmt, &IngestLimits::default())
         .unwrap()
         .into_iter()
         .map(|p| p.result.unwrap_or_else(|e| panic!("{}: {e:?}", p.loc)))
@@ -52,7 +52,8 @@ fn native_reader_reads_what_the_schema_writes() {
     ] {
         let v = serde_json::to_value(&n).unwrap();
         for fmt in [Format::Auto, Format::Native] {
-            let read = afm_data::ingest::convert(&v, fmt, &Limits::default(), "unused").unwrap();
+            let read =
+                afm_data::ingest::convert(&v, fmt, &IngestLimits::default(), "unused").unwrap();
             assert_eq!(read, n.to_record().unwrap());
         }
     }
@@ -230,7 +231,7 @@ fn forced_format_mismatch_is_a_clear_reject() {
         "x.jsonl",
         "{\"task\":\"t\",\"trajectory\":[{\"agent\":\"A\",\"output\":\"o\"}]}\n",
     );
-    let r = read_file(&p, Format::Ag2, &Limits::default()).unwrap();
+    let r = read_file(&p, Format::Ag2, &IngestLimits::default()).unwrap();
     let e = r[0].result.clone().unwrap_err();
     assert!(e.message.contains("history"), "{}", e.message);
 }

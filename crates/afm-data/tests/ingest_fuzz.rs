@@ -17,7 +17,7 @@
 
 mod common;
 
-use afm_data::ingest::{read_file, Format, Limits};
+use afm_data::ingest::{read_file, Format, IngestLimits};
 use afm_data::{prepare, PrepareConfig};
 use common::Lcg;
 use serde_json::{json, Value};
@@ -452,7 +452,7 @@ fn write_corpus(dir: &Path, seed: u64) -> (Vec<PathBuf>, Vec<(PathBuf, usize)>) 
 
 /// Reader-level outcome of a file: (records, rejected, Debug of every record).
 fn read_summary(p: &Path, format: Format) -> (usize, usize, String) {
-    let recs = read_file(p, format, &Limits::default()).unwrap();
+    let recs = read_file(p, format, &IngestLimits::default()).unwrap();
     let rejected = recs.iter().filter(|r| r.result.is_err()).count();
     (recs.len(), rejected, format!("{recs:?}"))
 }

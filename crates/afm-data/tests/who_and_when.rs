@@ -4,7 +4,7 @@
 //! data set fails the test.
 #![allow(clippy::needless_range_loop)]
 
-use afm_data::ingest::{read_file, Format, Limits};
+use afm_data::ingest::{read_file, Format, IngestLimits};
 use afm_data::{prepare, AgentsMap, PrepareConfig};
 use afm_format::layout::{encode_trajectory, label, AgentWeights};
 use afm_format::shards::Shards;
@@ -52,7 +52,7 @@ fn all_files_ingest_and_terminal_turns_carry_no_loss() {
     let map = AgentsMap::default();
     let mut terminal_steps = 0;
     for f in &files {
-        let recs = read_file(f, Format::Auto, &Limits::default()).unwrap();
+        let recs = read_file(f, Format::Auto, &IngestLimits::default()).unwrap();
         assert_eq!(recs.len(), 1, "{}", f.display());
         let t = recs[0]
             .result

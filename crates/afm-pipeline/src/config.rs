@@ -313,7 +313,7 @@ fn check_train_table(c: &PipelineConfig) -> Result<()> {
             c.max_steps
         );
     }
-    if !c.boundary && crate::train::user_sets_boundary(&t.loss) {
+    if !c.boundary && crate::loss_policy::user_sets_boundary(&t.loss) {
         bail!(
             "boundary = false conflicts with [train.loss] role_token_weight = {}, handoff_tokens = {}, handoff_weight = {}: drop those or set boundary = true",
             t.loss.role_token_weight,

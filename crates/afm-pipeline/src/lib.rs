@@ -35,6 +35,7 @@ mod ablation;
 mod config;
 mod data;
 mod eval;
+mod loss_policy;
 mod prepare;
 mod progress;
 mod run;
@@ -49,8 +50,8 @@ pub use ablation::{ablation, variants, Ablation, AblationOptions, AblationRow, I
 pub use config::{PipelineConfig, MAS_AGENTS};
 pub use data::{solve_scripted, DataSummary, SHIPPED_TRAJECTORIES};
 pub use eval::EvalSummary;
+pub use loss_policy::{boundary_loss, BOUNDARY_DEFAULTS};
 pub use prepare::PrepareSummary;
 pub use progress::{Event, Progress, Quiet, StageStatus};
 pub use run::{run, Start};
-pub use train::{boundary_loss, BOUNDARY_DEFAULTS};
 pub use world::{prepare_in_task_world, TaskWorld};
