@@ -329,231 +329,9 @@ fn gcd(a: i64, b: i64) -> i64 {
 /// Generate one task of `family`/`op` at `level` (the op must be valid there).
 pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut SplitMix64) -> Option<Task> {
     let (inputs, prompt, answer): (Json, String, String) = match family {
-        "list" => {
-            let n = match level {
-                1 => rng.range(3, 4),
-                2 => rng.range(5, 7),
-                _ => rng.range(4, 6),
-            } as usize;
-            let hi = if op == "count" {
-                9
-            } else if level == 1 {
-                20
-            } else {
-                99
-            };
-            let xs: Vec<i64> = (0..n).map(|_| rng.range(0, hi)).collect();
-            let l = list_text(&xs);
-            let mut sorted = xs.clone();
-            sorted.sort();
-            let evens: Vec<i64> = xs.iter().copied().filter(|x| x % 2 == 0).collect();
-            let odds: Vec<i64> = xs.iter().copied().filter(|x| x % 2 != 0).collect();
-            let mut inputs = json!({ "xs": xs });
-            let (prompt, answer) = match op {
-                "sum" => (
-                    format!("What is the sum of {l}?"),
-                    xs.iter().sum::<i64>().to_string(),
-                ),
-                "max" => (
-                    format!("What is the largest number in {l}?"),
-                    sorted[n - 1].to_string(),
-                ),
-                "min" => (
-                    format!("What is the smallest number in {l}?"),
-                    sorted[0].to_string(),
-                ),
-                "sort" => (format!("Sort {l} in ascending order."), list_text(&sorted)),
-                "reverse" => {
-                    let r: Vec<i64> = xs.iter().rev().copied().collect();
-                    (format!("Reverse the list {l}."), list_text(&r))
-                }
-                "len" => (format!("How many numbers are in {l}?"), n.to_string()),
-                "count" => {
-                    let k = if rng.chance(0.8) {
-                        xs[rng.below_mod(n)]
-                    } else {
-                        rng.range(0, 9)
-                    };
-                    inputs = json!({ "xs": xs, "k": k });
-                    (
-                        format!("How many times does {k} appear in {l}?"),
-                        xs.iter().filter(|x| **x == k).count().to_string(),
-                    )
-                }
-                "evens" => (
-                    format!("Keep only the even numbers of {l}."),
-                    list_text(&evens),
-                ),
-                "odds" => (
-                    format!("Keep only the odd numbers of {l}."),
-                    list_text(&odds),
-                ),
-                "sum_squares" => (
-                    format!("What is the sum of the squares of {l}?"),
-                    xs.iter().map(|x| x * x).sum::<i64>().to_string(),
-                ),
-                "sum_evens" => (
-                    format!("What is the sum of the even numbers in {l}?"),
-                    evens.iter().sum::<i64>().to_string(),
-                ),
-                "count_odds" => (
-                    format!("How many odd numbers are in {l}?"),
-                    odds.len().to_string(),
-                ),
-                "sort_desc" => {
-                    let r: Vec<i64> = sorted.iter().rev().copied().collect();
-                    (format!("Sort {l} in descending order."), list_text(&r))
-                }
-                "span" => (
-                    format!("What is the largest minus the smallest number in {l}?"),
-                    (sorted[n - 1] - sorted[0]).to_string(),
-                ),
-                "double" => {
-                    let d: Vec<i64> = xs.iter().map(|x| 2 * x).collect();
-                    (format!("Double every number in {l}."), list_text(&d))
-                }
-                _ => return None,
-            };
-            (inputs, prompt, answer)
-        }
-        "string" => {
-            let word = |rng: &mut SplitMix64| -> String {
-                if level == 2 {
-                    rng.pick(&LONG_WORDS).to_string()
-                } else {
-                    rng.pick(&SHORT_WORDS).to_string()
-                }
-            };
-            match op {
-                "reverse" | "upper" | "length" | "upper_reverse" => {
-                    let s = word(rng);
-                    let rev: String = s.chars().rev().collect();
-                    let (p, a) = match op {
-                        "reverse" => (format!("Reverse the string {}.", q(&s)), rev),
-                        "upper" => (format!("Write {} in upper case.", q(&s)), s.to_uppercase()),
-                        "length" => (
-                            format!("How many letters are in {}?", q(&s)),
-                            s.chars().count().to_string(),
-                        ),
-                        _ => (
-                            format!("Reverse {} and write it in upper case.", q(&s)),
-                            rev.to_uppercase(),
-                        ),
-                    };
-                    (json!({ "s": s }), p, a)
-                }
-                "count_char" => {
-                    let s = word(rng);
-                    let cs: Vec<char> = s.chars().collect();
-                    let c = if rng.chance(0.85) {
-                        cs[rng.below_mod(cs.len())]
-                    } else {
-                        (b'a' + rng.below_mod(26) as u8) as char
-                    };
-                    let n = cs.iter().filter(|x| **x == c).count();
-                    (
-                        json!({ "s": s, "c": c.to_string() }),
-                        format!(
-                            "How many times does {} appear in {}?",
-                            q(&c.to_string()),
-                            q(&s)
-                        ),
-                        n.to_string(),
-                    )
-                }
-                "concat" | "concat_len" | "concat_reverse" => {
-                    let a = word(rng);
-                    let mut b = word(rng);
-                    while b == a {
-                        b = word(rng);
-                    }
-                    let ab = format!("{a}{b}");
-                    let (p, ans) = match op {
-                        "concat" => (format!("Join {} and {}.", q(&a), q(&b)), ab.clone()),
-                        "concat_len" => (
-                            format!("How many letters are in {} and {} together?", q(&a), q(&b)),
-                            ab.chars().count().to_string(),
-                        ),
-                        _ => (
-                            format!("Join {} and {}, then reverse it.", q(&a), q(&b)),
-                            ab.chars().rev().collect(),
-                        ),
-                    };
-                    (json!({ "a": a, "b": b }), p, ans)
-                }
-                "repeat" => {
-                    let s = rng.pick(&SHORT_WORDS[..30]).to_string();
-                    let n = rng.range(3, 4);
-                    (
-                        json!({ "s": s, "n": n }),
-                        format!("Repeat {} {n} times.", q(&s)),
-                        s.repeat(n as usize),
-                    )
-                }
-                _ => return None,
-            }
-        }
-        "arith" => match op {
-            "expr" => {
-                let (n_ops, max_leaf) = match level {
-                    1 => (1, 50),
-                    2 => (2, 30),
-                    _ => (3, 20),
-                };
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let ax = gen_ax(rng, n_ops, max_leaf);
-                    // Integer results of moderate size only.
-                    if let Some(v) = ax.eval() {
-                        if v.abs() <= 10_000 {
-                            let e = ax.render();
-                            break (json!({ "expr": e }), format!("Compute {e}."), v.to_string());
-                        }
-                    }
-                    if tries > 100 {
-                        return None;
-                    }
-                }
-            }
-            "gcd" | "lcm" => {
-                let hi = match (op, level) {
-                    ("gcd", 1) => 50,
-                    ("gcd", _) => 120,
-                    (_, 2) => 15,
-                    _ => 30,
-                };
-                let a = rng.range(2, hi);
-                let b = rng.range(2, hi);
-                let g = gcd(a, b);
-                if op == "gcd" {
-                    (
-                        json!({ "a": a, "b": b }),
-                        format!("What is the greatest common divisor of {a} and {b}?"),
-                        g.to_string(),
-                    )
-                } else {
-                    (
-                        json!({ "a": a, "b": b }),
-                        format!("What is the least common multiple of {a} and {b}?"),
-                        (a / g * b).to_string(),
-                    )
-                }
-            }
-            "pow" => {
-                let (a, b) = if level == 2 {
-                    (rng.range(2, 9), rng.range(2, 3))
-                } else {
-                    (rng.range(2, 12), rng.range(2, 5))
-                };
-                (
-                    json!({ "a": a, "b": b }),
-                    format!("What is {a} to the power of {b}?"),
-                    a.pow(b as u32).to_string(),
-                )
-            }
-            _ => return None,
-        },
+        "list" => gen_list(op, level, rng)?,
+        "string" => gen_string(op, level, rng)?,
+        "arith" => gen_arith(op, level, rng)?,
         _ => return None,
     };
     let key = canonical_key(family, op, &inputs);
@@ -566,6 +344,242 @@ pub fn gen_task_of(family: &str, op: &str, level: u8, rng: &mut SplitMix64) -> O
         prompt,
         inputs,
         answer,
+    })
+}
+/// Inputs, prompt and answer of a new `arith` task.
+fn gen_arith(op: &str, level: u8, rng: &mut SplitMix64) -> Option<(Json, String, String)> {
+    Some(match op {
+        "expr" => {
+            let (n_ops, max_leaf) = match level {
+                1 => (1, 50),
+                2 => (2, 30),
+                _ => (3, 20),
+            };
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let ax = gen_ax(rng, n_ops, max_leaf);
+                // Integer results of moderate size only.
+                if let Some(v) = ax.eval() {
+                    if v.abs() <= 10_000 {
+                        let e = ax.render();
+                        break (json!({ "expr": e }), format!("Compute {e}."), v.to_string());
+                    }
+                }
+                if tries > 100 {
+                    return None;
+                }
+            }
+        }
+        "gcd" | "lcm" => {
+            let hi = match (op, level) {
+                ("gcd", 1) => 50,
+                ("gcd", _) => 120,
+                (_, 2) => 15,
+                _ => 30,
+            };
+            let a = rng.range(2, hi);
+            let b = rng.range(2, hi);
+            let g = gcd(a, b);
+            if op == "gcd" {
+                (
+                    json!({ "a": a, "b": b }),
+                    format!("What is the greatest common divisor of {a} and {b}?"),
+                    g.to_string(),
+                )
+            } else {
+                (
+                    json!({ "a": a, "b": b }),
+                    format!("What is the least common multiple of {a} and {b}?"),
+                    (a / g * b).to_string(),
+                )
+            }
+        }
+        "pow" => {
+            let (a, b) = if level == 2 {
+                (rng.range(2, 9), rng.range(2, 3))
+            } else {
+                (rng.range(2, 12), rng.range(2, 5))
+            };
+            (
+                json!({ "a": a, "b": b }),
+                format!("What is {a} to the power of {b}?"),
+                a.pow(b as u32).to_string(),
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// Inputs, prompt and answer of a new `string` task.
+fn gen_string(op: &str, level: u8, rng: &mut SplitMix64) -> Option<(Json, String, String)> {
+    Some({
+        let word = |rng: &mut SplitMix64| -> String {
+            if level == 2 {
+                rng.pick(&LONG_WORDS).to_string()
+            } else {
+                rng.pick(&SHORT_WORDS).to_string()
+            }
+        };
+        match op {
+            "reverse" | "upper" | "length" | "upper_reverse" => {
+                let s = word(rng);
+                let rev: String = s.chars().rev().collect();
+                let (p, a) = match op {
+                    "reverse" => (format!("Reverse the string {}.", q(&s)), rev),
+                    "upper" => (format!("Write {} in upper case.", q(&s)), s.to_uppercase()),
+                    "length" => (
+                        format!("How many letters are in {}?", q(&s)),
+                        s.chars().count().to_string(),
+                    ),
+                    _ => (
+                        format!("Reverse {} and write it in upper case.", q(&s)),
+                        rev.to_uppercase(),
+                    ),
+                };
+                (json!({ "s": s }), p, a)
+            }
+            "count_char" => {
+                let s = word(rng);
+                let cs: Vec<char> = s.chars().collect();
+                let c = if rng.chance(0.85) {
+                    cs[rng.below_mod(cs.len())]
+                } else {
+                    (b'a' + rng.below_mod(26) as u8) as char
+                };
+                let n = cs.iter().filter(|x| **x == c).count();
+                (
+                    json!({ "s": s, "c": c.to_string() }),
+                    format!(
+                        "How many times does {} appear in {}?",
+                        q(&c.to_string()),
+                        q(&s)
+                    ),
+                    n.to_string(),
+                )
+            }
+            "concat" | "concat_len" | "concat_reverse" => {
+                let a = word(rng);
+                let mut b = word(rng);
+                while b == a {
+                    b = word(rng);
+                }
+                let ab = format!("{a}{b}");
+                let (p, ans) = match op {
+                    "concat" => (format!("Join {} and {}.", q(&a), q(&b)), ab.clone()),
+                    "concat_len" => (
+                        format!("How many letters are in {} and {} together?", q(&a), q(&b)),
+                        ab.chars().count().to_string(),
+                    ),
+                    _ => (
+                        format!("Join {} and {}, then reverse it.", q(&a), q(&b)),
+                        ab.chars().rev().collect(),
+                    ),
+                };
+                (json!({ "a": a, "b": b }), p, ans)
+            }
+            "repeat" => {
+                let s = rng.pick(&SHORT_WORDS[..30]).to_string();
+                let n = rng.range(3, 4);
+                (
+                    json!({ "s": s, "n": n }),
+                    format!("Repeat {} {n} times.", q(&s)),
+                    s.repeat(n as usize),
+                )
+            }
+            _ => return None,
+        }
+    })
+}
+
+/// Inputs, prompt and answer of a new `list` task.
+fn gen_list(op: &str, level: u8, rng: &mut SplitMix64) -> Option<(Json, String, String)> {
+    Some({
+        let n = match level {
+            1 => rng.range(3, 4),
+            2 => rng.range(5, 7),
+            _ => rng.range(4, 6),
+        } as usize;
+        let hi = if op == "count" {
+            9
+        } else if level == 1 {
+            20
+        } else {
+            99
+        };
+        let xs: Vec<i64> = (0..n).map(|_| rng.range(0, hi)).collect();
+        let l = list_text(&xs);
+        let mut sorted = xs.clone();
+        sorted.sort();
+        let evens: Vec<i64> = xs.iter().copied().filter(|x| x % 2 == 0).collect();
+        let odds: Vec<i64> = xs.iter().copied().filter(|x| x % 2 != 0).collect();
+        let mut inputs = json!({ "xs": xs });
+        let (prompt, answer) = match op {
+            "sum" => (
+                format!("What is the sum of {l}?"),
+                xs.iter().sum::<i64>().to_string(),
+            ),
+            "max" => (
+                format!("What is the largest number in {l}?"),
+                sorted[n - 1].to_string(),
+            ),
+            "min" => (
+                format!("What is the smallest number in {l}?"),
+                sorted[0].to_string(),
+            ),
+            "sort" => (format!("Sort {l} in ascending order."), list_text(&sorted)),
+            "reverse" => {
+                let r: Vec<i64> = xs.iter().rev().copied().collect();
+                (format!("Reverse the list {l}."), list_text(&r))
+            }
+            "len" => (format!("How many numbers are in {l}?"), n.to_string()),
+            "count" => {
+                let k = if rng.chance(0.8) {
+                    xs[rng.below_mod(n)]
+                } else {
+                    rng.range(0, 9)
+                };
+                inputs = json!({ "xs": xs, "k": k });
+                (
+                    format!("How many times does {k} appear in {l}?"),
+                    xs.iter().filter(|x| **x == k).count().to_string(),
+                )
+            }
+            "evens" => (
+                format!("Keep only the even numbers of {l}."),
+                list_text(&evens),
+            ),
+            "odds" => (
+                format!("Keep only the odd numbers of {l}."),
+                list_text(&odds),
+            ),
+            "sum_squares" => (
+                format!("What is the sum of the squares of {l}?"),
+                xs.iter().map(|x| x * x).sum::<i64>().to_string(),
+            ),
+            "sum_evens" => (
+                format!("What is the sum of the even numbers in {l}?"),
+                evens.iter().sum::<i64>().to_string(),
+            ),
+            "count_odds" => (
+                format!("How many odd numbers are in {l}?"),
+                odds.len().to_string(),
+            ),
+            "sort_desc" => {
+                let r: Vec<i64> = sorted.iter().rev().copied().collect();
+                (format!("Sort {l} in descending order."), list_text(&r))
+            }
+            "span" => (
+                format!("What is the largest minus the smallest number in {l}?"),
+                (sorted[n - 1] - sorted[0]).to_string(),
+            ),
+            "double" => {
+                let d: Vec<i64> = xs.iter().map(|x| 2 * x).collect();
+                (format!("Double every number in {l}."), list_text(&d))
+            }
+            _ => return None,
+        };
+        (inputs, prompt, answer)
     })
 }
 
@@ -637,329 +651,351 @@ fn get_int(inputs: &Json, k: &str) -> Option<i64> {
 /// Reference solution of a task (from its op and inputs), or `None` for an
 /// unknown op or malformed inputs.
 pub fn solution(task: &Task) -> Option<Solution> {
-    let i = &task.inputs;
-    let pp = |plan: &str, prog: String| (plan.to_string(), prog);
-    let (plan, program, wrong): (&str, String, Vec<(String, String)>) = match task.family.as_str() {
-        "list" => {
-            let xs: Vec<i64> = i
-                .get("xs")?
-                .as_array()?
-                .iter()
-                .map(|v| v.as_i64())
-                .collect::<Option<_>>()?;
-            let l = list_text(&xs);
-            match task.op.as_str() {
-                "sum" => (
-                    "Add up the numbers.",
-                    format!("sum({l})"),
-                    vec![
-                        pp("Count the numbers.", format!("len({l})")),
-                        pp("Take the largest number.", format!("max({l})")),
-                    ],
-                ),
-                "max" => (
-                    "Take the largest number.",
-                    format!("max({l})"),
-                    vec![pp("Take the smallest number.", format!("min({l})"))],
-                ),
-                "min" => (
-                    "Take the smallest number.",
-                    format!("min({l})"),
-                    vec![pp("Take the largest number.", format!("max({l})"))],
-                ),
-                "sort" => (
-                    "Sort the list ascending.",
-                    format!("sorted({l})"),
-                    vec![
-                        pp("Reverse the list.", format!("reversed({l})")),
-                        pp(
-                            "Sort the list descending.",
-                            format!("reversed(sorted({l}))"),
-                        ),
-                    ],
-                ),
-                "reverse" => (
-                    "Reverse the list.",
-                    format!("reversed({l})"),
-                    vec![
-                        pp("Sort the list ascending.", format!("sorted({l})")),
-                        pp(
-                            "Sort the list descending.",
-                            format!("reversed(sorted({l}))"),
-                        ),
-                    ],
-                ),
-                "len" => (
-                    "Count the numbers.",
-                    format!("len({l})"),
-                    vec![pp("Add up the numbers.", format!("sum({l})"))],
-                ),
-                "count" => {
-                    let k = get_int(i, "k")?;
-                    (
-                        "Count how often the number appears.",
-                        format!("count({l}, {k})"),
-                        vec![
-                            pp("Count the numbers.", format!("len({l})")),
-                            pp(
-                                "Count the numbers above it.",
-                                format!("len(filter(x => x > {k}, {l}))"),
-                            ),
-                        ],
-                    )
-                }
-                "evens" => (
-                    "Keep the even numbers.",
-                    format!("filter(even, {l})"),
-                    vec![pp("Keep the odd numbers.", format!("filter(odd, {l})"))],
-                ),
-                "odds" => (
-                    "Keep the odd numbers.",
-                    format!("filter(odd, {l})"),
-                    vec![pp("Keep the even numbers.", format!("filter(even, {l})"))],
-                ),
-                "sum_squares" => (
-                    "Square each number, then add them up.",
-                    format!("sum(map(x => x * x, {l}))"),
-                    vec![
-                        pp("Add up the numbers.", format!("sum({l})")),
-                        pp(
-                            "Double each number, then add them up.",
-                            format!("sum(map(x => x * 2, {l}))"),
-                        ),
-                    ],
-                ),
-                "sum_evens" => (
-                    "Keep the even numbers, then add them up.",
-                    format!("sum(filter(even, {l}))"),
-                    vec![
-                        pp(
-                            "Keep the odd numbers, then add them up.",
-                            format!("sum(filter(odd, {l}))"),
-                        ),
-                        pp("Add up the numbers.", format!("sum({l})")),
-                    ],
-                ),
-                "count_odds" => (
-                    "Keep the odd numbers, then count them.",
-                    format!("len(filter(odd, {l}))"),
-                    vec![
-                        pp(
-                            "Keep the even numbers, then count them.",
-                            format!("len(filter(even, {l}))"),
-                        ),
-                        pp("Count the numbers.", format!("len({l})")),
-                    ],
-                ),
-                "sort_desc" => (
-                    "Sort the list descending.",
-                    format!("reversed(sorted({l}))"),
-                    vec![
-                        pp("Sort the list ascending.", format!("sorted({l})")),
-                        pp("Reverse the list.", format!("reversed({l})")),
-                    ],
-                ),
-                "span" => (
-                    "Subtract the smallest from the largest.",
-                    format!("max({l}) - min({l})"),
-                    vec![
-                        pp("Take the largest number.", format!("max({l})")),
-                        pp(
-                            "Add the largest and the smallest.",
-                            format!("max({l}) + min({l})"),
-                        ),
-                    ],
-                ),
-                "double" => (
-                    "Double each number.",
-                    format!("map(x => x * 2, {l})"),
-                    vec![
-                        pp("Square each number.", format!("map(x => x * x, {l})")),
-                        pp("Add 2 to each number.", format!("map(x => x + 2, {l})")),
-                    ],
-                ),
-                _ => return None,
-            }
-        }
-        "string" => match task.op.as_str() {
-            "reverse" | "upper" | "length" | "upper_reverse" => {
-                let s = q(&get_str(i, "s")?);
-                match task.op.as_str() {
-                    "reverse" => (
-                        "Reverse the string.",
-                        format!("reversed({s})"),
-                        vec![
-                            pp("Write it in upper case.", format!("upper({s})")),
-                            pp("Sort its letters.", format!("join(sorted({s}), \"\")")),
-                        ],
-                    ),
-                    "upper" => (
-                        "Write it in upper case.",
-                        format!("upper({s})"),
-                        vec![
-                            pp("Reverse the string.", format!("reversed({s})")),
-                            pp(
-                                "Reverse it, then upper case.",
-                                format!("upper(reversed({s}))"),
-                            ),
-                        ],
-                    ),
-                    "length" => (
-                        "Count the letters.",
-                        format!("len({s})"),
-                        vec![
-                            pp("Count the letters of it twice.", format!("len({s} + {s})")),
-                            pp("Count the letter \"a\".", format!("count({s}, \"a\")")),
-                        ],
-                    ),
-                    _ => (
-                        "Reverse it, then upper case.",
-                        format!("upper(reversed({s}))"),
-                        vec![
-                            pp("Write it in upper case.", format!("upper({s})")),
-                            pp("Reverse the string.", format!("reversed({s})")),
-                        ],
-                    ),
-                }
-            }
-            "count_char" => {
-                let s = q(&get_str(i, "s")?);
-                let c = q(&get_str(i, "c")?);
-                (
-                    "Count that letter.",
-                    format!("count({s}, {c})"),
-                    vec![
-                        pp("Count the letters.", format!("len({s})")),
-                        pp(
-                            "Count the letters that differ.",
-                            format!("len({s}) - count({s}, {c})"),
-                        ),
-                    ],
-                )
-            }
-            "concat" | "concat_len" | "concat_reverse" => {
-                let a = q(&get_str(i, "a")?);
-                let b = q(&get_str(i, "b")?);
-                match task.op.as_str() {
-                    "concat" => (
-                        "Join the two strings.",
-                        format!("{a} + {b}"),
-                        vec![pp("Join them in reverse order.", format!("{b} + {a}"))],
-                    ),
-                    "concat_len" => (
-                        "Join them, then count the letters.",
-                        format!("len({a} + {b})"),
-                        vec![
-                            pp("Count the letters of the first.", format!("len({a})")),
-                            pp("Count the letters of the second.", format!("len({b})")),
-                        ],
-                    ),
-                    _ => (
-                        "Join them, then reverse.",
-                        format!("reversed({a} + {b})"),
-                        vec![
-                            pp(
-                                "Reverse each, then join them.",
-                                format!("reversed({a}) + reversed({b})"),
-                            ),
-                            pp("Join the two strings.", format!("{a} + {b}")),
-                        ],
-                    ),
-                }
-            }
-            "repeat" => {
-                let s = q(&get_str(i, "s")?);
-                let n = get_int(i, "n")?;
-                (
-                    "Repeat the string.",
-                    format!("{s} * {n}"),
-                    vec![
-                        pp("Join the string with itself.", format!("{s} + {s}")),
-                        pp("Write it in upper case.", format!("upper({s})")),
-                    ],
-                )
-            }
-            _ => return None,
-        },
-        "arith" => match task.op.as_str() {
-            "expr" => {
-                let e = get_str(i, "expr")?;
-                let prog = crate::lang::token_spans(&e).ok()?;
-                // Wrong readings: all '+', all '*', or strictly left to right.
-                let mut nums = Vec::new();
-                let mut ops = Vec::new();
-                for (a, b, k) in &prog {
-                    match k {
-                        crate::lang::TokenKind::Int => nums.push(&e[*a..*b]),
-                        crate::lang::TokenKind::Symbol if !["(", ")"].contains(&&e[*a..*b]) => {
-                            ops.push(&e[*a..*b])
-                        }
-                        _ => {}
-                    }
-                }
-                let mut ltr = nums.first().map(|s| s.to_string()).unwrap_or_default();
-                for (k, op) in ops.iter().enumerate() {
-                    let n = nums.get(k + 1).copied().unwrap_or("0");
-                    ltr = if k + 1 < ops.len() {
-                        format!("({ltr} {op} {n})")
-                    } else {
-                        format!("{ltr} {op} {n}")
-                    };
-                }
-                (
-                    "Evaluate the expression.",
-                    e.clone(),
-                    vec![
-                        pp("Evaluate it from left to right.", ltr),
-                        pp("Add up all the numbers.", nums.join(" + ")),
-                        pp("Multiply all the numbers.", nums.join(" * ")),
-                    ],
-                )
-            }
-            "gcd" | "lcm" | "pow" => {
-                let a = get_int(i, "a")?;
-                let b = get_int(i, "b")?;
-                match task.op.as_str() {
-                    "gcd" => (
-                        "Find the greatest common divisor.",
-                        format!("gcd({a}, {b})"),
-                        vec![
-                            pp("Find the least common multiple.", format!("lcm({a}, {b})")),
-                            pp("Take the smaller number.", format!("min({a}, {b})")),
-                        ],
-                    ),
-                    "lcm" => (
-                        "Find the least common multiple.",
-                        format!("lcm({a}, {b})"),
-                        vec![
-                            pp(
-                                "Find the greatest common divisor.",
-                                format!("gcd({a}, {b})"),
-                            ),
-                            pp("Multiply the two numbers.", format!("{a} * {b}")),
-                        ],
-                    ),
-                    _ => (
-                        "Raise the first to the power of the second.",
-                        format!("{a} ** {b}"),
-                        vec![
-                            pp("Multiply the two numbers.", format!("{a} * {b}")),
-                            pp(
-                                "Raise the second to the power of the first.",
-                                format!("{b} ** {a}"),
-                            ),
-                        ],
-                    ),
-                }
-            }
-            _ => return None,
-        },
+    let (plan, program, wrong): SolutionParts = match task.family.as_str() {
+        "list" => list_solution(task)?,
+        "string" => string_solution(task)?,
+        "arith" => arith_solution(task)?,
         _ => return None,
     };
     Some(Solution {
         plan: plan.to_string(),
         program,
         wrong_plans: wrong,
+    })
+}
+/// What a family's solver gives: the plan, the program and wrong plans
+/// `(plan, program)` of the scripted Planner's mistakes.
+type SolutionParts = (&'static str, String, Vec<(String, String)>);
+
+/// The plan, the Coder's program and the wrong plans of a `arith` task.
+fn arith_solution(task: &Task) -> Option<SolutionParts> {
+    let i = &task.inputs;
+    let pp = |plan: &str, prog: String| (plan.to_string(), prog);
+    Some(match task.op.as_str() {
+        "expr" => {
+            let e = get_str(i, "expr")?;
+            let prog = crate::lang::token_spans(&e).ok()?;
+            // Wrong readings: all '+', all '*', or strictly left to right.
+            let mut nums = Vec::new();
+            let mut ops = Vec::new();
+            for (a, b, k) in &prog {
+                match k {
+                    crate::lang::TokenKind::Int => nums.push(&e[*a..*b]),
+                    crate::lang::TokenKind::Symbol if !["(", ")"].contains(&&e[*a..*b]) => {
+                        ops.push(&e[*a..*b])
+                    }
+                    _ => {}
+                }
+            }
+            let mut ltr = nums.first().map(|s| s.to_string()).unwrap_or_default();
+            for (k, op) in ops.iter().enumerate() {
+                let n = nums.get(k + 1).copied().unwrap_or("0");
+                ltr = if k + 1 < ops.len() {
+                    format!("({ltr} {op} {n})")
+                } else {
+                    format!("{ltr} {op} {n}")
+                };
+            }
+            (
+                "Evaluate the expression.",
+                e.clone(),
+                vec![
+                    pp("Evaluate it from left to right.", ltr),
+                    pp("Add up all the numbers.", nums.join(" + ")),
+                    pp("Multiply all the numbers.", nums.join(" * ")),
+                ],
+            )
+        }
+        "gcd" | "lcm" | "pow" => {
+            let a = get_int(i, "a")?;
+            let b = get_int(i, "b")?;
+            match task.op.as_str() {
+                "gcd" => (
+                    "Find the greatest common divisor.",
+                    format!("gcd({a}, {b})"),
+                    vec![
+                        pp("Find the least common multiple.", format!("lcm({a}, {b})")),
+                        pp("Take the smaller number.", format!("min({a}, {b})")),
+                    ],
+                ),
+                "lcm" => (
+                    "Find the least common multiple.",
+                    format!("lcm({a}, {b})"),
+                    vec![
+                        pp(
+                            "Find the greatest common divisor.",
+                            format!("gcd({a}, {b})"),
+                        ),
+                        pp("Multiply the two numbers.", format!("{a} * {b}")),
+                    ],
+                ),
+                _ => (
+                    "Raise the first to the power of the second.",
+                    format!("{a} ** {b}"),
+                    vec![
+                        pp("Multiply the two numbers.", format!("{a} * {b}")),
+                        pp(
+                            "Raise the second to the power of the first.",
+                            format!("{b} ** {a}"),
+                        ),
+                    ],
+                ),
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The plan, the Coder's program and the wrong plans of a `string` task.
+fn string_solution(task: &Task) -> Option<SolutionParts> {
+    let i = &task.inputs;
+    let pp = |plan: &str, prog: String| (plan.to_string(), prog);
+    Some(match task.op.as_str() {
+        "reverse" | "upper" | "length" | "upper_reverse" => {
+            let s = q(&get_str(i, "s")?);
+            match task.op.as_str() {
+                "reverse" => (
+                    "Reverse the string.",
+                    format!("reversed({s})"),
+                    vec![
+                        pp("Write it in upper case.", format!("upper({s})")),
+                        pp("Sort its letters.", format!("join(sorted({s}), \"\")")),
+                    ],
+                ),
+                "upper" => (
+                    "Write it in upper case.",
+                    format!("upper({s})"),
+                    vec![
+                        pp("Reverse the string.", format!("reversed({s})")),
+                        pp(
+                            "Reverse it, then upper case.",
+                            format!("upper(reversed({s}))"),
+                        ),
+                    ],
+                ),
+                "length" => (
+                    "Count the letters.",
+                    format!("len({s})"),
+                    vec![
+                        pp("Count the letters of it twice.", format!("len({s} + {s})")),
+                        pp("Count the letter \"a\".", format!("count({s}, \"a\")")),
+                    ],
+                ),
+                _ => (
+                    "Reverse it, then upper case.",
+                    format!("upper(reversed({s}))"),
+                    vec![
+                        pp("Write it in upper case.", format!("upper({s})")),
+                        pp("Reverse the string.", format!("reversed({s})")),
+                    ],
+                ),
+            }
+        }
+        "count_char" => {
+            let s = q(&get_str(i, "s")?);
+            let c = q(&get_str(i, "c")?);
+            (
+                "Count that letter.",
+                format!("count({s}, {c})"),
+                vec![
+                    pp("Count the letters.", format!("len({s})")),
+                    pp(
+                        "Count the letters that differ.",
+                        format!("len({s}) - count({s}, {c})"),
+                    ),
+                ],
+            )
+        }
+        "concat" | "concat_len" | "concat_reverse" => {
+            let a = q(&get_str(i, "a")?);
+            let b = q(&get_str(i, "b")?);
+            match task.op.as_str() {
+                "concat" => (
+                    "Join the two strings.",
+                    format!("{a} + {b}"),
+                    vec![pp("Join them in reverse order.", format!("{b} + {a}"))],
+                ),
+                "concat_len" => (
+                    "Join them, then count the letters.",
+                    format!("len({a} + {b})"),
+                    vec![
+                        pp("Count the letters of the first.", format!("len({a})")),
+                        pp("Count the letters of the second.", format!("len({b})")),
+                    ],
+                ),
+                _ => (
+                    "Join them, then reverse.",
+                    format!("reversed({a} + {b})"),
+                    vec![
+                        pp(
+                            "Reverse each, then join them.",
+                            format!("reversed({a}) + reversed({b})"),
+                        ),
+                        pp("Join the two strings.", format!("{a} + {b}")),
+                    ],
+                ),
+            }
+        }
+        "repeat" => {
+            let s = q(&get_str(i, "s")?);
+            let n = get_int(i, "n")?;
+            (
+                "Repeat the string.",
+                format!("{s} * {n}"),
+                vec![
+                    pp("Join the string with itself.", format!("{s} + {s}")),
+                    pp("Write it in upper case.", format!("upper({s})")),
+                ],
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// The plan, the Coder's program and the wrong plans of a `list` task.
+fn list_solution(task: &Task) -> Option<SolutionParts> {
+    let i = &task.inputs;
+    let pp = |plan: &str, prog: String| (plan.to_string(), prog);
+    Some({
+        let xs: Vec<i64> = i
+            .get("xs")?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_i64())
+            .collect::<Option<_>>()?;
+        let l = list_text(&xs);
+        match task.op.as_str() {
+            "sum" => (
+                "Add up the numbers.",
+                format!("sum({l})"),
+                vec![
+                    pp("Count the numbers.", format!("len({l})")),
+                    pp("Take the largest number.", format!("max({l})")),
+                ],
+            ),
+            "max" => (
+                "Take the largest number.",
+                format!("max({l})"),
+                vec![pp("Take the smallest number.", format!("min({l})"))],
+            ),
+            "min" => (
+                "Take the smallest number.",
+                format!("min({l})"),
+                vec![pp("Take the largest number.", format!("max({l})"))],
+            ),
+            "sort" => (
+                "Sort the list ascending.",
+                format!("sorted({l})"),
+                vec![
+                    pp("Reverse the list.", format!("reversed({l})")),
+                    pp(
+                        "Sort the list descending.",
+                        format!("reversed(sorted({l}))"),
+                    ),
+                ],
+            ),
+            "reverse" => (
+                "Reverse the list.",
+                format!("reversed({l})"),
+                vec![
+                    pp("Sort the list ascending.", format!("sorted({l})")),
+                    pp(
+                        "Sort the list descending.",
+                        format!("reversed(sorted({l}))"),
+                    ),
+                ],
+            ),
+            "len" => (
+                "Count the numbers.",
+                format!("len({l})"),
+                vec![pp("Add up the numbers.", format!("sum({l})"))],
+            ),
+            "count" => {
+                let k = get_int(i, "k")?;
+                (
+                    "Count how often the number appears.",
+                    format!("count({l}, {k})"),
+                    vec![
+                        pp("Count the numbers.", format!("len({l})")),
+                        pp(
+                            "Count the numbers above it.",
+                            format!("len(filter(x => x > {k}, {l}))"),
+                        ),
+                    ],
+                )
+            }
+            "evens" => (
+                "Keep the even numbers.",
+                format!("filter(even, {l})"),
+                vec![pp("Keep the odd numbers.", format!("filter(odd, {l})"))],
+            ),
+            "odds" => (
+                "Keep the odd numbers.",
+                format!("filter(odd, {l})"),
+                vec![pp("Keep the even numbers.", format!("filter(even, {l})"))],
+            ),
+            "sum_squares" => (
+                "Square each number, then add them up.",
+                format!("sum(map(x => x * x, {l}))"),
+                vec![
+                    pp("Add up the numbers.", format!("sum({l})")),
+                    pp(
+                        "Double each number, then add them up.",
+                        format!("sum(map(x => x * 2, {l}))"),
+                    ),
+                ],
+            ),
+            "sum_evens" => (
+                "Keep the even numbers, then add them up.",
+                format!("sum(filter(even, {l}))"),
+                vec![
+                    pp(
+                        "Keep the odd numbers, then add them up.",
+                        format!("sum(filter(odd, {l}))"),
+                    ),
+                    pp("Add up the numbers.", format!("sum({l})")),
+                ],
+            ),
+            "count_odds" => (
+                "Keep the odd numbers, then count them.",
+                format!("len(filter(odd, {l}))"),
+                vec![
+                    pp(
+                        "Keep the even numbers, then count them.",
+                        format!("len(filter(even, {l}))"),
+                    ),
+                    pp("Count the numbers.", format!("len({l})")),
+                ],
+            ),
+            "sort_desc" => (
+                "Sort the list descending.",
+                format!("reversed(sorted({l}))"),
+                vec![
+                    pp("Sort the list ascending.", format!("sorted({l})")),
+                    pp("Reverse the list.", format!("reversed({l})")),
+                ],
+            ),
+            "span" => (
+                "Subtract the smallest from the largest.",
+                format!("max({l}) - min({l})"),
+                vec![
+                    pp("Take the largest number.", format!("max({l})")),
+                    pp(
+                        "Add the largest and the smallest.",
+                        format!("max({l}) + min({l})"),
+                    ),
+                ],
+            ),
+            "double" => (
+                "Double each number.",
+                format!("map(x => x * 2, {l})"),
+                vec![
+                    pp("Square each number.", format!("map(x => x * x, {l})")),
+                    pp("Add 2 to each number.", format!("map(x => x + 2, {l})")),
+                ],
+            ),
+            _ => return None,
+        }
     })
 }
 
