@@ -98,6 +98,31 @@ fn rt<T>(msg: impl Into<String>) -> Result<T, ToolError> {
     Err(ToolError::Runtime(msg.into()))
 }
 
+/// `name` takes exactly `n` arguments.
+fn check_arity(name: &str, args: &[Value], n: usize) -> Result<(), ToolError> {
+    if args.len() == n {
+        Ok(())
+    } else {
+        rt(format!("{name} takes {n} argument(s), got {}", args.len()))
+    }
+}
+
+/// `v` as a list of ints, for builtin `name`.
+fn int_list_of(name: &str, v: &Value) -> Result<Vec<i64>, ToolError> {
+    let Some(xs) = v.as_list() else {
+        return rt(format!("{name} needs a list, got {}", v.type_name()));
+    };
+    xs.iter()
+        .map(|x| match x {
+            Value::Int(i) => Ok(*i),
+            o => rt(format!(
+                "{name} needs a list of int, found {}",
+                o.type_name()
+            )),
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------- values
 
 /// A list with its cached weight.
@@ -1105,27 +1130,19 @@ impl Machine {
     }
 
     fn builtin(&mut self, name: &str, args: Vec<Value>) -> Result<Value, ToolError> {
-        let arity = |n: usize| -> Result<(), ToolError> {
-            if args.len() == n {
-                Ok(())
-            } else {
-                rt(format!("{name} takes {n} argument(s), got {}", args.len()))
-            }
-        };
-        let int_list = |v: &Value| -> Result<Vec<i64>, ToolError> {
-            let Some(xs) = v.as_list() else {
-                return rt(format!("{name} needs a list, got {}", v.type_name()));
-            };
-            xs.iter()
-                .map(|x| match x {
-                    Value::Int(i) => Ok(*i),
-                    o => rt(format!(
-                        "{name} needs a list of int, found {}",
-                        o.type_name()
-                    )),
-                })
-                .collect()
-        };
+        match name {
+            "sum" | "len" | "max" | "min" | "count" => self.aggregate_builtin(name, args),
+            "sorted" | "reversed" | "range" | "map" | "filter" => self.sequence_builtin(name, args),
+            "upper" | "lower" | "str" | "int" | "join" | "split" => self.text_builtin(name, args),
+            "abs" | "gcd" | "lcm" | "even" | "odd" => self.number_builtin(name, args),
+            other => rt(format!("unknown builtin {other}")),
+        }
+    }
+
+    /// The builtins that reduce a list (`sum`, `len`, `max`, `min`, `count`).
+    fn aggregate_builtin(&mut self, name: &str, args: Vec<Value>) -> Result<Value, ToolError> {
+        let arity = |n: usize| check_arity(name, &args, n);
+        let int_list = |v: &Value| int_list_of(name, v);
         match name {
             "sum" => {
                 arity(1)?;
@@ -1168,6 +1185,39 @@ impl Machine {
                 }
                 Ok(best)
             }
+            "count" => {
+                arity(2)?;
+                match (&args[0], &args[1]) {
+                    (Value::Str(s), Value::Str(t)) => {
+                        if t.is_empty() {
+                            return rt("count of an empty string");
+                        }
+                        self.burn(s.len())?;
+                        Ok(Value::Int(s.matches(&**t).count() as i64))
+                    }
+                    (Value::List(l), x) => {
+                        self.burn(l.items.len())?;
+                        let mut n = 0;
+                        for y in &l.items {
+                            if std::mem::discriminant(x) == std::mem::discriminant(y)
+                                && self.equal(x, y)?
+                            {
+                                n += 1;
+                            }
+                        }
+                        Ok(Value::Int(n))
+                    }
+                    (a, _) => rt(format!("count needs a list or str, got {}", a.type_name())),
+                }
+            }
+            other => rt(format!("unknown builtin {other}")),
+        }
+    }
+
+    /// The builtins that make a list (`sorted`, `reversed`, `range`, `map`, `filter`).
+    fn sequence_builtin(&mut self, name: &str, args: Vec<Value>) -> Result<Value, ToolError> {
+        let arity = |n: usize| check_arity(name, &args, n);
+        match name {
             "sorted" => {
                 arity(1)?;
                 let items = match &args[0] {
@@ -1195,17 +1245,6 @@ impl Machine {
                         "reversed needs a list or str, got {}",
                         v.type_name()
                     )),
-                }
-            }
-            "upper" | "lower" => {
-                arity(1)?;
-                match &args[0] {
-                    Value::Str(s) => self.new_str(if name == "upper" {
-                        s.to_uppercase()
-                    } else {
-                        s.to_lowercase()
-                    }),
-                    v => rt(format!("{name} needs a str, got {}", v.type_name())),
                 }
             }
             "range" => {
@@ -1273,69 +1312,23 @@ impl Machine {
                 }
                 self.new_list(out)
             }
-            "count" => {
-                arity(2)?;
-                match (&args[0], &args[1]) {
-                    (Value::Str(s), Value::Str(t)) => {
-                        if t.is_empty() {
-                            return rt("count of an empty string");
-                        }
-                        self.burn(s.len())?;
-                        Ok(Value::Int(s.matches(&**t).count() as i64))
-                    }
-                    (Value::List(l), x) => {
-                        self.burn(l.items.len())?;
-                        let mut n = 0;
-                        for y in &l.items {
-                            if std::mem::discriminant(x) == std::mem::discriminant(y)
-                                && self.equal(x, y)?
-                            {
-                                n += 1;
-                            }
-                        }
-                        Ok(Value::Int(n))
-                    }
-                    (a, _) => rt(format!("count needs a list or str, got {}", a.type_name())),
-                }
-            }
-            "abs" => {
+            other => rt(format!("unknown builtin {other}")),
+        }
+    }
+
+    /// The string builtins (`upper`, `lower`, `str`, `int`, `join`, `split`).
+    fn text_builtin(&mut self, name: &str, args: Vec<Value>) -> Result<Value, ToolError> {
+        let arity = |n: usize| check_arity(name, &args, n);
+        match name {
+            "upper" | "lower" => {
                 arity(1)?;
                 match &args[0] {
-                    Value::Int(i) => i
-                        .checked_abs()
-                        .map(Value::Int)
-                        .ok_or_else(|| ToolError::Runtime("integer overflow".into())),
-                    v => rt(format!("abs needs int, got {}", v.type_name())),
-                }
-            }
-            "gcd" | "lcm" => {
-                arity(2)?;
-                let (Value::Int(a), Value::Int(b)) = (&args[0], &args[1]) else {
-                    return rt(format!("{name} needs two ints"));
-                };
-                let (a, b) = (a.unsigned_abs(), b.unsigned_abs());
-                let g = gcd(a, b);
-                self.burn(64)?;
-                let r = if name == "gcd" {
-                    g
-                } else {
-                    // lcm(0, x) = 0 (checked_div is None only when g == 0).
-                    match a.checked_div(g) {
-                        None => 0,
-                        Some(q) => q
-                            .checked_mul(b)
-                            .ok_or_else(|| ToolError::Runtime("integer overflow".into()))?,
-                    }
-                };
-                i64::try_from(r)
-                    .map(Value::Int)
-                    .map_err(|_| ToolError::Runtime("integer overflow".into()))
-            }
-            "even" | "odd" => {
-                arity(1)?;
-                match &args[0] {
-                    Value::Int(i) => Ok(Value::Bool((i % 2 == 0) == (name == "even"))),
-                    v => rt(format!("{name} needs int, got {}", v.type_name())),
+                    Value::Str(s) => self.new_str(if name == "upper" {
+                        s.to_uppercase()
+                    } else {
+                        s.to_lowercase()
+                    }),
+                    v => rt(format!("{name} needs a str, got {}", v.type_name())),
                 }
             }
             "str" => {
@@ -1388,6 +1381,54 @@ impl Machine {
                 };
                 let parts: Vec<Value> = s.split_whitespace().map(Value::str).collect();
                 self.new_list(parts)
+            }
+            other => rt(format!("unknown builtin {other}")),
+        }
+    }
+
+    /// The number builtins (`abs`, `gcd`, `lcm`, `even`, `odd`).
+    fn number_builtin(&mut self, name: &str, args: Vec<Value>) -> Result<Value, ToolError> {
+        let arity = |n: usize| check_arity(name, &args, n);
+        match name {
+            "abs" => {
+                arity(1)?;
+                match &args[0] {
+                    Value::Int(i) => i
+                        .checked_abs()
+                        .map(Value::Int)
+                        .ok_or_else(|| ToolError::Runtime("integer overflow".into())),
+                    v => rt(format!("abs needs int, got {}", v.type_name())),
+                }
+            }
+            "gcd" | "lcm" => {
+                arity(2)?;
+                let (Value::Int(a), Value::Int(b)) = (&args[0], &args[1]) else {
+                    return rt(format!("{name} needs two ints"));
+                };
+                let (a, b) = (a.unsigned_abs(), b.unsigned_abs());
+                let g = gcd(a, b);
+                self.burn(64)?;
+                let r = if name == "gcd" {
+                    g
+                } else {
+                    // lcm(0, x) = 0 (checked_div is None only when g == 0).
+                    match a.checked_div(g) {
+                        None => 0,
+                        Some(q) => q
+                            .checked_mul(b)
+                            .ok_or_else(|| ToolError::Runtime("integer overflow".into()))?,
+                    }
+                };
+                i64::try_from(r)
+                    .map(Value::Int)
+                    .map_err(|_| ToolError::Runtime("integer overflow".into()))
+            }
+            "even" | "odd" => {
+                arity(1)?;
+                match &args[0] {
+                    Value::Int(i) => Ok(Value::Bool((i % 2 == 0) == (name == "even"))),
+                    v => rt(format!("{name} needs int, got {}", v.type_name())),
+                }
             }
             other => rt(format!("unknown builtin {other}")),
         }
