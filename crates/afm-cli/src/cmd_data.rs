@@ -2,7 +2,7 @@
 //! `afm_pipeline::TaskWorld`).
 
 use crate::settings::Layers;
-use afm_data::{AgentWeights, AgentsMap, Format, LongMode, Manifest, PrepareConfig, Progress};
+use afm_data::{AgentWeights, AgentsMap, Format, LongMode, PrepareConfig, Progress};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
@@ -208,20 +208,11 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         bar.set_length(p.total);
         bar.set_position(p.done);
     };
-    let m = prepare_with_progress(&cfg, &progress)?;
+    let m = afm_pipeline::prepare_in_task_world(&cfg, &progress)?;
     bar.finish_and_clear();
     print!("{}", m.table());
     println!("wrote {}", cfg.out.display());
     Ok(())
-}
-
-/// `afm_data::prepare_with` with the task world's re-solver (see
-/// `afm_pipeline::TaskWorld`): how every verb prepares data.
-pub fn prepare_with_progress(
-    cfg: &PrepareConfig,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> anyhow::Result<Manifest> {
-    afm_pipeline::prepare_in_task_world(cfg, progress)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub struct Layers {
 }
 
 /// Lay `top` over `base`, table by table.
-pub fn overlay(base: &mut toml::Value, top: toml::Value) {
+fn overlay(base: &mut toml::Value, top: toml::Value) {
     match (base, top) {
         (toml::Value::Table(b), toml::Value::Table(t)) => {
             for (k, v) in t {
