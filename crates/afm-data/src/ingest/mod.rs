@@ -18,8 +18,17 @@
 //! A bad record never stops reading: each one comes back as an
 //! [`Invalid`] with a [`RejectReason`] and a message naming the field.
 
-use crate::agents::{is_default_observation, AgentsMap};
-use afm_format::record::{Step, StepKind, Trajectory};
+mod ag2;
+mod coa;
+mod fields;
+mod messages;
+mod native;
+
+pub use coa::parse_coa_tags;
+
+use crate::agents::AgentsMap;
+use afm_format::record::{StepKind, Trajectory};
+use fields::type_name;
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -41,21 +50,73 @@ pub enum Format {
     CoaTags,
 }
 
+/// One importer: the format it reads, its names on the command line, how
+/// it recognises a record, and how it reads one.
+struct Importer {
+    format: Format,
+    /// The first name is the canonical one (`--format NAME`).
+    names: &'static [&'static str],
+    /// True when a parsed JSON object looks like this format.
+    detects: fn(&Map<String, Value>) -> bool,
+    /// Reads one record (`default_id` when the record has no id).
+    read: fn(&Map<String, Value>, &str) -> Result<Trajectory, Invalid>,
+}
+
+/// Every importer of JSON records, in detection order: the first whose
+/// `detects` accepts a record reads it. A more specific shape comes before
+/// a more general one that would also accept it.
+const IMPORTERS: &[Importer] = &[
+    Importer {
+        format: Format::Native,
+        names: &["native"],
+        detects: native::detects,
+        read: native::read,
+    },
+    Importer {
+        format: Format::Ag2,
+        names: &["ag2", "autogen"],
+        detects: ag2::detects,
+        read: ag2::read,
+    },
+    Importer {
+        format: Format::Messages,
+        names: &["messages", "openai"],
+        detects: messages::detects,
+        read: messages::read,
+    },
+    Importer {
+        format: Format::CoaTags,
+        names: &["coa-tags", "coa"],
+        detects: coa::detects,
+        read: coa::read,
+    },
+];
+
+fn importer(format: Format) -> Option<&'static Importer> {
+    IMPORTERS.iter().find(|i| i.format == format)
+}
+
+impl Format {
+    /// The canonical name (`--format NAME`).
+    pub fn name(self) -> &'static str {
+        importer(self).map_or("auto", |i| i.names[0])
+    }
+}
+
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Format::Auto,
-            "native" => Format::Native,
-            "ag2" | "autogen" => Format::Ag2,
-            "messages" | "openai" => Format::Messages,
-            "coa-tags" | "coa" => Format::CoaTags,
-            _ => {
-                return Err(format!(
-                    "unknown format {s:?} (auto, native, ag2, messages, coa-tags)"
-                ))
-            }
-        })
+        if s == "auto" {
+            return Ok(Format::Auto);
+        }
+        IMPORTERS
+            .iter()
+            .find(|i| i.names.contains(&s))
+            .map(|i| i.format)
+            .ok_or_else(|| {
+                let all: Vec<&str> = IMPORTERS.iter().map(|i| i.names[0]).collect();
+                format!("unknown format {s:?} (auto, {})", all.join(", "))
+            })
     }
 }
 
@@ -103,7 +164,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: RejectReason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -541,7 +602,8 @@ pub fn parse_document(
                 .is_some_and(|o| o.contains_key("role"))
                 && matches!(format, Format::Auto | Format::Messages);
             if bare_messages {
-                return vec![messages_from_list(items, None, limits, &stem)];
+                return vec![messages::messages_from_list(items, None, &stem)
+                    .and_then(|t| check(t, limits, Format::Messages))];
             }
             if items.is_empty() {
                 return vec![Err(Invalid::new(
@@ -577,21 +639,7 @@ fn file_stem(p: &Path) -> String {
 /// Guess the format of one parsed record.
 pub fn detect(v: &Value) -> Option<Format> {
     let o = v.as_object()?;
-    if o.contains_key("trajectory") {
-        Some(Format::Native)
-    } else if o.contains_key("history") {
-        Some(Format::Ag2)
-    } else if o.contains_key("messages") {
-        Some(Format::Messages)
-    } else if COA_TEXT_FIELDS.iter().any(|k| {
-        o.get(*k)
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.contains('<'))
-    }) {
-        Some(Format::CoaTags)
-    } else {
-        None
-    }
+    IMPORTERS.iter().find(|i| (i.detects)(o)).map(|i| i.format)
 }
 
 /// Convert one JSON record in `format` (Auto detects it).
@@ -616,484 +664,8 @@ pub fn convert(
             format!("record: expected a JSON object, got {}", type_name(v)),
         )
     })?;
-    let t = match fmt {
-        Format::Native => native(o, limits, default_id),
-        Format::Ag2 => ag2(o, limits, default_id),
-        Format::Messages => {
-            let list = o.get("messages").ok_or_else(|| {
-                Invalid::new(
-                    RejectReason::UnknownRecordShape,
-                    "field `messages` is missing",
-                )
-            })?;
-            let items = list
-                .as_array()
-                .ok_or_else(|| wrong("messages", "an array", list))?;
-            messages_from_list(items, Some(o), limits, default_id)
-        }
-        Format::CoaTags => coa(o, limits, default_id),
-        Format::Auto => unreachable!("resolved above"),
-    }?;
-    check(t, limits, fmt)
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn wrong(field: &str, expected: &str, got: &Value) -> Invalid {
-    Invalid::new(
-        RejectReason::WrongType,
-        format!(
-            "field `{field}`: expected {expected}, got {}",
-            type_name(got)
-        ),
-    )
-}
-
-fn opt_bool(o: &Map<String, Value>, field: &str) -> Result<Option<bool>, Invalid> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        // Some logs write "true"/"false" or 0/1.
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
-            Ok(Some(n.as_i64() == Some(1)))
-        }
-        Some(v) => Err(wrong(field, "a boolean", v)),
-    }
-}
-
-fn opt_f64(o: &Map<String, Value>, field: &str) -> Result<Option<f64>, Invalid> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| {
-                Invalid::new(
-                    RejectReason::WrongType,
-                    format!("field `{field}`: number {n} is not finite"),
-                )
-            }),
-        Some(v) => Err(wrong(field, "a number", v)),
-    }
-}
-
-fn id_of(o: &Map<String, Value>, fields: &[&str], default_id: &str) -> Result<String, Invalid> {
-    for f in fields {
-        match o.get(*f) {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) => return Ok(s.clone()),
-            Some(Value::Number(n)) => return Ok(n.to_string()),
-            Some(v) => return Err(wrong(f, "a string or number", v)),
-        }
-    }
-    Ok(default_id.to_string())
-}
-
-fn required_task(o: &Map<String, Value>, fields: &[&str]) -> Result<String, Invalid> {
-    for f in fields {
-        match o.get(*f) {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return Err(Invalid::new(
-                    RejectReason::MissingTask,
-                    format!("field `{f}` (the task) is empty"),
-                ))
-            }
-            Some(Value::String(s)) => return Ok(s.clone()),
-            Some(v) => return Err(wrong(f, "a string", v)),
-        }
-    }
-    Err(Invalid::new(
-        RejectReason::MissingTask,
-        format!("missing task: none of the fields {fields:?} is present"),
-    ))
-}
-
-fn native(
-    o: &Map<String, Value>,
-    _limits: &IngestLimits,
-    default_id: &str,
-) -> Result<Trajectory, Invalid> {
-    let task = required_task(o, &["task"])?;
-    let traj = o.get("trajectory").ok_or_else(|| {
-        Invalid::new(
-            RejectReason::EmptyTrajectory,
-            "field `trajectory` is missing",
-        )
-    })?;
-    let items = traj
-        .as_array()
-        .ok_or_else(|| wrong("trajectory", "an array", traj))?;
-    let mut steps = Vec::with_capacity(items.len());
-    for (i, s) in items.iter().enumerate() {
-        let so = s
-            .as_object()
-            .ok_or_else(|| wrong(&format!("trajectory[{i}]"), "an object", s))?;
-        let agent = match so.get("agent") {
-            Some(Value::String(a)) => a.clone(),
-            Some(v) => return Err(wrong(&format!("trajectory[{i}].agent"), "a string", v)),
-            None => {
-                return Err(Invalid::new(
-                    RejectReason::UnknownStepShape,
-                    format!("trajectory[{i}]: missing `agent`"),
-                ))
-            }
-        };
-        let (kind, field) = match (so.get("output"), so.get("observation")) {
-            (Some(_), None) => (StepKind::Agent, "output"),
-            (None, Some(_)) => (StepKind::Observation, "observation"),
-            _ => {
-                return Err(Invalid::new(
-                    RejectReason::UnknownStepShape,
-                    format!(
-                        "trajectory[{i}]: a step needs exactly one of `output` or `observation`"
-                    ),
-                ))
-            }
-        };
-        let text = match &so[field] {
-            Value::String(t) => t.clone(),
-            v => return Err(wrong(&format!("trajectory[{i}].{field}"), "a string", v)),
-        };
-        steps.push(Step { agent, kind, text });
-    }
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
-}
-
-fn answer_of(o: &Map<String, Value>) -> Result<Option<String>, Invalid> {
-    match o.get("answer") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-        Some(v) => Err(wrong("answer", "a string or number", v)),
-    }
-}
-
-/// Message content: a string, null (empty), or a list of `{type:"text", text}` parts.
-fn content_text(v: Option<&Value>, field: &str) -> Result<String, Invalid> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut out = String::new();
-            for (k, p) in parts.iter().enumerate() {
-                match p {
-                    Value::String(s) => out.push_str(s),
-                    Value::Object(po) => match po.get("text") {
-                        Some(Value::String(s)) => out.push_str(s),
-                        _ => {
-                            return Err(Invalid::new(
-                                RejectReason::WrongType,
-                                format!("field `{field}[{k}]`: content part has no string `text`"),
-                            ))
-                        }
-                    },
-                    v => {
-                        return Err(wrong(
-                            &format!("{field}[{k}]"),
-                            "a string or a text part",
-                            v,
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        Some(v) => Err(wrong(field, "a string, null or a list of text parts", v)),
-    }
-}
-
-fn name_or_role(m: &Map<String, Value>, at: &str) -> Result<(String, Option<String>), Invalid> {
-    let role = match m.get("role") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(r)) => Some(r.clone()),
-        Some(v) => return Err(wrong(&format!("{at}.role"), "a string", v)),
-    };
-    let name = match m.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(n)) if !n.is_empty() => Some(n.clone()),
-        Some(Value::String(_)) => None,
-        Some(v) => return Err(wrong(&format!("{at}.name"), "a string", v)),
-    };
-    match name.or_else(|| role.clone()) {
-        Some(a) => Ok((a, role)),
-        None => Err(Invalid::new(
-            RejectReason::UnknownStepShape,
-            format!("{at}: neither `name` nor `role`"),
-        )),
-    }
-}
-
-fn ag2(
-    o: &Map<String, Value>,
-    _limits: &IngestLimits,
-    default_id: &str,
-) -> Result<Trajectory, Invalid> {
-    let hist = o
-        .get("history")
-        .ok_or_else(|| Invalid::new(RejectReason::EmptyTrajectory, "field `history` is missing"))?;
-    let items = hist
-        .as_array()
-        .ok_or_else(|| wrong("history", "an array", hist))?;
-    let mut steps = Vec::with_capacity(items.len());
-    for (i, m) in items.iter().enumerate() {
-        let at = format!("history[{i}]");
-        let mo = m.as_object().ok_or_else(|| wrong(&at, "an object", m))?;
-        let (agent, role) = name_or_role(mo, &at)?;
-        if !mo.contains_key("content") {
-            return Err(Invalid::new(
-                RejectReason::UnknownStepShape,
-                format!("{at}: missing `content`"),
-            ));
-        }
-        let text = content_text(mo.get("content"), &format!("{at}.content"))?;
-        let kind = if role.as_deref() == Some("tool") {
-            StepKind::Observation
-        } else {
-            StepKind::Agent
-        };
-        steps.push(Step { agent, kind, text });
-    }
-    // The task: `question` (Who&When), `task`, else the first message.
-    let task = match required_task(o, &["question", "task"]) {
-        Ok(t) => t,
-        Err(e)
-            if e.reason == RejectReason::MissingTask
-                && !steps.is_empty()
-                && !o.contains_key("question")
-                && !o.contains_key("task") =>
-        {
-            let first = steps.remove(0);
-            if first.text.trim().is_empty() {
-                return Err(Invalid::new(
-                    RejectReason::MissingTask,
-                    "no `question`/`task` and the first message is empty",
-                ));
-            }
-            first.text
-        }
-        Err(e) => return Err(e),
-    };
-    let success = match opt_bool(o, "is_correct")? {
-        Some(b) => Some(b),
-        None => opt_bool(o, "success")?,
-    };
-    Ok(Trajectory {
-        id: id_of(o, &["question_ID", "id"], default_id)?,
-        task,
-        steps,
-        success,
-        score: opt_f64(o, "score")?,
-        answer: None,
-        meta: None,
-    })
-}
-
-fn messages_from_list(
-    items: &[Value],
-    o: Option<&Map<String, Value>>,
-    _limits: &IngestLimits,
-    default_id: &str,
-) -> Result<Trajectory, Invalid> {
-    let empty = Map::new();
-    let o = o.unwrap_or(&empty);
-    let mut task = match required_task(o, &["task", "question", "prompt"]) {
-        Ok(t) => Some(t),
-        Err(e) if e.reason == RejectReason::MissingTask && !e.message.contains("empty") => None,
-        Err(e) => return Err(e),
-    };
-    let mut steps = Vec::with_capacity(items.len());
-    for (i, m) in items.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let mo = m.as_object().ok_or_else(|| wrong(&at, "an object", m))?;
-        let (agent, role) = name_or_role(mo, &at)?;
-        let role = role.unwrap_or_default();
-        let mut text = content_text(mo.get("content"), &format!("{at}.content"))?;
-        if role == "system" {
-            continue;
-        }
-        // The first user message without an explicit task field is the task.
-        if task.is_none() && role == "user" {
-            if text.trim().is_empty() {
-                return Err(Invalid::new(
-                    RejectReason::MissingTask,
-                    format!("{at}: the first user message (the task) is empty"),
-                ));
-            }
-            task = Some(text);
-            continue;
-        }
-        match mo.get("tool_calls") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(calls)) => {
-                for (k, c) in calls.iter().enumerate() {
-                    let f = c.get("function").unwrap_or(c);
-                    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-                        Invalid::new(
-                            RejectReason::WrongType,
-                            format!("field `{at}.tool_calls[{k}]`: no string `function.name`"),
-                        )
-                    })?;
-                    let args = match f.get("arguments") {
-                        Some(Value::String(s)) => s.clone(),
-                        None | Some(Value::Null) => String::new(),
-                        Some(v) => v.to_string(),
-                    };
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(&format!("<tool_call>{name}({args})</tool_call>"));
-                }
-            }
-            Some(v) => return Err(wrong(&format!("{at}.tool_calls"), "an array", v)),
-        }
-        let kind = if role == "tool" || role == "function" {
-            StepKind::Observation
-        } else {
-            StepKind::Agent
-        };
-        steps.push(Step { agent, kind, text });
-    }
-    let task = task.ok_or_else(|| {
-        Invalid::new(
-            RejectReason::MissingTask,
-            "missing task: no `task` field and no `user` message",
-        )
-    })?;
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
-}
-
-const COA_TEXT_FIELDS: [&str; 4] = ["response", "output", "completion", "text"];
-
-fn coa(
-    o: &Map<String, Value>,
-    _limits: &IngestLimits,
-    default_id: &str,
-) -> Result<Trajectory, Invalid> {
-    let task = required_task(o, &["task", "question", "prompt", "input"])?;
-    let (field, text) = COA_TEXT_FIELDS
-        .iter()
-        .find_map(|k| o.get(*k).map(|v| (*k, v)))
-        .ok_or_else(|| {
-            Invalid::new(
-                RejectReason::EmptyTrajectory,
-                format!("none of the fields {COA_TEXT_FIELDS:?} is present"),
-            )
-        })?;
-    let text = text
-        .as_str()
-        .ok_or_else(|| wrong(field, "a string", text))?;
-    let steps = parse_coa_tags(text);
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
-}
-
-/// Split a Chain-of-Agents response into steps: each `<tag>...</tag>`
-/// segment is a step of agent `tag`; `<observation>` (and tags the default
-/// observation rule matches, e.g. `<tool_response>`) become observations.
-/// An unclosed tag runs to the next opening tag or the end; non-blank text
-/// outside tags becomes a step of agent `response`.
-pub fn parse_coa_tags(text: &str) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut rest = text;
-    let push_free = |steps: &mut Vec<Step>, s: &str| {
-        if !s.trim().is_empty() {
-            steps.push(Step {
-                agent: "response".into(),
-                kind: StepKind::Agent,
-                text: s.to_string(),
-            });
-        }
-    };
-    while !rest.is_empty() {
-        let Some((start, name, after)) = next_open_tag(rest) else {
-            push_free(&mut steps, rest);
-            break;
-        };
-        push_free(&mut steps, &rest[..start]);
-        let body = &rest[after..];
-        let close = format!("</{name}>");
-        let (content, next) = match body.find(&close) {
-            Some(i) => (&body[..i], &body[i + close.len()..]),
-            None => match next_open_tag(body) {
-                Some((j, _, _)) => (&body[..j], &body[j..]),
-                None => (body, ""),
-            },
-        };
-        let kind = if name == "observation" || is_default_observation(name) {
-            StepKind::Observation
-        } else {
-            StepKind::Agent
-        };
-        steps.push(Step {
-            agent: name.to_string(),
-            kind,
-            text: content.to_string(),
-        });
-        rest = next;
-    }
-    steps
-}
-
-/// Finds `<name>` with name = [a-z][a-z0-9_-]*; returns (start, name, index after `>`).
-fn next_open_tag(s: &str) -> Option<(usize, &str, usize)> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while let Some(off) = s[i..].find('<') {
-        let st = i + off;
-        let mut j = st + 1;
-        if j < b.len() && b[j].is_ascii_lowercase() {
-            j += 1;
-            while j < b.len()
-                && (b[j].is_ascii_lowercase()
-                    || b[j].is_ascii_digit()
-                    || b[j] == b'_'
-                    || b[j] == b'-')
-            {
-                j += 1;
-            }
-            if j < b.len() && b[j] == b'>' {
-                return Some((st, &s[st + 1..j], j + 1));
-            }
-        }
-        i = st + 1;
-    }
-    None
+    let imp = importer(fmt).expect("every format but Auto has an importer");
+    check((imp.read)(o, default_id)?, limits, fmt)
 }
 
 /// Normalise a parsed record: apply the agents map ([`crate::agents`]) to

@@ -1,0 +1,101 @@
+//! `messages`: OpenAI chat messages (`{"messages":[{"role","content","name","tool_calls"}]}` or a bare array).
+
+use super::fields::{
+    answer_of, args_text, content_text, id_of, name_or_role, opt_bool, opt_f64, push_tool_call,
+    required_task, wrong,
+};
+use super::{Invalid, RejectReason};
+use afm_format::record::{Step, StepKind, Trajectory};
+use serde_json::{Map, Value};
+
+pub(super) fn messages_from_list(
+    items: &[Value],
+    o: Option<&Map<String, Value>>,
+    default_id: &str,
+) -> Result<Trajectory, Invalid> {
+    let empty = Map::new();
+    let o = o.unwrap_or(&empty);
+    let mut task = match required_task(o, &["task", "question", "prompt"]) {
+        Ok(t) => Some(t),
+        Err(e) if e.reason == RejectReason::MissingTask && !e.message.contains("empty") => None,
+        Err(e) => return Err(e),
+    };
+    let mut steps = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let mo = m.as_object().ok_or_else(|| wrong(&at, "an object", m))?;
+        let (agent, role) = name_or_role(mo, &at)?;
+        let role = role.unwrap_or_default();
+        let mut text = content_text(mo.get("content"), &format!("{at}.content"))?;
+        if role == "system" {
+            continue;
+        }
+        // The first user message without an explicit task field is the task.
+        if task.is_none() && role == "user" {
+            if text.trim().is_empty() {
+                return Err(Invalid::new(
+                    RejectReason::MissingTask,
+                    format!("{at}: the first user message (the task) is empty"),
+                ));
+            }
+            task = Some(text);
+            continue;
+        }
+        match mo.get("tool_calls") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(calls)) => {
+                for (k, c) in calls.iter().enumerate() {
+                    let f = c.get("function").unwrap_or(c);
+                    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                        Invalid::new(
+                            RejectReason::WrongType,
+                            format!("field `{at}.tool_calls[{k}]`: no string `function.name`"),
+                        )
+                    })?;
+                    push_tool_call(&mut text, name, &args_text(f.get("arguments")));
+                }
+            }
+            Some(v) => return Err(wrong(&format!("{at}.tool_calls"), "an array", v)),
+        }
+        let kind = if role == "tool" || role == "function" {
+            StepKind::Observation
+        } else {
+            StepKind::Agent
+        };
+        steps.push(Step { agent, kind, text });
+    }
+    let task = task.ok_or_else(|| {
+        Invalid::new(
+            RejectReason::MissingTask,
+            "missing task: no `task` field and no `user` message",
+        )
+    })?;
+    Ok(Trajectory {
+        id: id_of(o, &["id"], default_id)?,
+        task,
+        steps,
+        success: opt_bool(o, "success")?,
+        score: opt_f64(o, "score")?,
+        answer: answer_of(o)?,
+        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
+    })
+}
+
+/// `{"messages": [...]}`.
+pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
+    let list = o.get("messages").ok_or_else(|| {
+        Invalid::new(
+            RejectReason::UnknownRecordShape,
+            "field `messages` is missing",
+        )
+    })?;
+    let items = list
+        .as_array()
+        .ok_or_else(|| wrong("messages", "an array", list))?;
+    messages_from_list(items, Some(o), default_id)
+}
+
+/// A record with `messages`.
+pub(super) fn detects(o: &Map<String, Value>) -> bool {
+    o.contains_key("messages")
+}
