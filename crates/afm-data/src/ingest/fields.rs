@@ -213,3 +213,92 @@ pub(super) fn with_handoffs(meta: Option<Value>, handoffs: &[Handoff]) -> Option
     m.insert("handoffs".into(), Value::Array(list));
     Some(Value::Object(m))
 }
+
+/// Message text that may hold blocks other than text: a string, null
+/// (empty), or a list whose strings and `{"text": "..."}` blocks are joined;
+/// a block with no `text` but a string `type` (an image, a tool-use block,
+/// a reasoning block) is skipped. Anything else is an error naming `field`.
+pub(super) fn text_blocks(v: Option<&Value>, field: &str) -> Result<String, Invalid> {
+    match v {
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for (k, p) in parts.iter().enumerate() {
+                match p {
+                    Value::String(s) => out.push_str(s),
+                    Value::Object(po) => {
+                        match (po.get("text"), po.get("type")) {
+                            (Some(Value::String(s)), _) => out.push_str(s),
+                            (None | Some(Value::Null), Some(Value::String(_))) => {}
+                            (None | Some(Value::Null), _) => return Err(Invalid::new(
+                                RejectReason::WrongType,
+                                format!(
+                                    "field `{field}[{k}]`: a block needs a string `text` or `type`"
+                                ),
+                            )),
+                            (Some(t), _) => {
+                                return Err(wrong(&format!("{field}[{k}].text"), "a string", t))
+                            }
+                        }
+                    }
+                    v => {
+                        return Err(wrong(
+                            &format!("{field}[{k}]"),
+                            "a string or a content block",
+                            v,
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => content_text(v, field),
+    }
+}
+
+/// Order the nodes of a forest (spans, runs) depth first, parents before
+/// their children. `parents[i]` is the index of node i's parent (None: a
+/// root). Siblings are ordered by `keys` (timestamps that compare as text)
+/// when every sibling has one, else they keep their input order. Returns
+/// the order, or the index of the first node no root reaches (its parents
+/// form a cycle).
+pub(super) fn tree_order(
+    parents: &[Option<usize>],
+    keys: &[Option<&str>],
+) -> Result<Vec<usize>, usize> {
+    let n = parents.len();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut roots = Vec::new();
+    for (i, p) in parents.iter().enumerate() {
+        match p {
+            Some(p) if *p < n && *p != i => children[*p].push(i),
+            _ => roots.push(i),
+        }
+    }
+    let sort = |list: &mut Vec<usize>| {
+        if list
+            .iter()
+            .all(|&i| keys.get(i).copied().flatten().is_some())
+        {
+            list.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        }
+    };
+    sort(&mut roots);
+    for c in &mut children {
+        sort(c);
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    // Iterative, so a deep tree cannot overflow the stack.
+    let mut stack: Vec<usize> = roots.into_iter().rev().collect();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        order.push(i);
+        stack.extend(children[i].iter().rev());
+    }
+    match seen.iter().position(|s| !s) {
+        Some(i) => Err(i),
+        None => Ok(order),
+    }
+}

@@ -5,6 +5,8 @@
 //! | `native`   | `{"id","task","trajectory":[{"agent","output"}or{"agent","observation"}],"score","success","answer","meta"}` |
 //! | `ag2`      | AG2/AutoGen log: `{"question","is_correct","history":[{"content","role","name"}]}`   |
 //! | `messages` | OpenAI chat: `{"messages":[{"role","content","name","tool_calls"}]}` or a bare array of messages |
+//! | `openai-agents` | OpenAI Agents SDK: run items `{"generated_items"/"new_items":[{"type","agent":{"name"},"raw_item"}]}`, or a trace `{"trace","spans":[{"span_data"}]}` / `{"data":[trace, spans..]}` |
+//! | `langgraph` | LangGraph state `{"messages":[{"type":"ai","name","tool_calls"}..]}` (or a bare array), or LangSmith runs `{"run_type","child_runs"}` / `{"runs":[..]}` |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
@@ -21,8 +23,10 @@
 mod ag2;
 mod coa;
 mod fields;
+mod langgraph;
 mod messages;
 mod native;
+mod openai_agents;
 
 pub use coa::parse_coa_tags;
 
@@ -48,6 +52,10 @@ pub enum Format {
     Messages,
     /// Chain-of-Agents tag format.
     CoaTags,
+    /// OpenAI Agents SDK run items and exported traces.
+    OpenaiAgents,
+    /// LangGraph state messages and LangSmith run trees.
+    Langgraph,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -77,6 +85,19 @@ const IMPORTERS: &[Importer] = &[
         names: &["ag2", "autogen"],
         detects: ag2::detects,
         read: ag2::read,
+    },
+    Importer {
+        format: Format::OpenaiAgents,
+        names: &["openai-agents", "agents-sdk"],
+        detects: openai_agents::detects,
+        read: openai_agents::read,
+    },
+    // Before `messages`: LangChain messages also sit under `messages`.
+    Importer {
+        format: Format::Langgraph,
+        names: &["langgraph", "langsmith"],
+        detects: langgraph::detects,
+        read: langgraph::read,
     },
     Importer {
         format: Format::Messages,
@@ -605,6 +626,20 @@ pub fn parse_document(
                 return vec![messages::messages_from_list(items, None, &stem)
                     .and_then(|t| check(t, limits, Format::Messages))];
             }
+            // One trace as a bare array of trace/span exports, one
+            // conversation as a bare array of LangChain messages.
+            if matches!(format, Format::Auto | Format::OpenaiAgents)
+                && openai_agents::is_export_list(items)
+            {
+                return vec![openai_agents::read_export_list(items, &stem)
+                    .and_then(|t| check(t, limits, Format::OpenaiAgents))];
+            }
+            if matches!(format, Format::Auto | Format::Langgraph)
+                && langgraph::is_message_list(items)
+            {
+                return vec![langgraph::read_message_list(items, &stem)
+                    .and_then(|t| check(t, limits, Format::Langgraph))];
+            }
             if items.is_empty() {
                 return vec![Err(Invalid::new(
                     RejectReason::EmptyTrajectory,
@@ -653,7 +688,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2), `generated_items`/`new_items`/`spans` (openai-agents), `run_type`/`runs` or LangChain `messages` (langgraph), `messages`, or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,
