@@ -225,21 +225,21 @@ pub(super) fn text_blocks(v: Option<&Value>, field: &str) -> Result<String, Inva
             for (k, p) in parts.iter().enumerate() {
                 match p {
                     Value::String(s) => out.push_str(s),
-                    Value::Object(po) => {
-                        match (po.get("text"), po.get("type")) {
-                            (Some(Value::String(s)), _) => out.push_str(s),
-                            (None | Some(Value::Null), Some(Value::String(_))) => {}
-                            (None | Some(Value::Null), _) => return Err(Invalid::new(
+                    Value::Object(po) => match (po.get("text"), po.get("type")) {
+                        (Some(Value::String(s)), _) => out.push_str(s),
+                        (None | Some(Value::Null), Some(Value::String(_))) => {}
+                        (None | Some(Value::Null), _) => {
+                            return Err(Invalid::new(
                                 RejectReason::WrongType,
                                 format!(
                                     "field `{field}[{k}]`: a block needs a string `text` or `type`"
                                 ),
-                            )),
-                            (Some(t), _) => {
-                                return Err(wrong(&format!("{field}[{k}].text"), "a string", t))
-                            }
+                            ))
                         }
-                    }
+                        (Some(t), _) => {
+                            return Err(wrong(&format!("{field}[{k}].text"), "a string", t))
+                        }
+                    },
                     v => {
                         return Err(wrong(
                             &format!("{field}[{k}]"),

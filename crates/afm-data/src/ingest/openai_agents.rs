@@ -23,7 +23,11 @@
 //! first from the roots, siblings by `started_at`. `agent` spans name who
 //! speaks inside them; `generation` spans give the model's messages and the
 //! task; `function` spans give tool calls (`input`) and results (`output`);
-//! `handoff` spans give hand-offs. `response` spans (all the default export
+//! `handoff` spans give hand-offs. A hand-off's `step` in `meta.handoffs`
+//! is the step holding its call (`handoff_call_item`, or the transfer call
+//! in a generation's output), else the last step before it (0 when there is
+//! none: in the default export the handing-off agent may have no step).
+//! `response` spans (all the default export
 //! keeps of a Responses model call: the response id and usage) carry no
 //! text, so such a trace has the agents' tool calls only.
 
@@ -102,7 +106,12 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
             Some(Value::Object(t)) => Some(t),
             Some(v) => return Err(wrong("trace", "an object", v)),
         };
-        return read_trace(trace, "trace", spans, "spans", o, default_id);
+        let spans = spans
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v, format!("spans[{i}]")))
+            .collect();
+        return read_trace(trace, "trace", spans, o, default_id);
     }
     if let Some(data) = o.get("data") {
         let items = data
@@ -110,7 +119,7 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
             .ok_or_else(|| wrong("data", "an array", data))?;
         return read_exports(items, "data", o, default_id);
     }
-    if is_export(&Value::Object(o.clone()), "trace.span") {
+    if o.get("object").and_then(Value::as_str) == Some("trace.span") {
         return Err(Invalid::new(
             RejectReason::UnknownRecordShape,
             "a lone span export (`object: \"trace.span\"`): one record must hold a whole trace, \
@@ -141,7 +150,6 @@ fn read_exports(
     let mut trace = None;
     let mut trace_at = String::new();
     let mut spans = Vec::new();
-    let mut span_paths = Vec::new();
     for (i, v) in items.iter().enumerate() {
         let vo = v
             .as_object()
@@ -160,10 +168,7 @@ fn read_exports(
                 trace = Some(vo);
                 trace_at = path(i);
             }
-            Some("trace.span") => {
-                spans.push(v.clone());
-                span_paths.push(path(i));
-            }
+            Some("trace.span") => spans.push((v, path(i))),
             _ => {
                 return Err(Invalid::new(
                     RejectReason::UnknownStepShape,
@@ -175,19 +180,7 @@ fn read_exports(
             }
         }
     }
-    read_trace_at(trace, &trace_at, &spans, &span_paths, o, default_id)
-}
-
-fn read_trace(
-    trace: Option<&Map<String, Value>>,
-    trace_at: &str,
-    spans: &[Value],
-    at: &str,
-    o: &Map<String, Value>,
-    default_id: &str,
-) -> Result<Trajectory, Invalid> {
-    let paths: Vec<String> = (0..spans.len()).map(|i| format!("{at}[{i}]")).collect();
-    read_trace_at(trace, trace_at, spans, &paths, o, default_id)
+    read_trace(trace, &trace_at, spans, o, default_id)
 }
 
 /// One span, its fields checked.
@@ -560,11 +553,11 @@ fn speaker<'a>(s: &Span<'a>) -> Result<Option<&'a str>, Invalid> {
     }
 }
 
-fn read_trace_at(
+/// One trace: `spans` are the span exports with their paths in the record.
+fn read_trace(
     trace: Option<&Map<String, Value>>,
     trace_at: &str,
-    spans: &[Value],
-    paths: &[String],
+    spans: Vec<(&Value, String)>,
     o: &Map<String, Value>,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
@@ -574,7 +567,6 @@ fn read_trace_at(
     };
     let spans: Vec<Span> = spans
         .iter()
-        .zip(paths)
         .map(|(v, at)| span(v, at))
         .collect::<Result<_, _>>()?;
     // One record is one trace.
