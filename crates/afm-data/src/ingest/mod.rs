@@ -6,6 +6,8 @@
 //! | `ag2`      | AG2/AutoGen log: `{"question","is_correct","history":[{"content","role","name"}]}`   |
 //! | `messages` | OpenAI chat: `{"messages":[{"role","content","name","tool_calls"}]}` or a bare array of messages |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
+//! | `smolagents` | smolagents memory: `{"agent","task","steps":[step dict()...],"managed_agents":{NAME: RUN}}` or a bare list of steps |
+//! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
 //! file is one JSON document: a record, or an array of records (or, for
@@ -20,9 +22,11 @@
 
 mod ag2;
 mod coa;
+mod crewai;
 mod fields;
 mod messages;
 mod native;
+mod smolagents;
 
 pub use coa::parse_coa_tags;
 
@@ -48,6 +52,10 @@ pub enum Format {
     Messages,
     /// Chain-of-Agents tag format.
     CoaTags,
+    /// smolagents agent memory (steps, managed agents nested).
+    Smolagents,
+    /// CrewAI task outputs and event-bus events.
+    Crewai,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -77,6 +85,18 @@ const IMPORTERS: &[Importer] = &[
         names: &["ag2", "autogen"],
         detects: ag2::detects,
         read: ag2::read,
+    },
+    Importer {
+        format: Format::Smolagents,
+        names: &["smolagents", "smol"],
+        detects: smolagents::detects,
+        read: smolagents::read,
+    },
+    Importer {
+        format: Format::Crewai,
+        names: &["crewai", "crew"],
+        detects: crewai::detects,
+        read: crewai::read,
     },
     Importer {
         format: Format::Messages,
@@ -605,6 +625,12 @@ pub fn parse_document(
                 return vec![messages::messages_from_list(items, None, &stem)
                     .and_then(|t| check(t, limits, Format::Messages))];
             }
+            if let Some((fm, _, read)) = BARE_ARRAYS
+                .iter()
+                .find(|(fm, is, _)| (format == Format::Auto || format == *fm) && is(items))
+            {
+                return vec![read(items, &stem).and_then(|t| check(t, limits, *fm))];
+            }
             if items.is_empty() {
                 return vec![Err(Invalid::new(
                     RejectReason::EmptyTrajectory,
@@ -628,6 +654,22 @@ pub fn parse_document(
         _ => vec![convert(&v, format, limits, &stem)],
     }
 }
+
+/// Formats whose record may also be a whole document that is a bare array
+/// (smolagents memory steps, CrewAI events): (format, looks like one, read).
+#[allow(clippy::type_complexity)]
+const BARE_ARRAYS: &[(
+    Format,
+    fn(&[Value]) -> bool,
+    fn(&[Value], &str) -> Result<Trajectory, Invalid>,
+)] = &[
+    (
+        Format::Smolagents,
+        smolagents::is_step_list,
+        smolagents::read_steps,
+    ),
+    (Format::Crewai, crewai::is_event_list, crewai::read_events),
+];
 
 fn file_stem(p: &Path) -> String {
     p.file_stem()
@@ -653,7 +695,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2), smolagents memory `steps`, `tasks_output` or CrewAI `events` (crewai), `messages`, or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,
