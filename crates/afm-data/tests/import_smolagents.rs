@@ -242,7 +242,7 @@ fn old_version_bare_list_of_steps() {
             vec![
                 s("agent", 'A', "- We need 6*7."),
                 s("agent", 'A', "1. Multiply.\n2. Answer."),
-                // No `code_action` before 1.x: the code is found in the text.
+                // No `code_action` before 1.19: the code is found in the text.
                 s(
                     "agent",
                     'A',
@@ -253,7 +253,11 @@ fn old_version_bare_list_of_steps() {
                     'O',
                     "Execution logs:\n42\nLast output from code snippet:\nNone"
                 ),
-                s("agent", 'A', "Code:\n```py\nfinal_answer(42)\n```<end_code>"),
+                s(
+                    "agent",
+                    'A',
+                    "Code:\n```py\nfinal_answer(42)\n```<end_code>"
+                ),
                 s(
                     "python_interpreter",
                     'O',
@@ -341,14 +345,19 @@ fn deep_nesting() {
 
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("deep.json");
-    let mut doc = String::from(r#"{"task":"t","steps":[{"task":"t","task_images":null},{"step_number":1,"model_output":"x","managed_agents":{"a":"#);
+    let mut doc = String::from(
+        r#"{"task":"t","steps":[{"task":"t","task_images":null},{"step_number":1,"model_output":"x","managed_agents":{"a":"#,
+    );
     for _ in 0..200 {
         doc.push_str(r#"{"steps":[{"step_number":1,"managed_agents":{"a":"#);
     }
     std::fs::write(&p, doc).unwrap();
     let got = read_file(&p, Format::Auto, &IngestLimits::default()).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].result.as_ref().unwrap_err().reason.key(), "broken_json");
+    assert_eq!(
+        got[0].result.as_ref().unwrap_err().reason.key(),
+        "broken_json"
+    );
 }
 
 #[test]
@@ -362,15 +371,31 @@ fn huge_text_is_rejected_by_the_field_limit() {
 
 #[test]
 fn detection_picks_smolagents_and_leaves_other_formats_as_they_were() {
-    for f in ["tool_calling.json", "code_agent_managed.json", "managed_attached.json"] {
+    for f in [
+        "tool_calling.json",
+        "code_agent_managed.json",
+        "managed_attached.json",
+    ] {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(f)).unwrap()).unwrap();
         assert_eq!(detect(&v), Some(Format::Smolagents), "{f}");
     }
     let others = [
-        (json!({"task": "t", "trajectory": [{"agent": "a", "output": "x"}]}), Format::Native),
-        (json!({"question": "q", "history": [{"content": "x", "role": "user", "name": "a"}]}), Format::Ag2),
-        (json!({"messages": [{"role": "user", "content": "hi"}]}), Format::Messages),
-        (json!({"task": "t", "response": "<think>x</think>"}), Format::CoaTags),
+        (
+            json!({"task": "t", "trajectory": [{"agent": "a", "output": "x"}]}),
+            Format::Native,
+        ),
+        (
+            json!({"question": "q", "history": [{"content": "x", "role": "user", "name": "a"}]}),
+            Format::Ag2,
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            Format::Messages,
+        ),
+        (
+            json!({"task": "t", "response": "<think>x</think>"}),
+            Format::CoaTags,
+        ),
     ];
     for (v, f) in others {
         assert_eq!(detect(&v), Some(f), "{v}");
@@ -379,7 +404,10 @@ fn detection_picks_smolagents_and_leaves_other_formats_as_they_were() {
     // lists called `steps` are not smolagents memory.
     let t = one("tool_calling.json", Format::Auto);
     assert_eq!(detect(&serde_json::to_value(&t).unwrap()), None);
-    assert_eq!(detect(&json!({"steps": [{"name": "a", "text": "x"}]})), None);
+    assert_eq!(
+        detect(&json!({"steps": [{"name": "a", "text": "x"}]})),
+        None
+    );
     assert_eq!(detect(&json!({"steps": []})), None);
     // A bare list of records is still a list of records.
     let d = tempfile::tempdir().unwrap();
@@ -397,4 +425,46 @@ fn format_names() {
         assert_eq!(n.parse::<Format>().unwrap(), Format::Smolagents);
     }
     assert_eq!(Format::Smolagents.name(), "smolagents");
+}
+
+/// `prepare` on the fixtures: every record kept, the manager and its
+/// managed agents are separate roles, tools and the user are not roles.
+#[cfg(feature = "pipeline")]
+#[test]
+fn prepare_keeps_every_fixture_with_one_role_per_agent() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let names = [
+        "tool_calling.json",
+        "code_agent_managed.json",
+        "managed_attached.json",
+        "steps_old.json",
+    ];
+    for f in names {
+        std::fs::copy(fixture(f), input.join(f)).unwrap();
+    }
+    let cfg = afm_data::PrepareConfig {
+        inputs: vec![input],
+        out: d.path().join("out"),
+        val_fraction: 0.0,
+        min_score: 0.0,
+        ..Default::default()
+    };
+    let m = afm_data::prepare(&cfg).unwrap();
+    assert_eq!(m.total, names.len());
+    assert_eq!(m.kept, names.len(), "{:?} {:?}", m.filtered, m.rejected);
+    for r in [
+        "researcher",
+        "manager",
+        "search_agent",
+        "lead",
+        "math_agent",
+        "agent",
+    ] {
+        assert!(m.roles.iter().any(|x| x == r), "{r} in {:?}", m.roles);
+    }
+    for r in ["user", "web_search", "python_interpreter", "final_answer"] {
+        assert!(!m.roles.iter().any(|x| x == r), "{r} in {:?}", m.roles);
+    }
 }

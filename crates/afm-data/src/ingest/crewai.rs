@@ -37,7 +37,7 @@
 //!   (`tool_name`, `tool_args`); calls started back to back by one agent
 //!   share a turn.
 //! - `tool_usage_finished`: its `output` is an observation named
-//!   `tool_name` (none when the event has no `output`, as before crewAI 0.105).
+//!   `tool_name` (none when the event has no `output`, as before crewAI 0.114).
 //! - `tool_usage_error`, `tool_selection_error`, `tool_validate_input_error`,
 //!   `tool_execution_error`: `Error: ERROR` as that observation. A result
 //!   without a started call gets its call first (from its own `tool_args`).
@@ -99,15 +99,9 @@ const ERROR_TYPES: &[&str] = &[
     "tool_execution_error",
 ];
 
-/// Keys that make an object a record of some format, not an event.
-const RECORD_KEYS: &[&str] = &[
-    "tasks_output",
-    "events",
-    "steps",
-    "trajectory",
-    "history",
-    "messages",
-];
+/// Keys that make an object a record of some format, not an event (LLM
+/// events have `messages`).
+const RECORD_KEYS: &[&str] = &["tasks_output", "events", "steps", "trajectory", "history"];
 
 /// `ToolUsageStartedEvent` -> `tool_usage_started`; a snake-case type as is.
 fn norm_type(t: &str) -> String {
@@ -139,12 +133,18 @@ fn is_event(v: &Value) -> bool {
         .is_some_and(|t| EVENT_TYPES.contains(&norm_type(t).as_str()))
 }
 
-/// A record with `tasks_output`, or with `events` holding crewAI events.
+/// A record with `tasks_output`, or with `events` holding crewAI events;
+/// also a single crewAI event (so that a JSONL file of events is rejected
+/// as such, not read as another format).
 pub(super) fn detects(o: &Map<String, Value>) -> bool {
     o.contains_key("tasks_output")
         || o.get("events")
             .and_then(Value::as_array)
             .is_some_and(|e| e.iter().any(is_event))
+        || (!RECORD_KEYS.iter().any(|k| o.contains_key(*k))
+            && o.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| EVENT_TYPES.contains(&norm_type(t).as_str())))
 }
 
 /// A bare JSON array of crewAI events (one record).
@@ -173,6 +173,14 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
         Some(v) => return Err(wrong("events", "an array", v)),
     };
     if tasks.is_none() && events.is_none() {
+        if let Some(t) = o.get("type").and_then(Value::as_str) {
+            return Err(Invalid::new(
+                RejectReason::UnknownRecordShape,
+                format!(
+                    "record is one crewAI event (`type` {t:?}), not a run: put a run's events in one record, `{{\"events\": [...]}}`, or a JSON file holding their list"
+                ),
+            ));
+        }
         return Err(Invalid::new(
             RejectReason::UnknownRecordShape,
             "record has neither `tasks_output` nor `events`",
@@ -241,7 +249,10 @@ impl Task<'_> {
         {
             self.pending.remove(p);
         } else if error && self.last_error.as_deref() == Some(tool) {
-            let last = self.steps.last_mut().expect("an error observation came before");
+            let last = self
+                .steps
+                .last_mut()
+                .expect("an error observation came before");
             last.text.push('\n');
             last.text.push_str(&text);
             return;
@@ -493,10 +504,7 @@ fn read_run(
                     .or(agent)
                     .or_else(|| task.agent.clone())
                     .ok_or_else(|| {
-                        Invalid::new(
-                            RejectReason::UnknownStepShape,
-                            format!("{oat}: no `agent`"),
-                        )
+                        Invalid::new(RejectReason::UnknownStepShape, format!("{oat}: no `agent`"))
                     })?;
                 let raw = opt_str(out, &oat, "raw")?.unwrap_or("").to_string();
                 if !raw.is_empty() && !task.finals.contains(&who) {
@@ -645,7 +653,9 @@ fn read_messages(
                     Some(Value::Array(calls)) => {
                         for (c, call) in calls.iter().enumerate() {
                             let cat = format!("{mat}.tool_calls[{c}]");
-                            let co = call.as_object().ok_or_else(|| wrong(&cat, "an object", call))?;
+                            let co = call
+                                .as_object()
+                                .ok_or_else(|| wrong(&cat, "an object", call))?;
                             let f = match co.get("function") {
                                 None | Some(Value::Null) => co,
                                 Some(Value::Object(f)) => f,
@@ -662,7 +672,11 @@ fn read_messages(
                                     ))
                                 }
                                 Some(v) => {
-                                    return Err(wrong(&format!("{cat}.function.name"), "a string", v))
+                                    return Err(wrong(
+                                        &format!("{cat}.function.name"),
+                                        "a string",
+                                        v,
+                                    ))
                                 }
                             };
                             push_tool_call(&mut text, name, &args_text(f.get("arguments")));

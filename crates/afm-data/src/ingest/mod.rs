@@ -10,8 +10,8 @@
 //! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
-//! file is one JSON document: a record, or an array of records (or, for
-//! `messages`, one conversation as a bare array of messages).
+//! file is one JSON document: a record, or an array of records (or one
+//! record as a bare array: of messages, smolagents steps, CrewAI events).
 //!
 //! Agent naming: `name` when present, else `role`. Steps become
 //! observations when the source says so (`observation` field, `role:

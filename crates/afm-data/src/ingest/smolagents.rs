@@ -10,12 +10,12 @@
 //! kind is read from its keys, in this order:
 //! - `step_type`/`type` naming the class (`TaskStep`, `ActionStep`, ...),
 //!   when a dump adds one;
-//! - `plan` (or the old `facts`): PlanningStep;
-//! - `step_number`, `step` (before 1.17), `model_output`, `tool_calls`,
+//! - `plan` (and `facts` before 1.12): PlanningStep;
+//! - `step_number`, `step` (before 1.19), `model_output`, `tool_calls`,
 //!   `observations`, `code_action`, `action_output`, `is_final_answer`,
 //!   `error`: ActionStep;
-//! - `task`: TaskStep; `system_prompt`: SystemPromptStep; `output` (or the
-//!   old `final_answer`): FinalAnswerStep;
+//! - `task`: TaskStep; `system_prompt`: SystemPromptStep; `output`
+//!   (`final_answer` before 1.17): FinalAnswerStep;
 //! - anything else is rejected (`unknown_step_shape`).
 //!
 //! Mapping (the agent is the record's `agent`/`name`, else `agent`):
@@ -26,7 +26,7 @@
 //!   the `python_interpreter` call smolagents records for it (arguments =
 //!   `code_action`, or found verbatim in `model_output`) is not repeated.
 //! - PlanningStep: an agent step of the same agent (smolagents replays the
-//!   plan as that agent's own assistant message); old `facts` is a step before it.
+//!   plan as that agent's own assistant message); `facts` is a step before it.
 //! - TaskStep: the first is the task (unless a `task` field gives it; an
 //!   identical first TaskStep is then dropped); later ones are observations
 //!   of `user`. SystemPromptStep: dropped. FinalAnswerStep: the answer.
@@ -120,22 +120,14 @@ pub(super) fn is_step_list(items: &[Value]) -> bool {
 pub(super) fn read_steps(items: &[Value], default_id: &str) -> Result<Trajectory, Invalid> {
     let mut top = Top::default();
     let mut steps = Vec::new();
-    walk(
-        None,
-        items,
-        "",
-        DEFAULT_AGENT,
-        None,
-        &mut steps,
-        &mut top,
-    )?;
+    walk(None, items, "", DEFAULT_AGENT, None, &mut steps, &mut top)?;
     finish(&Map::new(), steps, top, default_id)
 }
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let list = o.get("steps").ok_or_else(|| {
-        Invalid::new(RejectReason::EmptyTrajectory, "field `steps` is missing")
-    })?;
+    let list = o
+        .get("steps")
+        .ok_or_else(|| Invalid::new(RejectReason::EmptyTrajectory, "field `steps` is missing"))?;
     let items = list
         .as_array()
         .ok_or_else(|| wrong("steps", "an array", list))?;
@@ -150,7 +142,7 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
 #[derive(Default)]
 struct Top {
     task: Option<String>,
-    /// The last FinalAnswerStep's output.
+    /// The last FinalAnswerStep's `output` (`final_answer`).
     final_step: Option<String>,
     /// The `action_output` of the last ActionStep with `is_final_answer`.
     final_action: Option<String>,
@@ -344,22 +336,16 @@ fn runs_of<'a>(v: &'a Value, at: &str) -> Result<Vec<Nested<'a>>, Invalid> {
                 });
             }
         }
-        v => {
-            return Err(wrong(
-                at,
-                "an object of NAME: RUN or a list of runs",
-                v,
-            ))
-        }
+        v => return Err(wrong(at, "an object of NAME: RUN or a list of runs", v)),
     }
     Ok(out)
 }
 
+/// A run's object (`None` for a bare list of steps) and its steps.
+type RunParts<'a> = (Option<&'a Map<String, Value>>, &'a [Value]);
+
 /// A RUN: `{"steps": [...], ...}` or a bare list of steps.
-fn run_parts<'a>(
-    r: &'a Value,
-    at: &str,
-) -> Result<(Option<&'a Map<String, Value>>, &'a [Value]), Invalid> {
+fn run_parts<'a>(r: &'a Value, at: &str) -> Result<RunParts<'a>, Invalid> {
     match r {
         Value::Array(items) => Ok((None, items)),
         Value::Object(ro) => match ro.get("steps") {
@@ -482,7 +468,12 @@ fn read_action<'a>(so: &'a Map<String, Value>, at: &str) -> Result<Action<'a>, I
 
 /// Order runs by where the step calls them (then by name).
 fn sort_by_call(runs: &mut [Nested<'_>], a: &Action<'_>) {
-    runs.sort_by_cached_key(|r| (a.call_of(&r.name).unwrap_or((usize::MAX, 0)), r.name.clone()));
+    runs.sort_by_cached_key(|r| {
+        (
+            a.call_of(&r.name).unwrap_or((usize::MAX, 0)),
+            r.name.clone(),
+        )
+    });
 }
 
 /// A step read, in memory order.
@@ -548,9 +539,9 @@ fn walk(
             if n.items.is_empty() {
                 continue;
             }
-            let attached = read.iter().any(|r| {
-                matches!(r, Read::Action(a) if a.nested.iter().any(|m| m.name == n.name))
-            });
+            let attached = read
+                .iter()
+                .any(|r| matches!(r, Read::Action(a) if a.nested.iter().any(|m| m.name == n.name)));
             if attached {
                 return Err(Invalid::new(
                     RejectReason::UnknownStepShape,
