@@ -253,6 +253,49 @@ fn crew_output_and_events_in_one_record_with_a_delegation() {
     assert_eq!(steps(&t), vec![s("Crew Manager", 'A', "Paris")]);
 }
 
+/// Events alone, no `task_started`: the first event opens the task (named
+/// by its `task_name`); a coworker's events naming the delegated task stay
+/// in it and do not rename it; a keyless first event takes the first name.
+#[test]
+fn events_without_task_started() {
+    let v = json!({"events": [
+        {"type": "tool_usage_started", "agent_role": "Boss", "task_name": "Plan the trip.", "tool_name": "Delegate work to coworker", "tool_args": {"task": "Find flights"}},
+        {"type": "agent_execution_started", "agent_role": "Scout", "task": {"description": "Find flights"}},
+        {"type": "agent_execution_completed", "agent_role": "Scout", "task": {"description": "Find flights"}, "output": "Flight AF1"},
+        {"type": "tool_usage_finished", "agent_role": "Boss", "task_name": "Plan the trip.", "tool_name": "Delegate work to coworker", "output": "Flight AF1"},
+        {"type": "agent_execution_completed", "agent_role": "Boss", "task_name": "Plan the trip.", "output": "Take AF1."}
+    ]});
+    let t = convert(&v, Format::Auto, &IngestLimits::default(), "x").unwrap();
+    assert_eq!(t.task, "Plan the trip.");
+    assert_eq!(
+        steps(&t),
+        vec![
+            s(
+                "Boss",
+                'A',
+                "<tool_call>Delegate work to coworker({\"task\":\"Find flights\"})</tool_call>"
+            ),
+            s("Scout", 'A', "Flight AF1"),
+            s("Delegate work to coworker", 'O', "Flight AF1"),
+            s("Boss", 'A', "Take AF1."),
+        ]
+    );
+    let v = json!({"events": [
+        {"type": "agent_execution_started", "agent_role": "Solo"},
+        {"type": "tool_usage_started", "task_name": "Count.", "tool_name": "calc", "tool_args": "1+1"},
+        {"type": "tool_usage_finished", "task_name": "Count.", "tool_name": "calc", "output": 2}
+    ]});
+    let t = convert(&v, Format::Auto, &IngestLimits::default(), "x").unwrap();
+    assert_eq!(t.task, "Count.");
+    assert_eq!(
+        steps(&t),
+        vec![
+            s("Solo", 'A', "<tool_call>calc(1+1)</tool_call>"),
+            s("calc", 'O', "2"),
+        ]
+    );
+}
+
 #[test]
 fn react_message_without_an_action_line() {
     let v = json!({"tasks_output": [{"description": "d", "agent": "a", "raw": "r", "messages": [

@@ -428,20 +428,23 @@ fn read_run(
             (Some(c), Some(_)) if tasks[c].keys.iter().any(|k| keys.contains(k)) => Some(c),
             (_, n) => n,
         };
-        let t = match named {
-            Some(n) => n,
+        let (t, opened) = match named {
+            Some(n) => (n, false),
             // A crew task the events start (when `tasks_output` does not list the tasks).
             None if cur.is_none()
                 || (ty == "task_started" && !keys.is_empty() && from_outputs == 0) =>
             {
                 tasks.push(Task::default());
-                tasks.len() - 1
+                (tasks.len() - 1, true)
             }
-            None => cur.expect("checked above"),
+            None => (cur.expect("checked above"), false),
         };
         cur = Some(t);
         let task = &mut tasks[t];
-        if named.is_some() || task.keys.is_empty() || ty == "task_started" {
+        // An event naming another task (delegated work) adds nothing to this
+        // one's identity; a task known by no name yet takes the first given.
+        let own = named.is_some() || opened || task.keys.is_empty();
+        if own {
             for k in keys {
                 if !task.keys.contains(&k) {
                     task.keys.push(k);
@@ -449,7 +452,7 @@ fn read_run(
             }
         }
         // An instruction for a task the events opened.
-        if t >= from_outputs && !task.described {
+        if own && t >= from_outputs && !task.described {
             if let Some(Value::Object(to)) = eo.get("task") {
                 let tat = format!("{at}.task");
                 if let Some(d) = opt_str(to, &tat, "description")?.filter(|d| !d.is_empty()) {
