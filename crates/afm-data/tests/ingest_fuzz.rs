@@ -519,6 +519,8 @@ fn hostile_records_never_panic_and_are_all_accounted_for() {
             Format::Ag2,
             Format::Messages,
             Format::CoaTags,
+            Format::Smolagents,
+            Format::Crewai,
         ] {
             let (n2, _, _) = read_summary(f, fmt);
             if jsonl_lines.iter().any(|(p, _)| p == f) {

@@ -302,3 +302,26 @@ pub(super) fn tree_order(
         None => Ok(order),
     }
 }
+
+/// An optional string field of `o`: absent or null is `None`. `at` is the
+/// path of `o` in the record ("" at the top), used to name the field.
+pub(super) fn opt_str<'a>(
+    o: &'a Map<String, Value>,
+    at: &str,
+    field: &str,
+) -> Result<Option<&'a str>, Invalid> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong(&field_path(at, field), "a string", v)),
+    }
+}
+
+/// `at.field`, or `field` when `at` is empty (the record's top level).
+pub(super) fn field_path(at: &str, field: &str) -> String {
+    if at.is_empty() {
+        field.to_string()
+    } else {
+        format!("{at}.{field}")
+    }
+}

@@ -8,10 +8,12 @@
 //! | `openai-agents` | OpenAI Agents SDK: run items `{"generated_items"/"new_items":[{"type","agent":{"name"},"raw_item"}]}`, or a trace `{"trace","spans":[{"span_data"}]}` / `{"data":[trace, spans..]}` |
 //! | `langgraph` | LangGraph state `{"messages":[{"type":"ai","name","tool_calls"}..]}` (or a bare array), or LangSmith runs `{"run_type","child_runs"}` / `{"runs":[..]}` |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
+//! | `smolagents` | smolagents memory: `{"agent","task","steps":[step dict()...],"managed_agents":{NAME: RUN}}` or a bare list of steps |
+//! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
-//! file is one JSON document: a record, or an array of records (or, for
-//! `messages`, one conversation as a bare array of messages).
+//! file is one JSON document: a record, or an array of records (or one
+//! record as a bare array: of messages, smolagents steps, CrewAI events).
 //!
 //! Agent naming: `name` when present, else `role`. Steps become
 //! observations when the source says so (`observation` field, `role:
@@ -22,11 +24,13 @@
 
 mod ag2;
 mod coa;
+mod crewai;
 mod fields;
 mod langgraph;
 mod messages;
 mod native;
 mod openai_agents;
+mod smolagents;
 
 pub use coa::parse_coa_tags;
 
@@ -56,6 +60,10 @@ pub enum Format {
     OpenaiAgents,
     /// LangGraph state messages and LangSmith run trees.
     Langgraph,
+    /// smolagents agent memory (steps, managed agents nested).
+    Smolagents,
+    /// CrewAI task outputs and event-bus events.
+    Crewai,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -98,6 +106,18 @@ const IMPORTERS: &[Importer] = &[
         names: &["langgraph", "langsmith"],
         detects: langgraph::detects,
         read: langgraph::read,
+    },
+    Importer {
+        format: Format::Smolagents,
+        names: &["smolagents", "smol"],
+        detects: smolagents::detects,
+        read: smolagents::read,
+    },
+    Importer {
+        format: Format::Crewai,
+        names: &["crewai", "crew"],
+        detects: crewai::detects,
+        read: crewai::read,
     },
     Importer {
         format: Format::Messages,
@@ -626,19 +646,11 @@ pub fn parse_document(
                 return vec![messages::messages_from_list(items, None, &stem)
                     .and_then(|t| check(t, limits, Format::Messages))];
             }
-            // One trace as a bare array of trace/span exports, one
-            // conversation as a bare array of LangChain messages.
-            if matches!(format, Format::Auto | Format::OpenaiAgents)
-                && openai_agents::is_export_list(items)
+            if let Some((fm, _, read)) = BARE_ARRAYS
+                .iter()
+                .find(|(fm, is, _)| (format == Format::Auto || format == *fm) && is(items))
             {
-                return vec![openai_agents::read_export_list(items, &stem)
-                    .and_then(|t| check(t, limits, Format::OpenaiAgents))];
-            }
-            if matches!(format, Format::Auto | Format::Langgraph)
-                && langgraph::is_message_list(items)
-            {
-                return vec![langgraph::read_message_list(items, &stem)
-                    .and_then(|t| check(t, limits, Format::Langgraph))];
+                return vec![read(items, &stem).and_then(|t| check(t, limits, *fm))];
             }
             if items.is_empty() {
                 return vec![Err(Invalid::new(
@@ -664,6 +676,33 @@ pub fn parse_document(
     }
 }
 
+/// Formats whose record may also be a whole document that is a bare array
+/// (smolagents memory steps, CrewAI events, Agents SDK trace exports,
+/// LangChain messages): (format, looks like one, read).
+#[allow(clippy::type_complexity)]
+const BARE_ARRAYS: &[(
+    Format,
+    fn(&[Value]) -> bool,
+    fn(&[Value], &str) -> Result<Trajectory, Invalid>,
+)] = &[
+    (
+        Format::Smolagents,
+        smolagents::is_step_list,
+        smolagents::read_steps,
+    ),
+    (Format::Crewai, crewai::is_event_list, crewai::read_events),
+    (
+        Format::OpenaiAgents,
+        openai_agents::is_export_list,
+        openai_agents::read_export_list,
+    ),
+    (
+        Format::Langgraph,
+        langgraph::is_message_list,
+        langgraph::read_message_list,
+    ),
+];
+
 fn file_stem(p: &Path) -> String {
     p.file_stem()
         .and_then(|s| s.to_str())
@@ -688,7 +727,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `generated_items`/`new_items`/`spans` (openai-agents), `run_type`/`runs` or LangChain `messages` (langgraph), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2), `generated_items`/`new_items`/`spans` (openai-agents), `run_type`/`runs` or LangChain `messages` (langgraph), smolagents memory `steps`, `tasks_output` or CrewAI `events` (crewai), `messages`, or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,
