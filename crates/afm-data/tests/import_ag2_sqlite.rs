@@ -405,6 +405,106 @@ fn group_chat_without_source_name_joins_agents_and_keeps_the_executor_as_observa
     );
 }
 
+/// Two agents with tools in one group chat: what another agent's request
+/// repeats (a tool call, its result, a reply) is not added again; what no
+/// call produced (a human's message) is an observation under its `name`;
+/// the older `function_call` / `role: "function"` pair works the same way.
+/// A message a context transform rewrote does not match and comes in again,
+/// as an observation.
+#[test]
+fn held_messages_are_not_repeated_and_the_rest_are_observations() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::new(dir.path(), "tools.db", true);
+    let s = "s";
+    let task = json!({"content": "Find the capital of France.", "role": "user", "name": "Human"});
+    let call = json!([{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"France\"}"}}]);
+    let call_text = "<tool_call>lookup({\"q\":\"France\"})</tool_call>";
+    let a_call =
+        json!({"content": null, "role": "assistant", "name": "Researcher", "tool_calls": call});
+    let result = json!({"tool_call_id": "c1", "role": "tool", "content": "Paris"});
+    log.call(
+        "1",
+        1,
+        s,
+        Some("Researcher"),
+        json!([task]),
+        completion(None, call.clone()),
+        &ts(1),
+    );
+    log.call(
+        "2",
+        2,
+        s,
+        Some("Writer"),
+        json!([
+            {"content": "You write.", "role": "system"},
+            task,
+            a_call,
+            result,
+            {"content": "Please hurry.", "role": "user", "name": "Human"},
+        ]),
+        completion(Some("The capital is Paris."), Value::Null),
+        &ts(2),
+    );
+    // The older single function call, answered by a `function` message.
+    let f = serde_json::to_string_pretty(&json!({"choices": [{"index": 0, "message": {
+        "content": "Checking.", "role": "assistant",
+        "function_call": {"name": "verify", "arguments": "{}"}, "tool_calls": null}}]}))
+    .unwrap();
+    log.call(
+        "3",
+        1,
+        s,
+        Some("Researcher"),
+        json!([
+            task,
+            a_call,
+            result,
+            {"content": "Please hurry.", "role": "user", "name": "Human"},
+            {"content": "The capital is Paris.", "role": "user", "name": "Writer"},
+        ]),
+        f,
+        &ts(3),
+    );
+    log.call(
+        "4",
+        2,
+        s,
+        Some("Writer"),
+        json!([
+            task,
+            // Shortened by a transform: no longer the text held.
+            {"content": "The capital is ...", "role": "assistant"},
+            {"content": "Checking.", "role": "user", "name": "Researcher", "function_call": {"name": "verify", "arguments": "{}"}},
+            {"content": "true", "role": "function", "name": "verify"},
+        ]),
+        completion(Some(""), Value::Null),
+        &ts(4),
+    );
+    let recs = read(&log.path);
+    assert_accounted(&log.path, &recs);
+    let t = &kept(&recs)[0];
+    assert_eq!(t.task, "Find the capital of France.");
+    assert_eq!(
+        steps(t),
+        vec![
+            ("Researcher", StepKind::Agent, call_text),
+            ("lookup", StepKind::Observation, "Paris"),
+            ("Human", StepKind::Observation, "Please hurry."),
+            ("Writer", StepKind::Agent, "The capital is Paris."),
+            (
+                "Researcher",
+                StepKind::Agent,
+                "Checking.\n<tool_call>verify({})</tool_call>"
+            ),
+            ("Writer", StepKind::Observation, "The capital is ..."),
+            ("verify", StepKind::Observation, "true"),
+            ("Writer", StepKind::Agent, ""),
+        ]
+    );
+    assert_eq!(meta(t)["system"], json!({"Writer": "You write."}));
+}
+
 /// One `create` logs a row per attempt under one `invocation_id`; only the
 /// last was returned. A call whose last row is an error raised.
 #[test]
@@ -649,7 +749,7 @@ fn bad_rows_are_rejected_alone_with_the_row_and_field_named() {
         ok_req.clone(),
         ok_resp.clone(),
         RejectReason::BadAgentName,
-        "no agent: `source_name` and `wrapper_id` are NULL and NULL",
+        "no agent: `source_name` is NULL and `wrapper_id` is NULL",
     );
     add(
         "r8",
@@ -1068,7 +1168,7 @@ fn detection_by_name_and_header_leaves_json_formats_alone() {
     .unwrap();
     std::fs::write(sub.join("readme.txt"), "not an input").unwrap();
 
-    let files = expand_inputs(&[sub.clone()]).unwrap();
+    let files = expand_inputs(std::slice::from_ref(&sub)).unwrap();
     let names: Vec<String> = files
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())

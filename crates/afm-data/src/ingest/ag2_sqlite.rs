@@ -406,6 +406,9 @@ impl Log {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql_error)?;
+        // A log still being written may hold its lock for a moment.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql_error)?;
         let columns = table_columns(&conn, "chat_completions")?;
         if columns.is_empty() {
             let mut tables = Vec::new();
@@ -559,17 +562,20 @@ impl Log {
             return Ok(n);
         }
         let bad = |msg: String| Invalid::new(RejectReason::BadAgentName, msg);
+        let source = if self.columns.contains("source_name") {
+            format!("`source_name` is {}", row.source_name.kind())
+        } else {
+            "the log has no `source_name` column".to_string()
+        };
         let Some(w) = row.wrapper_id.key() else {
             return Err(bad(format!(
-                "no agent: `source_name` and `wrapper_id` are {} and {}",
-                row.source_name.kind(),
+                "no agent: {source} and `wrapper_id` is {}",
                 row.wrapper_id.kind()
             )));
         };
         if let Some(why) = &self.no_agents {
             return Err(bad(format!(
-                "no agent: `source_name` is {} and {why} to join `wrapper_id` {w} to",
-                row.source_name.kind()
+                "no agent: {source} and {why} to join `wrapper_id` {w} to"
             )));
         }
         match self.agents.get(&(session.to_string(), w.clone())) {
@@ -579,8 +585,7 @@ impl Log {
                 names.join(", ")
             ))),
             None => Err(bad(format!(
-                "no agent: `source_name` is {} and `wrapper_id` {w} is not in table `agents` for this session",
-                row.source_name.kind()
+                "no agent: {source} and `wrapper_id` {w} is not in table `agents` for this session"
             ))),
         }
     }
