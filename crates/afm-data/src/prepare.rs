@@ -47,7 +47,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrepareConfig {
-    /// Files or directories (all `.json`/`.jsonl`/`.ndjson` inside, sorted).
+    /// Files or directories (all `.json`/`.jsonl`/`.ndjson` and
+    /// `.db`/`.sqlite`/`.sqlite3` inside, sorted).
     pub inputs: Vec<PathBuf>,
     pub format: Format,
     /// Agent renames and observation agents.
@@ -516,7 +517,7 @@ impl<'a> Prepare<'a> {
         let files = ingest::expand_inputs(&cfg.inputs)?;
         if files.is_empty() {
             bail!(
-                "no input files (.json, .jsonl, .ndjson) in {:?}",
+                "no input files (.json, .jsonl, .ndjson, .db, .sqlite, .sqlite3) in {:?}",
                 cfg.inputs
             );
         }

@@ -325,3 +325,44 @@ pub(super) fn field_path(at: &str, field: &str) -> String {
         format!("{at}.{field}")
     }
 }
+
+/// The tool calls of an OpenAI-style chat message, each appended to `text`
+/// with [`push_tool_call`]: `tool_calls[].function{name, arguments}`, then
+/// the older single `function_call{name, arguments}`. `at` names the
+/// message in errors (`request.messages[3]`).
+pub(super) fn push_tool_calls(
+    text: &mut String,
+    m: &Map<String, Value>,
+    at: &str,
+) -> Result<(), Invalid> {
+    match m.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(calls)) => {
+            for (k, c) in calls.iter().enumerate() {
+                let f = c.get("function").unwrap_or(c);
+                let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    Invalid::new(
+                        RejectReason::WrongType,
+                        format!("field `{at}.tool_calls[{k}]`: no string `function.name`"),
+                    )
+                })?;
+                push_tool_call(text, name, &args_text(f.get("arguments")));
+            }
+        }
+        Some(v) => return Err(wrong(&format!("{at}.tool_calls"), "an array", v)),
+    }
+    match m.get("function_call") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(f)) => {
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                Invalid::new(
+                    RejectReason::WrongType,
+                    format!("field `{at}.function_call`: no string `name`"),
+                )
+            })?;
+            push_tool_call(text, name, &args_text(f.get("arguments")));
+        }
+        Some(v) => return Err(wrong(&format!("{at}.function_call"), "an object", v)),
+    }
+    Ok(())
+}

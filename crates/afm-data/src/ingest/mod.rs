@@ -10,10 +10,14 @@
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //! | `smolagents` | smolagents memory: `{"agent","task","steps":[step dict()...],"managed_agents":{NAME: RUN}}` or a bare list of steps |
 //! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
+//! | `ag2-sqlite` | AG2's SQLite runtime log: `chat_completions` (request, response) joined to `agents`; one record per `session_id` (`ingest/ag2_sqlite.rs`) |
 //!
-//! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
-//! file is one JSON document: a record, or an array of records (or one
-//! record as a bare array: of messages, smolagents steps, CrewAI events).
+//! Files ending in `.jsonl`/`.ndjson` hold one record per line; a
+//! `.db`/`.sqlite`/`.sqlite3` file (or, when detecting, any file that
+//! starts with the SQLite header) is an AG2 runtime log; any other file is
+//! one JSON document: a record, or an array of records (or one record as a
+//! bare array: of messages, smolagents steps, CrewAI events, Agents SDK
+//! trace exports, LangChain messages).
 //!
 //! Agent naming: `name` when present, else `role`. Steps become
 //! observations when the source says so (`observation` field, `role:
@@ -23,6 +27,7 @@
 //! [`Invalid`] with a [`RejectReason`] and a message naming the field.
 
 mod ag2;
+mod ag2_sqlite;
 mod coa;
 mod crewai;
 mod fields;
@@ -64,6 +69,8 @@ pub enum Format {
     Smolagents,
     /// CrewAI task outputs and event-bus events.
     Crewai,
+    /// AG2's SQLite runtime log (a database file, not JSON).
+    Ag2Sqlite,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -130,6 +137,13 @@ const IMPORTERS: &[Importer] = &[
         names: &["coa-tags", "coa"],
         detects: coa::detects,
         read: coa::read,
+    },
+    // Reads database files (see `for_each_batch`); never detected from JSON.
+    Importer {
+        format: Format::Ag2Sqlite,
+        names: &["ag2-sqlite", "autogen-sqlite"],
+        detects: ag2_sqlite::detects,
+        read: ag2_sqlite::read,
     },
 ];
 
@@ -279,7 +293,7 @@ pub fn is_jsonl(path: &Path) -> bool {
 }
 
 /// Expand inputs: a directory yields its `.json`/`.jsonl`/`.ndjson` files
-/// (recursively), sorted; a file is kept as is. The result is sorted and
+/// and `.db`/`.sqlite`/`.sqlite3` databases (recursively), sorted; a file is kept as is. The result is sorted and
 /// deduplicated so runs are deterministic.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
@@ -291,13 +305,15 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
             let p = e.map_err(err)?.path();
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if matches!(
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
-                Some("json") | Some("jsonl") | Some("ndjson")
-            ) {
+            } else if ag2_sqlite::has_sqlite_extension(&p)
+                || matches!(
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
+                    Some("json") | Some("jsonl") | Some("ndjson")
+                )
+            {
                 out.push(p);
             }
         }
@@ -385,6 +401,10 @@ pub fn for_each_batch(
         path: path.to_path_buf(),
         error: source,
     };
+    // An SQLite database goes to its own reader.
+    if ag2_sqlite::reads(path, format).map_err(err)? {
+        return ag2_sqlite::for_each_batch(path, limits, f);
+    }
     let file = std::fs::File::open(path).map_err(err)?;
     if !is_jsonl(path) {
         let mut bytes = Vec::new();
