@@ -23,7 +23,8 @@ pub struct PrepareArgs {
     pub layers: Layers,
     #[command(flatten)]
     pub flags: PrepareFlags,
-    /// Input files or directories (all .json/.jsonl/.ndjson inside, sorted).
+    /// Input files or directories (all .json/.jsonl/.ndjson and AG2 SQLite
+    /// .db/.sqlite/.sqlite3 files inside, sorted).
     #[arg(long, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// TOML file renaming agents and marking observation agents.
@@ -44,7 +45,9 @@ pub struct PrepareArgs {
 /// `Default`); only those given are laid over it (see `crate::settings`).
 #[derive(Args, Serialize)]
 pub struct PrepareFlags {
-    /// Input format: auto, native, ag2, messages, coa-tags.
+    /// Input format (default: detected per file): auto, native, ag2,
+    /// magentic-one, autogen-agentchat, openai-agents, langgraph, smolagents,
+    /// crewai, ag2-sqlite, messages, sharegpt, coa-tags. See afm-data's README.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
@@ -225,6 +228,20 @@ mod tests {
     struct Cli {
         #[command(subcommand)]
         cmd: Cmd,
+    }
+
+    /// The `--format` help names every format afm-data reads.
+    #[test]
+    fn format_help_lists_every_format() {
+        use clap::CommandFactory;
+        let help = Cli::command()
+            .find_subcommand_mut("prepare")
+            .expect("prepare")
+            .render_long_help()
+            .to_string();
+        for name in afm_data::Format::names() {
+            assert!(help.contains(name), "`--format` help does not name {name}");
+        }
     }
 
     fn parse(extra: &[&str]) -> Result<PrepareArgs, String> {

@@ -152,6 +152,11 @@ fn importer(format: Format) -> Option<&'static Importer> {
 }
 
 impl Format {
+    /// The canonical names of every format, in detection order.
+    pub fn names() -> Vec<&'static str> {
+        IMPORTERS.iter().map(|i| i.names[0]).collect()
+    }
+
     /// The canonical name (`--format NAME`).
     pub fn name(self) -> &'static str {
         importer(self).map_or("auto", |i| i.names[0])
