@@ -5,6 +5,8 @@
 //! | `native`   | `{"id","task","trajectory":[{"agent","output"}or{"agent","observation"}],"score","success","answer","meta"}` |
 //! | `ag2`      | AG2/AutoGen log: `{"question","is_correct","history":[{"content","role","name"}]}`   |
 //! | `messages` | OpenAI chat: `{"messages":[{"role","content","name","tool_calls"}]}` or a bare array of messages |
+//! | `magentic-one` | Magentic-One: `{"question","history":[{"role":"Orchestrator (-> WebSurfer)","content"}]}` (speaker before the parenthetical) |
+//! | `autogen-agentchat` | AutoGen 0.4 AgentChat `TaskResult` `{"messages":[{"source","type",...}],"stop_reason"}` or a saved `TeamState` |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
@@ -19,8 +21,10 @@
 //! [`Invalid`] with a [`RejectReason`] and a message naming the field.
 
 mod ag2;
+mod autogen;
 mod coa;
 mod fields;
+mod magentic;
 mod messages;
 mod native;
 
@@ -48,6 +52,10 @@ pub enum Format {
     Messages,
     /// Chain-of-Agents tag format.
     CoaTags,
+    /// Magentic-One logs (`role: "Orchestrator (-> WebSurfer)"`).
+    MagenticOne,
+    /// AutoGen 0.4 AgentChat `TaskResult` / team state.
+    AutogenAgentchat,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -71,6 +79,19 @@ const IMPORTERS: &[Importer] = &[
         names: &["native"],
         detects: native::detects,
         read: native::read,
+    },
+    // Before `ag2` and `messages`: these records also have `history`/`messages`.
+    Importer {
+        format: Format::MagenticOne,
+        names: &["magentic-one", "magentic"],
+        detects: magentic::detects,
+        read: magentic::read,
+    },
+    Importer {
+        format: Format::AutogenAgentchat,
+        names: &["autogen-agentchat", "autogen04"],
+        detects: autogen::detects,
+        read: autogen::read,
     },
     Importer {
         format: Format::Ag2,
@@ -653,7 +674,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2; magentic-one when a role is `Name (...)` or `human`), `messages` (autogen-agentchat when messages have `source` and `type`), `agent_states` (an AgentChat team state), or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,
