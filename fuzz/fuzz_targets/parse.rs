@@ -47,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
         Format::Ag2,
         Format::Messages,
         Format::CoaTags,
+        Format::MagenticOne,
+        Format::AutogenAgentchat,
     ] {
         for r in parse_document(data, fmt, &limits, p).into_iter().flatten() {
             check(r);
