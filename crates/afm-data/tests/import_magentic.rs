@@ -204,6 +204,8 @@ fn hostile_lines_are_read_or_rejected_by_field() {
         Err(("wrong_type", "field `history[1].type`: expected a string, got a number")),
         Err(("broken_json", "broken JSON")),
         Err(("wrong_type", "record: expected a JSON object, got an array")),
+        Ok(()),
+        Err(("wrong_type", "field `history[1].tool_calls`: expected an array, got an object")),
     ];
     let recs = read_file(
         &fixture("hostile.jsonl"),
@@ -230,7 +232,7 @@ fn hostile_lines_are_read_or_rejected_by_field() {
         }
     }
     assert_eq!(kept + rejected, recs.len());
-    assert_eq!((kept, rejected), (5, 20));
+    assert_eq!((kept, rejected), (6, 21));
 
     // What the kept lines hold.
     let ok: Vec<&Trajectory> = recs.iter().filter_map(|r| r.result.as_ref().ok()).collect();
@@ -259,6 +261,19 @@ fn hostile_lines_are_read_or_rejected_by_field() {
     assert_eq!(steps(ok[3]), vec![("Coder", StepKind::Agent)]);
     assert_eq!(ok[3].meta, Some(json!({"dropped": {"empty": 1}})));
     assert_eq!(ok[4].task, "multi part");
+    // OpenAI-style tool calls on a message are the speaker's, in the one text form.
+    assert_eq!(
+        steps(ok[5]),
+        vec![
+            ("Coder", StepKind::Agent),
+            ("python", StepKind::Observation),
+            ("Orchestrator", StepKind::Agent)
+        ]
+    );
+    assert_eq!(
+        ok[5].steps[0].text,
+        r#"<tool_call>python({"code":"1"})</tool_call>"#
+    );
 }
 
 #[test]

@@ -268,3 +268,30 @@ impl Usage {
         })
     }
 }
+
+/// Appends OpenAI-style `tool_calls` (`[{"function": {"name", "arguments"}}]`,
+/// or `{"name", "arguments"}` directly) to an agent's text with
+/// [`push_tool_call`]; `at` names the message in errors. Absent or null: nothing.
+pub(super) fn push_openai_tool_calls(
+    text: &mut String,
+    calls: Option<&Value>,
+    at: &str,
+) -> Result<(), Invalid> {
+    match calls {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(calls)) => {
+            for (k, c) in calls.iter().enumerate() {
+                let f = c.get("function").unwrap_or(c);
+                let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    Invalid::new(
+                        RejectReason::WrongType,
+                        format!("field `{at}.tool_calls[{k}]`: no string `function.name`"),
+                    )
+                })?;
+                push_tool_call(text, name, &args_text(f.get("arguments")));
+            }
+            Ok(())
+        }
+        Some(v) => Err(wrong(&format!("{at}.tool_calls"), "an array", v)),
+    }
+}

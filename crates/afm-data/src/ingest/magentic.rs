@@ -26,7 +26,8 @@
 //!   one the task is `question`/`task`; a `question` that differs from the
 //!   task taken from the log is kept as `meta.question`;
 //! - `ComputerTerminal` (the code executor) and `tool`/`function` roles are
-//!   observations; `system` messages are dropped;
+//!   observations; `system` messages are dropped; OpenAI-style `tool_calls`
+//!   on a message are appended to its text as `<tool_call>NAME(ARGS)</tool_call>`;
 //! - `WebSurferEvent` with an `action`: a WebSurfer step holding the tool call
 //!   (`<tool_call>ACTION(ARGS)</tool_call>`); without one (screenshots,
 //!   resets, new tabs) it is dropped and counted in `meta.dropped`;
@@ -37,8 +38,8 @@
 //!   `(final answer)` turn, is the answer.
 
 use super::fields::{
-    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, push_tool_call, required_task,
-    with_handoffs, with_meta, wrong, Handoff, Usage,
+    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, push_openai_tool_calls,
+    push_tool_call, required_task, with_handoffs, with_meta, wrong, Handoff, Usage,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -239,6 +240,9 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
             }
         };
         let mut text = content_text(Some(value), &format!("{at}.{field}"))?;
+        // OpenAI-style tool calls on a message (a Magentic-One role inside
+        // an OpenAI message list): the speaker's calls, in the one text form.
+        push_openai_tool_calls(&mut text, mo.get("tool_calls"), &at)?;
         if kind == Some("WebSurferEvent") {
             // A browser action is the WebSurfer's tool call; other WebSurfer
             // events (screenshots, resets, new tabs) are debugging notes.
