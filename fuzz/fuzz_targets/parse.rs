@@ -49,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         Format::CoaTags,
         Format::Smolagents,
         Format::Crewai,
+        Format::MagenticOne,
+        Format::AutogenAgentchat,
     ] {
         for r in parse_document(data, fmt, &limits, p).into_iter().flatten() {
             check(r);

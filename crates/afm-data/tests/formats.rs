@@ -136,13 +136,26 @@ fn openai_messages() {
     );
     let t = &ok(&p, Format::Auto)[0];
     assert_eq!(t.task, "2+2?");
+    // A Magentic-One speaker among the roles: read by `magentic-one` (issue
+    // 13): agent `Orchestrator`, the hand-off kept as metadata.
     assert_eq!(
         kinds(t),
         vec![
             ("Coder".into(), StepKind::Agent),
             ("python".into(), StepKind::Observation),
-            ("Orchestrator (-> WebSurfer)".into(), StepKind::Agent),
+            ("Orchestrator".into(), StepKind::Agent),
         ]
+    );
+    assert_eq!(
+        t.meta,
+        Some(
+            serde_json::json!({"handoffs": [{"step": 2, "from": "Orchestrator", "to": "WebSurfer"}]})
+        )
+    );
+    // Forced to `messages`, the role stays the name (the generic reading).
+    assert_eq!(
+        ok(&p, Format::Messages)[0].steps[2].agent,
+        "Orchestrator (-> WebSurfer)"
     );
     assert!(t.steps[0]
         .text

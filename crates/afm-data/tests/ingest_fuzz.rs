@@ -2,7 +2,7 @@
 //! (the coverage-guided `fuzz/` target is separate and runs by hand).
 //!
 //! Valid fixture records of each auto-detected format (native, AG2, OpenAI
-//! messages, Chain-of-Agents tags; JSONL lines and whole JSON documents:
+//! messages, Chain-of-Agents tags, Magentic-One, AutoGen AgentChat; JSONL lines and whole JSON documents:
 //! one record, an array of records, a bare array of messages) are mutated
 //! with a seeded PRNG: fields dropped, duplicated, retyped, renamed, set to
 //! null or empty; huge numbers; deep nesting; hostile Unicode and special-
@@ -89,14 +89,55 @@ fn coa(i: usize) -> Value {
     })
 }
 
+fn magentic(i: usize) -> Value {
+    json!({
+        "question": format!("Find the opening hours of shop {i}."),
+        "is_corrected": false,
+        "question_ID": format!("mo-{i}"),
+        "ground_truth": "9-17",
+        "history": [
+            {"role": "human", "content": format!("Find the opening hours of shop {i}.")},
+            {"role": "Orchestrator (thought)", "content": "Initial plan: ask WebSurfer."},
+            {"role": "Orchestrator (-> WebSurfer)", "content": format!("Open the page of shop {i}.")},
+            {"role": "WebSurfer", "content": "The page says 9-17."},
+            {"source": "WebSurfer", "message": "visit_url", "type": "WebSurferEvent", "action": "visit_url", "arguments": {"url": format!("https://shop{i}.example")}},
+            {"type": "LLMCallEvent", "prompt_tokens": 100, "completion_tokens": 10},
+            {"role": "Orchestrator (-> ComputerTerminal)", "content": "Run it."},
+            {"role": "ComputerTerminal", "content": "exitcode: 0"},
+            {"role": "Orchestrator (termination condition)", "content": "No agent selected."},
+        ],
+    })
+}
+
+fn agentchat(i: usize) -> Value {
+    json!({
+        "messages": [
+            {"source": "user", "models_usage": null, "content": format!("What is {i} * 2?"), "type": "TextMessage"},
+            {"source": "solver", "content": "Use the tool.", "type": "ThoughtEvent"},
+            {"source": "solver", "models_usage": {"prompt_tokens": 50, "completion_tokens": 9}, "content": [
+                {"id": "c1", "arguments": format!("{{\"x\": {i}}}"), "name": "double"}
+            ], "type": "ToolCallRequestEvent"},
+            {"source": "solver", "content": [
+                {"content": format!("{}", i * 2), "name": "double", "call_id": "c1", "is_error": false}
+            ], "type": "ToolCallExecutionEvent"},
+            {"source": "solver", "content": format!("{}", i * 2), "type": "ToolCallSummaryMessage", "tool_calls": [], "results": [{"content": format!("{}", i * 2), "name": "double", "call_id": "c1", "is_error": false}]},
+            {"source": "solver", "content": "Over to checker.", "target": "checker", "type": "HandoffMessage"},
+            {"source": "checker", "content": ["Checked.", {"data": "iVBORw0KGgo="}], "type": "MultiModalMessage"},
+        ],
+        "stop_reason": "done",
+    })
+}
+
 /// A valid record of one format, numbered.
 type Fixture = fn(usize) -> Value;
 
-const FIXTURES: [(&str, Fixture); 4] = [
+const FIXTURES: [(&str, Fixture); 6] = [
     ("native", native),
     ("ag2", ag2),
     ("messages", messages),
     ("coa", coa),
+    ("magentic", magentic),
+    ("agentchat", agentchat),
 ];
 
 /// Values that replace a node: every JSON type, edge numbers, hostile text.
@@ -521,6 +562,8 @@ fn hostile_records_never_panic_and_are_all_accounted_for() {
             Format::CoaTags,
             Format::Smolagents,
             Format::Crewai,
+            Format::MagenticOne,
+            Format::AutogenAgentchat,
         ] {
             let (n2, _, _) = read_summary(f, fmt);
             if jsonl_lines.iter().any(|(p, _)| p == f) {

@@ -186,7 +186,6 @@ pub(super) fn args_text(v: Option<&Value>) -> String {
 /// A hand-off from one agent to another, kept as metadata: the trajectory's
 /// `meta.handoffs` holds `{"step", "from", "to"}` for each, `step` being
 /// the index of the step that handed off.
-#[allow(dead_code)] // until the first importer with hand-offs lands
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Handoff {
     pub step: usize,
@@ -196,7 +195,6 @@ pub(super) struct Handoff {
 
 /// `meta` with `handoffs` added (an object `meta` keeps its other keys; a
 /// non-object `meta` is kept under `source_meta`). No hand-offs: `meta` as is.
-#[allow(dead_code)] // until the first importer with hand-offs lands
 pub(super) fn with_handoffs(meta: Option<Value>, handoffs: &[Handoff]) -> Option<Value> {
     if handoffs.is_empty() {
         return meta;
@@ -365,4 +363,59 @@ pub(super) fn push_tool_calls(
         Some(v) => return Err(wrong(&format!("{at}.function_call"), "an object", v)),
     }
     Ok(())
+}
+
+/// `meta` with the keys of `extra` added (an object `meta` keeps its other
+/// keys; a non-object `meta` is kept under `source_meta`, as in
+/// [`with_handoffs`]). Nothing to add: `meta` as is.
+pub(super) fn with_meta(meta: Option<Value>, extra: Map<String, Value>) -> Option<Value> {
+    if extra.is_empty() {
+        return meta;
+    }
+    let mut m = match meta {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => Map::from_iter([("source_meta".to_string(), other)]),
+    };
+    m.extend(extra);
+    Some(Value::Object(m))
+}
+
+/// Token counts summed over a log's model calls (`prompt_tokens`,
+/// `completion_tokens`), kept in `meta` when any call reported them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// Adds `{"prompt_tokens", "completion_tokens"}` found in `o` (`at` names
+    /// the object in errors): each a non-negative integer, or absent/null.
+    pub fn add(&mut self, o: &Map<String, Value>, at: &str) -> Result<(), Invalid> {
+        let get = |k: &str| -> Result<u64, Invalid> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(0),
+                Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64().unwrap_or(0)),
+                Some(v) => Err(wrong(&format!("{at}.{k}"), "a non-negative integer", v)),
+            }
+        };
+        let (p, c) = (get("prompt_tokens")?, get("completion_tokens")?);
+        self.calls += 1;
+        self.prompt_tokens = self.prompt_tokens.saturating_add(p);
+        self.completion_tokens = self.completion_tokens.saturating_add(c);
+        Ok(())
+    }
+
+    /// `{"calls", "prompt_tokens", "completion_tokens"}`, or None when no call was counted.
+    pub fn to_value(self) -> Option<Value> {
+        (self.calls > 0).then(|| {
+            serde_json::json!({
+                "calls": self.calls,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            })
+        })
+    }
 }

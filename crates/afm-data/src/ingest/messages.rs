@@ -1,7 +1,7 @@
 //! `messages`: OpenAI chat messages (`{"messages":[{"role","content","name","tool_calls"}]}` or a bare array).
 
 use super::fields::{
-    answer_of, args_text, content_text, id_of, name_or_role, opt_bool, opt_f64, push_tool_call,
+    answer_of, content_text, id_of, name_or_role, opt_bool, opt_f64, push_tool_calls,
     required_task, wrong,
 };
 use super::{Invalid, RejectReason};
@@ -41,22 +41,7 @@ pub(super) fn messages_from_list(
             task = Some(text);
             continue;
         }
-        match mo.get("tool_calls") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(calls)) => {
-                for (k, c) in calls.iter().enumerate() {
-                    let f = c.get("function").unwrap_or(c);
-                    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-                        Invalid::new(
-                            RejectReason::WrongType,
-                            format!("field `{at}.tool_calls[{k}]`: no string `function.name`"),
-                        )
-                    })?;
-                    push_tool_call(&mut text, name, &args_text(f.get("arguments")));
-                }
-            }
-            Some(v) => return Err(wrong(&format!("{at}.tool_calls"), "an array", v)),
-        }
+        push_tool_calls(&mut text, mo, &at)?;
         let kind = if role == "tool" || role == "function" {
             StepKind::Observation
         } else {

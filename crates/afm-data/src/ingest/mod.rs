@@ -7,6 +7,8 @@
 //! | `messages` | OpenAI chat: `{"messages":[{"role","content","name","tool_calls"}]}` or a bare array of messages |
 //! | `openai-agents` | OpenAI Agents SDK: run items `{"generated_items"/"new_items":[{"type","agent":{"name"},"raw_item"}]}`, or a trace `{"trace","spans":[{"span_data"}]}` / `{"data":[trace, spans..]}` |
 //! | `langgraph` | LangGraph state `{"messages":[{"type":"ai","name","tool_calls"}..]}` (or a bare array), or LangSmith runs `{"run_type","child_runs"}` / `{"runs":[..]}` |
+//! | `magentic-one` | Magentic-One: `{"question","history":[{"role":"Orchestrator (-> WebSurfer)","content"}]}` (speaker before the parenthetical) |
+//! | `autogen-agentchat` | AutoGen 0.4 AgentChat `TaskResult` `{"messages":[{"source","type",...}],"stop_reason"}` or a saved `TeamState` |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //! | `smolagents` | smolagents memory: `{"agent","task","steps":[step dict()...],"managed_agents":{NAME: RUN}}` or a bare list of steps |
 //! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
@@ -28,10 +30,12 @@
 
 mod ag2;
 mod ag2_sqlite;
+mod autogen;
 mod coa;
 mod crewai;
 mod fields;
 mod langgraph;
+mod magentic;
 mod messages;
 mod native;
 mod openai_agents;
@@ -71,6 +75,10 @@ pub enum Format {
     Crewai,
     /// AG2's SQLite runtime log (a database file, not JSON).
     Ag2Sqlite,
+    /// Magentic-One logs (`role: "Orchestrator (-> WebSurfer)"`).
+    MagenticOne,
+    /// AutoGen 0.4 AgentChat `TaskResult` / team state.
+    AutogenAgentchat,
 }
 
 /// One importer: the format it reads, its names on the command line, how
@@ -94,6 +102,19 @@ const IMPORTERS: &[Importer] = &[
         names: &["native"],
         detects: native::detects,
         read: native::read,
+    },
+    // Before `ag2` and `messages`: these records also have `history`/`messages`.
+    Importer {
+        format: Format::MagenticOne,
+        names: &["magentic-one", "magentic"],
+        detects: magentic::detects,
+        read: magentic::read,
+    },
+    Importer {
+        format: Format::AutogenAgentchat,
+        names: &["autogen-agentchat", "autogen04"],
+        detects: autogen::detects,
+        read: autogen::read,
     },
     Importer {
         format: Format::Ag2,
@@ -752,7 +773,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `generated_items`/`new_items`/`spans` (openai-agents), `run_type`/`runs` or LangChain `messages` (langgraph), smolagents memory `steps`, `tasks_output` or CrewAI `events` (crewai), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2; magentic-one when a role is `Name (...)` or `human`), `messages` (autogen-agentchat when messages have `source` and `type`; langgraph when they have a LangChain `type`), `agent_states` (an AgentChat team state), `generated_items`/`new_items`/`spans` (openai-agents), `run_type`/`runs` (langsmith), smolagents memory `steps`, `tasks_output` or CrewAI `events` (crewai), `conversations` (sharegpt), or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,

@@ -49,3 +49,61 @@ pub fn write_native(path: &Path, n: usize, seed: u64) {
         writeln!(f, "{r}").unwrap();
     }
 }
+
+/// A record as afm's native JSON (`{"id","task","trajectory":[{"agent","output"|"observation"}],...}`),
+/// for round trips through `Format::Native`.
+pub fn native_json(t: &afm_format::Trajectory) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = t
+        .steps
+        .iter()
+        .map(|s| match s.kind {
+            afm_format::StepKind::Agent => serde_json::json!({"agent": s.agent, "output": s.text}),
+            afm_format::StepKind::Observation => {
+                serde_json::json!({"agent": s.agent, "observation": s.text})
+            }
+        })
+        .collect();
+    let mut v = serde_json::json!({"id": t.id, "task": t.task, "trajectory": steps});
+    let o = v.as_object_mut().unwrap();
+    if let Some(b) = t.success {
+        o.insert("success".into(), b.into());
+    }
+    if let Some(s) = t.score {
+        o.insert("score".into(), s.into());
+    }
+    if let Some(a) = &t.answer {
+        o.insert("answer".into(), a.clone().into());
+    }
+    if let Some(m) = &t.meta {
+        o.insert("meta".into(), m.clone());
+    }
+    v
+}
+
+/// Loss weight (default agent weights) summed over the content targets
+/// (markers excluded) of the task prompt and of each step: (task, per step).
+pub fn loss_by_step(t: &afm_format::Trajectory) -> (f32, Vec<f32>) {
+    use afm_format::layout::{encode_trajectory, is_marker, label, weights_of, AgentWeights};
+    let mut roles = afm_tokenizer::RoleVocab::new();
+    for s in &t.steps {
+        if s.kind == afm_format::StepKind::Agent {
+            roles.insert(&s.agent).unwrap();
+        }
+    }
+    let tok = afm_tokenizer::Tokenizer::new(roles);
+    let enc = encode_trajectory(&tok, t).unwrap();
+    let l = label(&enc.tokens);
+    let w = weights_of(&l.owners, &AgentWeights::default().table(&tok));
+    let mut task = 0.0;
+    let mut steps = vec![0.0; t.steps.len()];
+    for j in 1..enc.tokens.len() {
+        if is_marker(enc.tokens[j]) {
+            continue;
+        }
+        match enc.turn_starts.iter().rposition(|&s| s <= j) {
+            None => task += w[j - 1],
+            Some(k) => steps[k] += w[j - 1],
+        }
+    }
+    (task, steps)
+}
