@@ -5,6 +5,7 @@
 //! | `native`   | `{"id","task","trajectory":[{"agent","output"}or{"agent","observation"}],"score","success","answer","meta"}` |
 //! | `ag2`      | AG2/AutoGen log: `{"question","is_correct","history":[{"content","role","name"}]}`   |
 //! | `messages` | OpenAI chat: `{"messages":[{"role","content","name","tool_calls"}]}` or a bare array of messages |
+//! | `sharegpt` | LLaMA-Factory ShareGPT: `{"conversations":[{"from":"human"/"gpt"/"observation"/"function_call"/"system","value"}]}`; afm role markers (`<|agent:NAME|>`) in values split merged turns |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //!
 //! Files ending in `.jsonl`/`.ndjson` hold one record per line; any other
@@ -23,6 +24,7 @@ mod coa;
 mod fields;
 mod messages;
 mod native;
+pub(crate) mod sharegpt;
 
 pub use coa::parse_coa_tags;
 
@@ -46,6 +48,8 @@ pub enum Format {
     Ag2,
     /// OpenAI-style `messages`.
     Messages,
+    /// LLaMA-Factory ShareGPT (`conversations` with `from`/`value`).
+    Sharegpt,
     /// Chain-of-Agents tag format.
     CoaTags,
 }
@@ -77,6 +81,12 @@ const IMPORTERS: &[Importer] = &[
         names: &["ag2", "autogen"],
         detects: ag2::detects,
         read: ag2::read,
+    },
+    Importer {
+        format: Format::Sharegpt,
+        names: &["sharegpt", "llama-factory"],
+        detects: sharegpt::detects,
+        read: sharegpt::read,
     },
     Importer {
         format: Format::Messages,
@@ -653,7 +663,7 @@ pub fn convert(
         Format::Auto => detect(v).ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownRecordShape,
-                "record has none of `trajectory` (native), `history` (ag2), `messages`, or a tagged `response` (coa-tags)",
+                "record has none of `trajectory` (native), `history` (ag2), `conversations` (sharegpt), `messages`, or a tagged `response` (coa-tags)",
             )
         })?,
         f => f,
