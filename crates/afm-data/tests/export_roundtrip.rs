@@ -94,7 +94,8 @@ fn sharegpt_round_trip() {
 /// even count; every trained turn on the even side, nothing else there.
 fn check_llama_factory_shape(v: &Value, t: &Trajectory, w: &AgentWeights) {
     let conv = v["conversations"].as_array().unwrap();
-    assert!(conv.len() >= 2 && conv.len() % 2 == 0, "{v}");
+    assert!(conv.len() >= 2, "{v}");
+    assert_eq!(conv.len() % 2, 0, "an even count: {v}");
     for (i, m) in conv.iter().enumerate() {
         let from = m["from"].as_str().unwrap();
         if i % 2 == 0 {
@@ -296,7 +297,11 @@ fn coa_round_trip() {
         "<traducteur>こんにちは (konnichiwa) <think>simple</think></traducteur>\n\n<relecteur_2>  Correct.  </relecteur_2>\n\n<toolsmith>no tool needed</toolsmith>"
     );
     let back = read_back(&v, Format::CoaTags);
-    assert_eq!(back.steps[2].kind, StepKind::Observation, "ToolSmith -> toolsmith reads as a tool");
+    assert_eq!(
+        back.steps[2].kind,
+        StepKind::Observation,
+        "ToolSmith -> toolsmith reads as a tool"
+    );
     // A last observation is followed by a blank line (CoA's mask ends there).
     assert!(coa::record(&records()[2])["output"]
         .as_str()
@@ -307,7 +312,8 @@ fn coa_round_trip() {
     assert_eq!(coa::tag("Orchestrator (thought)"), "orchestrator__thought_");
     // The alpaca `instruction` is the task (with a non-empty `input` joined
     // by a newline, as LLaMA-Factory joins them).
-    let v = serde_json::json!({"instruction": "Sys.", "input": "Q?", "output": "<answer>A</answer>"});
+    let v =
+        serde_json::json!({"instruction": "Sys.", "input": "Q?", "output": "<answer>A</answer>"});
     assert_eq!(read_back(&v, Format::CoaTags).task, "Sys.\nQ?");
 }
 
@@ -356,7 +362,15 @@ fn same_dataset(a: &Path, b: &Path) {
         serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap()
     };
     let (ma, mb) = (m(a), m(b));
-    for k in ["roles", "kept", "tokens", "loss_tokens", "train", "val", "per_agent"] {
+    for k in [
+        "roles",
+        "kept",
+        "tokens",
+        "loss_tokens",
+        "train",
+        "val",
+        "per_agent",
+    ] {
         assert_eq!(ma[k], mb[k], "{k}");
     }
 }
@@ -418,12 +432,19 @@ fn prepare_on_an_export_gives_the_same_tokens_and_masks() {
             normalise(c, &AgentsMap::default()).unwrap()
         })
         .collect();
-    write_jsonl(&d.path().join("tagged.jsonl"), tagged.iter().map(native::line));
+    write_jsonl(
+        &d.path().join("tagged.jsonl"),
+        tagged.iter().map(native::line),
+    );
     write_jsonl(
         &d.path().join("coa.jsonl"),
         ts.iter().map(|t| coa::record(t).to_string()),
     );
-    prepare_one(&d.path().join("tagged.jsonl"), &d.path().join("p-tagged"), &w);
+    prepare_one(
+        &d.path().join("tagged.jsonl"),
+        &d.path().join("p-tagged"),
+        &w,
+    );
     prepare_one(&d.path().join("coa.jsonl"), &d.path().join("p-coa"), &w);
     same_dataset(&d.path().join("p-tagged"), &d.path().join("p-coa"));
 }
@@ -443,9 +464,14 @@ fn a_prepared_dataset_gives_its_records_back() {
         .collect();
     lines.push(lines[0].clone()); // a duplicate
     lines.push("{broken".into()); // a reject
-    lines.push(r#"{"task":"only a tool","trajectory":[{"agent":"python","observation":"1"}]}"#.into());
+    lines.push(
+        r#"{"task":"only a tool","trajectory":[{"agent":"python","observation":"1"}]}"#.into(),
+    );
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    for (k, w) in [AgentWeights::default(), only("Coder")].into_iter().enumerate() {
+    for (k, w) in [AgentWeights::default(), only("Coder")]
+        .into_iter()
+        .enumerate()
+    {
         let out = d.path().join(format!("p{k}"));
         let m = prepare_one(&input, &out, &w);
         assert!(prepared::is_prepared(&out));

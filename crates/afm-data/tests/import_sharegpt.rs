@@ -64,7 +64,11 @@ fn llama_factory_rows() {
                     Agent,
                     r#"<tool_call>search_recipes({"ingredients":["rice","eggs"]})</tool_call>"#
                 ),
-                step("tool", Observation, r#"{"recipes": [{"name": "Egg fried rice"}]}"#),
+                step(
+                    "tool",
+                    Observation,
+                    r#"{"recipes": [{"name": "Egg fried rice"}]}"#
+                ),
                 step("assistant", Agent, "Try egg fried rice."),
             ]
         );
@@ -96,7 +100,12 @@ fn role_markers() {
         ]
     );
     assert_eq!(
-        (&ts[0].id, ts[0].success, ts[0].score, ts[0].answer.as_deref()),
+        (
+            &ts[0].id,
+            ts[0].success,
+            ts[0].score,
+            ts[0].answer.as_deref()
+        ),
         (&"m1".to_string(), Some(true), Some(0.5), Some("5"))
     );
     // `user`/`assistant`/`tool`/`function` are accepted for the default
@@ -108,7 +117,11 @@ fn role_markers() {
         [
             step("assistant", Agent, "<|agent:|>hi <|agent:Bad\nName|>there"),
             step("tool", Observation, "no marker"),
-            step("Greeter", Agent, "<tool_call>wave({\"times\": 2})</tool_call>"),
+            step(
+                "Greeter",
+                Agent,
+                "<tool_call>wave({\"times\": 2})</tool_call>"
+            ),
         ]
     );
 }
@@ -137,7 +150,12 @@ fn hostile_rows_are_rejected_naming_the_field() {
                 Ok(t) => panic!("{}: accepted {t:?}", p.loc),
             };
             assert_eq!(e.reason.key(), key, "{}: {}", p.loc, e.message);
-            assert!(e.message.contains(msg.as_str()), "{}: {:?} lacks {msg:?}", p.loc, e.message);
+            assert!(
+                e.message.contains(msg.as_str()),
+                "{}: {:?} lacks {msg:?}",
+                p.loc,
+                e.message
+            );
         }
     }
 }
@@ -146,7 +164,8 @@ fn hostile_rows_are_rejected_naming_the_field() {
 fn huge_text_and_deep_nesting() {
     let limits = IngestLimits::default();
     let big = "x".repeat(limits.max_field_bytes + 1);
-    let v = json!({"conversations": [{"from": "human", "value": "t"}, {"from": "gpt", "value": big}]});
+    let v =
+        json!({"conversations": [{"from": "human", "value": "t"}, {"from": "gpt", "value": big}]});
     let e = convert(&v, Format::Auto, &limits, "d").unwrap_err();
     assert_eq!(e.reason.key(), "field_too_long", "{}", e.message);
     assert!(e.message.contains("(assistant) text"), "{}", e.message);
@@ -161,7 +180,10 @@ fn huge_text_and_deep_nesting() {
     std::fs::write(&p, deep + "\n").unwrap();
     let recs = read_file(&p, Format::Auto, &limits).unwrap();
     assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0].result.as_ref().unwrap_err().reason.key(), "broken_json");
+    assert_eq!(
+        recs[0].result.as_ref().unwrap_err().reason.key(),
+        "broken_json"
+    );
 }
 
 /// `conversations` with `from` is sharegpt; the other formats are detected
@@ -170,13 +192,22 @@ fn huge_text_and_deep_nesting() {
 #[test]
 fn detection() {
     let cases = [
-        (json!({"conversations": [{"from": "human", "value": "t"}]}), Some(Format::Sharegpt)),
+        (
+            json!({"conversations": [{"from": "human", "value": "t"}]}),
+            Some(Format::Sharegpt),
+        ),
         (json!({"conversations": []}), Some(Format::Sharegpt)),
-        (json!({"conversations": [{"role": "user", "content": "t"}]}), None),
+        (
+            json!({"conversations": [{"role": "user", "content": "t"}]}),
+            None,
+        ),
         (json!({"task": "t", "trajectory": []}), Some(Format::Native)),
         (json!({"question": "q", "history": []}), Some(Format::Ag2)),
         (json!({"messages": []}), Some(Format::Messages)),
-        (json!({"task": "t", "response": "<think>x</think>"}), Some(Format::CoaTags)),
+        (
+            json!({"task": "t", "response": "<think>x</think>"}),
+            Some(Format::CoaTags),
+        ),
     ];
     for (v, want) in cases {
         assert_eq!(detect(&v), want, "{v}");
@@ -184,10 +215,19 @@ fn detection() {
     // Alone (not in a file already detected as sharegpt), a row whose
     // `conversations` is not a list has no format; the message says what
     // auto-detection looks for.
-    let e = convert(&json!({"conversations": null}), Format::Auto, &IngestLimits::default(), "d")
-        .unwrap_err();
+    let e = convert(
+        &json!({"conversations": null}),
+        Format::Auto,
+        &IngestLimits::default(),
+        "d",
+    )
+    .unwrap_err();
     assert_eq!(e.reason.key(), "unknown_record_shape");
-    assert!(e.message.contains("`conversations` (sharegpt)"), "{}", e.message);
+    assert!(
+        e.message.contains("`conversations` (sharegpt)"),
+        "{}",
+        e.message
+    );
 }
 
 /// Reading a row, writing it as native JSON and reading that back gives

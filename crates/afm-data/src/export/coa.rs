@@ -71,7 +71,10 @@ pub fn response(t: &Trajectory) -> String {
         out.push_str(&name);
         out.push('>');
     }
-    if t.steps.last().is_some_and(|s| s.kind == StepKind::Observation) {
+    if t.steps
+        .last()
+        .is_some_and(|s| s.kind == StepKind::Observation)
+    {
         out.push_str("\n\n");
     }
     out

@@ -155,9 +155,7 @@ pub fn for_each_record(dir: &Path, mut f: impl FnMut(&Location, Outcome)) -> Res
                         return;
                     }
                     walk.total += 1;
-                    let result = p
-                        .result
-                        .and_then(|t| ingest::normalise(t, &cfg.agents_map));
+                    let result = p.result.and_then(|t| ingest::normalise(t, &cfg.agents_map));
                     let outcome = match result {
                         Err(inv) => {
                             *walk.rejected.entry(inv.reason.key().into()).or_default() += 1;
@@ -226,12 +224,14 @@ fn decide(t: &Trajectory, seen: &mut HashSet<u64>, ctx: &Ctx) -> Result<Option<S
     }
     let enc = encode_trajectory(ctx.tok, t)
         .map_err(|e| anyhow::anyhow!("record {:?}: {e} (in vocab.json)", t.id))?;
-    Ok(match window::fit(&enc, ctx.table, ctx.max_tokens, ctx.long) {
-        Ok(ws) if ws.iter().all(|w| w.doc.weights.iter().all(|&x| x == 0.0)) => {
-            Some("no_loss_tokens".into())
-        }
-        Ok(_) => None,
-        Err(TooLong::Dropped) => Some("too_long".into()),
-        Err(TooLong::PromptTooLong) => Some("prompt_too_long".into()),
-    })
+    Ok(
+        match window::fit(&enc, ctx.table, ctx.max_tokens, ctx.long) {
+            Ok(ws) if ws.iter().all(|w| w.doc.weights.iter().all(|&x| x == 0.0)) => {
+                Some("no_loss_tokens".into())
+            }
+            Ok(_) => None,
+            Err(TooLong::Dropped) => Some("too_long".into()),
+            Err(TooLong::PromptTooLong) => Some("prompt_too_long".into()),
+        },
+    )
 }

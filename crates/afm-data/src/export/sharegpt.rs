@@ -108,7 +108,9 @@ pub fn record(t: &Trajectory, weights: &AgentWeights) -> Option<Value> {
 /// A `function_call` value for `text` when it is only tool calls in afm's
 /// text form and the importer reads the value back as `text` exactly.
 fn function_call(text: &str) -> Option<String> {
-    let body = text.strip_prefix("<tool_call>")?.strip_suffix(")</tool_call>")?;
+    let body = text
+        .strip_prefix("<tool_call>")?
+        .strip_suffix(")</tool_call>")?;
     let mut calls = Vec::new();
     for piece in body.split(")</tool_call>\n<tool_call>") {
         let (name, args) = piece.split_once('(')?;

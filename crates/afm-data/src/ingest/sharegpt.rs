@@ -14,8 +14,7 @@
 //! agent's tool calls in afm's one text form.
 
 use super::fields::{
-    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, push_tool_call, type_name,
-    wrong,
+    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, push_tool_call, type_name, wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -113,13 +112,7 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
         let agent_key = match mo.get("agent") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(v) => {
-                return Err(wrong(
-                    &format!("{at}.agent"),
-                    "a non-empty string",
-                    v,
-                ))
-            }
+            Some(v) => return Err(wrong(&format!("{at}.agent"), "a non-empty string", v)),
         };
         if role == Role::FunctionCall {
             if task.is_none() {
@@ -146,7 +139,7 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
                 ));
             }
             task = Some(prefix.to_string());
-        } else if !(prefix.is_empty() && !marked.is_empty()) {
+        } else if !prefix.is_empty() || marked.is_empty() {
             // Unmarked text: a step of the message's own role.
             let (agent, kind) = match role {
                 Role::Gpt => (
