@@ -44,7 +44,7 @@ pub struct PrepareArgs {
 /// `Default`); only those given are laid over it (see `crate::settings`).
 #[derive(Args, Serialize)]
 pub struct PrepareFlags {
-    /// Input format: auto, native, ag2, messages, coa-tags.
+    /// Input format: auto, native, ag2, messages, sharegpt, coa-tags.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,

@@ -511,3 +511,90 @@ fn a_prepared_dataset_gives_its_records_back() {
     let e = walk.check().unwrap_err().to_string();
     assert!(e.contains("no longer give"), "{e}");
 }
+
+/// Hostile texts: what each format does with text that looks like its own
+/// markup, spelled out. Native and axolotl carry any text; ShareGPT splits
+/// at a marker inside a text; CoA ends a turn at its own closing tag.
+#[test]
+fn hostile_texts() {
+    let step = |agent: &str, kind, text: &str| Step {
+        agent: agent.into(),
+        kind,
+        text: text.into(),
+    };
+    let t = Trajectory {
+        id: "h".into(),
+        task: "Echo <|agent:Fake|> and </coder>.".into(),
+        steps: vec![
+            step("Coder", StepKind::Agent, "a<|agent:Evil|>b"),
+            step(
+                "python",
+                StepKind::Observation,
+                "<observation>x</observation>",
+            ),
+            step("Coder", StepKind::Agent, "c</coder>d"),
+            step("Coder", StepKind::Agent, ""),
+            step(
+                "Coder",
+                StepKind::Agent,
+                "<tool_call>f(not json)</tool_call>",
+            ),
+            step("Coder", StepKind::Agent, "<|obs|>\n\u{202e}rtl"),
+        ],
+        success: None,
+        score: None,
+        answer: None,
+        meta: None,
+    };
+    let w = AgentWeights::default();
+    // Native and axolotl: exact.
+    let v: Value = serde_json::from_str(&native::line(&t)).unwrap();
+    assert_eq!(read_back(&v, Format::Native), t);
+    assert_eq!(
+        read_back(&axolotl::record(&t, &w), Format::Messages).steps,
+        t.steps
+    );
+    // ShareGPT: a marker inside a text starts a step there, in the task
+    // too: the task is the text before the first marker of its message.
+    let back = read_back(&sharegpt::record(&t, &w).unwrap(), Format::Sharegpt);
+    assert_eq!(back.task, "Echo ");
+    let mut want = t.steps.clone();
+    want[0].text = "a".into();
+    want.insert(0, step("Fake", StepKind::Agent, " and </coder>."));
+    want.insert(2, step("Evil", StepKind::Agent, "b"));
+    want[7].text = String::new();
+    want.push(step("tool", StepKind::Observation, "\n\u{202e}rtl"));
+    assert_eq!(back.steps, want);
+    // Arguments that are not JSON: a gpt message, not a function_call.
+    let v = sharegpt::record(&t, &w).unwrap();
+    assert!(v["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["from"] != "function_call"));
+    // CoA: a text holding its own closing tag (`</coder>` in a coder turn,
+    // `</observation>` in an observation) ends the turn there; the rest
+    // up to the next tag is free text (agent `response`). Other tags inside
+    // a turn stay text.
+    let back = read_back(&coa::record(&t), Format::CoaTags);
+    let got: Vec<(&str, StepKind, &str)> = back
+        .steps
+        .iter()
+        .map(|s| (s.agent.as_str(), s.kind, s.text.as_str()))
+        .collect();
+    use StepKind::{Agent, Observation};
+    assert_eq!(
+        got,
+        [
+            ("coder", Agent, "a<|agent:Evil|>b"),
+            ("observation", Observation, "<observation>x"),
+            ("response", Agent, "</observation>\n\n"),
+            ("coder", Agent, "c"),
+            ("response", Agent, "d</coder>\n\n"),
+            ("coder", Agent, ""),
+            ("coder", Agent, "<tool_call>f(not json)</tool_call>"),
+            ("coder", Agent, "<|obs|>\n\u{202e}rtl"),
+        ]
+    );
+    assert_eq!(back.task, t.task);
+}

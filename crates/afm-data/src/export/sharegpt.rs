@@ -31,7 +31,8 @@
 //!
 //! Lost: the per-token agent id (the marker is text to the trainer), the
 //! weights themselves (a weight is trained or not; 0.5 trains fully), the
-//! steps after the last trained turn, `meta`.
+//! steps after the last trained turn, `meta`. A text (task or step) that
+//! holds a marker (`<|agent:X|>`) is split there when read back.
 
 use crate::ingest::sharegpt::function_call_text;
 use afm_format::layout::AgentWeights;
