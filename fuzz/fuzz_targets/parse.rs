@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         Format::Native,
         Format::Ag2,
         Format::Messages,
+        Format::Sharegpt,
         Format::CoaTags,
     ] {
         for r in parse_document(data, fmt, &limits, p).into_iter().flatten() {
