@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         Format::Native,
         Format::Ag2,
         Format::Messages,
+        Format::Sharegpt,
         Format::CoaTags,
         Format::Smolagents,
         Format::Crewai,

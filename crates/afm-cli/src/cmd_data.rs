@@ -143,11 +143,16 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
 }
 
 fn parse_weights(a: &PrepareArgs) -> anyhow::Result<AgentWeights> {
+    agent_weights(a.only_agent.as_deref(), &a.agent_weight)
+}
+
+/// `--only-agent NAME` and `--agent-weight NAME=W` (repeatable) as weights.
+pub(crate) fn agent_weights(only: Option<&str>, pairs: &[String]) -> anyhow::Result<AgentWeights> {
     let mut w = AgentWeights {
-        only: a.only_agent.clone(),
+        only: only.map(String::from),
         ..Default::default()
     };
-    for s in &a.agent_weight {
+    for s in pairs {
         let Some((name, v)) = s.rsplit_once('=') else {
             bail!("--agent-weight {s:?}: expected NAME=WEIGHT");
         };

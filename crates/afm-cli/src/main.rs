@@ -4,6 +4,7 @@
 //! work; this file only wires them together.
 
 mod cmd_agents;
+mod cmd_convert;
 mod cmd_data;
 mod cmd_model;
 mod cmd_pipeline;
@@ -40,6 +41,9 @@ enum Cmd {
     Agents(cmd_agents::Cmd),
     #[command(flatten)]
     Pipeline(cmd_pipeline::Cmd),
+    /// Convert logs of any input format (or a prepared dataset) to native JSONL or a
+    /// trainer's format: LLaMA-Factory ShareGPT, axolotl chat_template, Chain-of-Agents tags.
+    Convert(cmd_convert::ConvertArgs),
     /// Speed probes and benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Tasks(c) => cmd_tasks::run(c),
         Cmd::Agents(c) => cmd_agents::run(c),
         Cmd::Pipeline(c) => cmd_pipeline::run(c),
+        Cmd::Convert(a) => cmd_convert::run(a),
         Cmd::Bench(BenchCmd::Model(a)) => cmd_model::bench_model(a),
     };
     match result {

@@ -8,6 +8,9 @@
 //!   vocabulary, write, finish) that [`prepare()`] and [`prepare_with`] run.
 //! - [`ingest`]: the input formats (native JSONL, AG2 logs, OpenAI messages,
 //!   Chain-of-Agents tags), validation and rejects.
+//! - [`export`]: trajectories in trainers' text formats (LLaMA-Factory
+//!   ShareGPT, axolotl chat_template, Chain-of-Agents tags, native), from
+//!   trajectories or from a prepared dataset.
 //! - [`agents`]: agent renames and observation agents (TOML map).
 //! - [`score`]: quality score, curriculum difficulty, dedup/split keys.
 //! - [`augment`]: target-preserving augmentations; re-solving a record
@@ -24,6 +27,7 @@
 pub mod agents;
 #[cfg(feature = "pipeline")]
 pub mod augment;
+pub mod export;
 pub mod ingest;
 pub mod pack;
 #[cfg(feature = "pipeline")]

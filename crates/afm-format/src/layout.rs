@@ -202,27 +202,32 @@ pub struct AgentWeights {
 }
 
 impl AgentWeights {
+    /// The loss weight of agent `agent`: 1 or 0 with `only`, else its
+    /// override, else `default` (1.0 when unset).
+    pub fn weight(&self, agent: &str) -> f32 {
+        match &self.only {
+            Some(o) => {
+                if o == agent {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            None => self
+                .weights
+                .get(agent)
+                .copied()
+                .unwrap_or(self.default.unwrap_or(1.0)),
+        }
+    }
+
     /// Weight of each role id (index = role id) for this vocabulary. Role 0
     /// (none) and 1 (observation) always weigh 0.
     pub fn table(&self, tok: &Tokenizer) -> Vec<f32> {
         let roles = tok.roles();
         let mut t = vec![0.0f32; roles.n_roles()];
         for (i, a) in roles.agents().iter().enumerate() {
-            let w = match &self.only {
-                Some(o) => {
-                    if o == a {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                }
-                None => self
-                    .weights
-                    .get(a)
-                    .copied()
-                    .unwrap_or(self.default.unwrap_or(1.0)),
-            };
-            t[ROLE_FIRST_AGENT as usize + i] = w;
+            t[ROLE_FIRST_AGENT as usize + i] = self.weight(a);
         }
         t
     }

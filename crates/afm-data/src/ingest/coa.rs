@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 pub(super) const COA_TEXT_FIELDS: [&str; 4] = ["response", "output", "completion", "text"];
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let task = required_task(o, &["task", "question", "prompt", "input"])?;
+    let task = coa_task(o)?;
     let (field, text) = COA_TEXT_FIELDS
         .iter()
         .find_map(|k| o.get(*k).map(|v| (*k, v)))
@@ -32,6 +32,33 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
         answer: answer_of(o)?,
         meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
     })
+}
+
+/// The task: `task`, `question` or `prompt`; else LLaMA-Factory's alpaca
+/// prompt (how CoA's SFT data is laid out): `instruction`, joined to a
+/// non-empty `input` by a newline as LLaMA-Factory joins them; else `input`.
+fn coa_task(o: &Map<String, Value>) -> Result<String, Invalid> {
+    let present = |k: &str| o.get(k).is_some_and(|v| !v.is_null());
+    if ["task", "question", "prompt"].iter().any(|k| present(k)) || !present("instruction") {
+        return required_task(o, &["task", "question", "prompt", "input"]);
+    }
+    let instruction = match &o["instruction"] {
+        Value::String(s) => s,
+        v => return Err(wrong("instruction", "a string", v)),
+    };
+    let task = match o.get("input") {
+        None | Some(Value::Null) => instruction.clone(),
+        Some(Value::String(s)) if s.is_empty() => instruction.clone(),
+        Some(Value::String(s)) => format!("{instruction}\n{s}"),
+        Some(v) => return Err(wrong("input", "a string", v)),
+    };
+    if task.trim().is_empty() {
+        return Err(Invalid::new(
+            RejectReason::MissingTask,
+            "field `instruction` (the task) is empty",
+        ));
+    }
+    Ok(task)
 }
 
 /// Split a Chain-of-Agents response into steps: each `<tag>...</tag>`

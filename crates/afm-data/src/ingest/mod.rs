@@ -9,6 +9,7 @@
 //! | `langgraph` | LangGraph state `{"messages":[{"type":"ai","name","tool_calls"}..]}` (or a bare array), or LangSmith runs `{"run_type","child_runs"}` / `{"runs":[..]}` |
 //! | `magentic-one` | Magentic-One: `{"question","history":[{"role":"Orchestrator (-> WebSurfer)","content"}]}` (speaker before the parenthetical) |
 //! | `autogen-agentchat` | AutoGen 0.4 AgentChat `TaskResult` `{"messages":[{"source","type",...}],"stop_reason"}` or a saved `TeamState` |
+//! | `sharegpt` | LLaMA-Factory ShareGPT: `{"conversations":[{"from":"human"/"gpt"/"observation"/"function_call"/"system","value"}]}`; afm role markers (`<|agent:NAME|>`) in values split merged turns |
 //! | `coa-tags` | Chain-of-Agents: `{"task"/"question"/"prompt", "response"/"output"/"text": "<think>..</think><code>..</code><observation>..</observation><answer>..</answer>"}` |
 //! | `smolagents` | smolagents memory: `{"agent","task","steps":[step dict()...],"managed_agents":{NAME: RUN}}` or a bare list of steps |
 //! | `crewai`   | CrewAI: `CrewOutput` (`{"raw","tasks_output":[{"description","agent","raw","messages"}]}`) and/or `"events":[{"type":"tool_usage_started",...}]`, or a bare list of events |
@@ -39,6 +40,7 @@ mod magentic;
 mod messages;
 mod native;
 mod openai_agents;
+pub(crate) mod sharegpt;
 mod smolagents;
 
 pub use coa::parse_coa_tags;
@@ -63,6 +65,8 @@ pub enum Format {
     Ag2,
     /// OpenAI-style `messages`.
     Messages,
+    /// LLaMA-Factory ShareGPT (`conversations` with `from`/`value`).
+    Sharegpt,
     /// Chain-of-Agents tag format.
     CoaTags,
     /// OpenAI Agents SDK run items and exported traces.
@@ -146,6 +150,12 @@ const IMPORTERS: &[Importer] = &[
         names: &["crewai", "crew"],
         detects: crewai::detects,
         read: crewai::read,
+    },
+    Importer {
+        format: Format::Sharegpt,
+        names: &["sharegpt", "llama-factory"],
+        detects: sharegpt::detects,
+        read: sharegpt::read,
     },
     Importer {
         format: Format::Messages,
