@@ -183,6 +183,22 @@ fn openai_messages() {
         ts.iter().map(|t| t.task.as_str()).collect::<Vec<_>>(),
         ["a", "c"]
     );
+    // The first user message is the task; a later one is an observation
+    // (never trained), like a tool result.
+    let p = write(
+        d.path(),
+        "later_user.jsonl",
+        r#"{"messages":[{"role":"user","content":"task"},{"role":"assistant","content":"a"},{"role":"user","content":"more"},{"role":"assistant","content":"b"}]}"#,
+    );
+    let t = &ok(&p, Format::Auto)[0];
+    assert_eq!(
+        kinds(t),
+        [
+            ("assistant".to_string(), StepKind::Agent),
+            ("user".to_string(), StepKind::Observation),
+            ("assistant".to_string(), StepKind::Agent)
+        ]
+    );
 }
 
 #[test]

@@ -42,7 +42,8 @@ pub(super) fn messages_from_list(
             continue;
         }
         push_tool_calls(&mut text, mo, &at)?;
-        let kind = if role == "tool" || role == "function" {
+        // Tool results and later user turns are never trained.
+        let kind = if role == "tool" || role == "function" || role == "user" {
             StepKind::Observation
         } else {
             StepKind::Agent
