@@ -1,17 +1,14 @@
 //! `ag2`: AG2 / AutoGen 0.2 group-chat logs (`{"question","is_correct","history":[{"content","role","name"}]}`).
 
-use super::fields::{content_text, id_of, name_or_role, opt_bool, opt_f64, required_task, wrong};
+use super::fields::{
+    array_field, content_text, id_of, name_or_role, opt_bool, opt_f64, required_task, wrong,
+};
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let hist = o
-        .get("history")
-        .ok_or_else(|| Invalid::new(RejectReason::EmptyTrajectory, "field `history` is missing"))?;
-    let items = hist
-        .as_array()
-        .ok_or_else(|| wrong("history", "an array", hist))?;
+    let items = array_field(o, "history", RejectReason::EmptyTrajectory)?;
     let mut steps = Vec::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
         let at = format!("history[{i}]");

@@ -1,6 +1,6 @@
 //! `coa-tags`: Chain-of-Agents tag format (one response with `<think>`, `<code>`, `<observation>`, `<answer>`... tags).
 
-use super::fields::{answer_of, id_of, opt_bool, opt_f64, required_task, wrong};
+use super::fields::{answer_of, id_of, record, required_task, wrong};
 use super::{Invalid, RejectReason};
 use crate::agents::is_default_observation;
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -23,15 +23,13 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
         .as_str()
         .ok_or_else(|| wrong(field, "a string", text))?;
     let steps = parse_coa_tags(text);
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
+    record(
+        o,
+        id_of(o, &["id"], default_id)?,
         task,
         steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+        answer_of(o)?,
+    )
 }
 
 /// The task: `task`, `question` or `prompt`; else LLaMA-Factory's alpaca

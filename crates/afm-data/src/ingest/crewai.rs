@@ -56,7 +56,7 @@
 //! else `agent.role`, else the task's agent.
 
 use super::fields::{
-    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, opt_str, push_tool_call, wrong,
+    answer_of, args_text, content_text, id_of, opt_str, push_tool_call, record, wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -596,15 +596,7 @@ fn read_run(
             .map(str::to_string)
             .or(kickoff_answer),
     };
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+    record(o, id_of(o, &["id"], default_id)?, task, steps, answer)
 }
 
 /// A task's `messages` as steps of `agent`; true when the agent said anything.

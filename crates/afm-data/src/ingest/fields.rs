@@ -1,6 +1,7 @@
 //! Field readers shared by the importers: each error names the field.
 
 use super::{Invalid, RejectReason};
+use afm_format::record::{Step, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) fn type_name(v: &Value) -> &'static str {
@@ -418,4 +419,38 @@ impl Usage {
             })
         })
     }
+}
+
+/// The trajectory of a record `o` from what the importer read (`id`, the
+/// task, the steps, the answer) and the fields every format keeps as they
+/// are: `success`, `score` and `meta`.
+pub(super) fn record(
+    o: &Map<String, Value>,
+    id: String,
+    task: String,
+    steps: Vec<Step>,
+    answer: Option<String>,
+) -> Result<Trajectory, Invalid> {
+    Ok(Trajectory {
+        id,
+        task,
+        steps,
+        success: opt_bool(o, "success")?,
+        score: opt_f64(o, "score")?,
+        answer,
+        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
+    })
+}
+
+/// The array in field `field` of `o`; a missing field is rejected for
+/// `missing` (the record has no steps, or is not this shape).
+pub(super) fn array_field<'a>(
+    o: &'a Map<String, Value>,
+    field: &str,
+    missing: RejectReason,
+) -> Result<&'a Vec<Value>, Invalid> {
+    let v = o
+        .get(field)
+        .ok_or_else(|| Invalid::new(missing, format!("field `{field}` is missing")))?;
+    v.as_array().ok_or_else(|| wrong(field, "an array", v))
 }

@@ -30,7 +30,7 @@
 //! else `assistant`.
 
 use super::fields::{
-    answer_of, args_text, id_of, opt_bool, opt_f64, push_tool_call, required_task, text_blocks,
+    answer_of, args_text, array_field, id_of, push_tool_call, record, required_task, text_blocks,
     tree_order, type_name, wrong,
 };
 use super::{Invalid, RejectReason};
@@ -283,15 +283,7 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
             .ok_or_else(|| wrong("runs", "an array", runs))?;
         return read_runs(list, Some("runs"), o, default_id);
     }
-    let list = o.get("messages").ok_or_else(|| {
-        Invalid::new(
-            RejectReason::UnknownRecordShape,
-            "field `messages` is missing",
-        )
-    })?;
-    let items = list
-        .as_array()
-        .ok_or_else(|| wrong("messages", "an array", list))?;
+    let items = array_field(o, "messages", RejectReason::UnknownRecordShape)?;
     read_state(items, "messages", o, default_id)
 }
 
@@ -312,15 +304,7 @@ fn finish(
 ) -> Result<Trajectory, Invalid> {
     let task = task
         .ok_or_else(|| Invalid::new(RejectReason::MissingTask, format!("missing task: {why}")))?;
-    Ok(Trajectory {
-        id,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+    record(o, id, task, steps, answer_of(o)?)
 }
 
 fn read_state(

@@ -1,7 +1,7 @@
 //! `messages`: OpenAI chat messages (`{"messages":[{"role","content","name","tool_calls"}]}` or a bare array).
 
 use super::fields::{
-    answer_of, content_text, id_of, name_or_role, opt_bool, opt_f64, push_tool_calls,
+    answer_of, array_field, content_text, id_of, name_or_role, push_tool_calls, record,
     required_task, wrong,
 };
 use super::{Invalid, RejectReason};
@@ -56,28 +56,18 @@ pub(super) fn messages_from_list(
             "missing task: no `task` field and no `user` message",
         )
     })?;
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
+    record(
+        o,
+        id_of(o, &["id"], default_id)?,
         task,
         steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+        answer_of(o)?,
+    )
 }
 
 /// `{"messages": [...]}`.
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let list = o.get("messages").ok_or_else(|| {
-        Invalid::new(
-            RejectReason::UnknownRecordShape,
-            "field `messages` is missing",
-        )
-    })?;
-    let items = list
-        .as_array()
-        .ok_or_else(|| wrong("messages", "an array", list))?;
+    let items = array_field(o, "messages", RejectReason::UnknownRecordShape)?;
     messages_from_list(items, Some(o), default_id)
 }
 

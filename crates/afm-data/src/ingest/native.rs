@@ -1,21 +1,13 @@
 //! `native`: afm's own JSONL (`{"id","task","trajectory":[{"agent","output"}|{"agent","observation"}],...}`).
 
-use super::fields::{answer_of, id_of, opt_bool, opt_f64, required_task, wrong};
+use super::fields::{answer_of, array_field, id_of, record, required_task, wrong};
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
     let task = required_task(o, &["task"])?;
-    let traj = o.get("trajectory").ok_or_else(|| {
-        Invalid::new(
-            RejectReason::EmptyTrajectory,
-            "field `trajectory` is missing",
-        )
-    })?;
-    let items = traj
-        .as_array()
-        .ok_or_else(|| wrong("trajectory", "an array", traj))?;
+    let items = array_field(o, "trajectory", RejectReason::EmptyTrajectory)?;
     let mut steps = Vec::with_capacity(items.len());
     for (i, s) in items.iter().enumerate() {
         let so = s
@@ -49,15 +41,13 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
         };
         steps.push(Step { agent, kind, text });
     }
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
+    record(
+        o,
+        id_of(o, &["id"], default_id)?,
         task,
         steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+        answer_of(o)?,
+    )
 }
 
 /// A record with `trajectory`.

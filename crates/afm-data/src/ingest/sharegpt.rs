@@ -14,7 +14,8 @@
 //! agent's tool calls in afm's one text form.
 
 use super::fields::{
-    answer_of, args_text, content_text, id_of, opt_bool, opt_f64, push_tool_call, type_name, wrong,
+    answer_of, args_text, array_field, content_text, id_of, push_tool_call, record, type_name,
+    wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -60,15 +61,7 @@ fn role_of(from: &str) -> Option<Role> {
 }
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let list = o.get("conversations").ok_or_else(|| {
-        Invalid::new(
-            RejectReason::UnknownRecordShape,
-            "field `conversations` is missing",
-        )
-    })?;
-    let items = list
-        .as_array()
-        .ok_or_else(|| wrong("conversations", "an array", list))?;
+    let items = array_field(o, "conversations", RejectReason::UnknownRecordShape)?;
     if items.is_empty() {
         return Err(Invalid::new(
             RejectReason::EmptyTrajectory,
@@ -173,15 +166,13 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
             "field `conversations`: only `system` messages, no `human` message (the task)",
         )
     })?;
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
+    record(
+        o,
+        id_of(o, &["id"], default_id)?,
         task,
         steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer: answer_of(o)?,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+        answer_of(o)?,
+    )
 }
 
 fn first_not_human(at: &str, from: &str) -> Invalid {

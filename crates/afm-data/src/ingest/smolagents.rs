@@ -51,8 +51,8 @@
 //! asked, as smolagents phrased it) as an observation under the manager's name.
 
 use super::fields::{
-    answer_of, args_text, content_text, field_path, id_of, opt_bool, opt_f64, opt_str,
-    push_tool_call, wrong,
+    answer_of, args_text, array_field, content_text, field_path, id_of, opt_bool, opt_str,
+    push_tool_call, record, wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -125,12 +125,7 @@ pub(super) fn read_steps(items: &[Value], default_id: &str) -> Result<Trajectory
 }
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {
-    let list = o
-        .get("steps")
-        .ok_or_else(|| Invalid::new(RejectReason::EmptyTrajectory, "field `steps` is missing"))?;
-    let items = list
-        .as_array()
-        .ok_or_else(|| wrong("steps", "an array", list))?;
+    let items = array_field(o, "steps", RejectReason::EmptyTrajectory)?;
     let agent = agent_of(o, "")?.unwrap_or(DEFAULT_AGENT);
     let mut top = Top::default();
     let mut steps = Vec::new();
@@ -168,15 +163,7 @@ fn finish(
         .or(output)
         .or(top.final_step)
         .or(top.final_action);
-    Ok(Trajectory {
-        id: id_of(o, &["id"], default_id)?,
-        task,
-        steps,
-        success: opt_bool(o, "success")?,
-        score: opt_f64(o, "score")?,
-        answer,
-        meta: o.get("meta").filter(|m| !m.is_null()).cloned(),
-    })
+    record(o, id_of(o, &["id"], default_id)?, task, steps, answer)
 }
 
 /// The agent name of a run: `agent`, else `name` (an empty string is absent).
