@@ -2,7 +2,7 @@
 //! written from autogen-agentchat's message, `TaskResult` and `TeamState`
 //! classes, hostile variants included.
 
-mod common;
+use crate::common;
 
 use afm_data::ingest::{convert, detect, normalise, read_file, Format, IngestLimits};
 use afm_data::AgentsMap;

@@ -3,7 +3,7 @@
 //! `LogHandler`, Who&When's Hand-Crafted records), hostile variants
 //! included; and the AG2 records it must leave to `ag2`.
 
-mod common;
+use crate::common;
 
 use afm_data::ingest::{
     convert, detect, expand_inputs, normalise, read_file, Format, IngestLimits,
@@ -424,7 +424,7 @@ fn who_and_when_ag2_half_is_still_ag2() {
 /// checkout (`../shared/datasets/who-and-when/Hand-Crafted`, or the folder
 /// in `AFM_WW_HAND_CRAFTED`). It is not part of the shipped data set, so
 /// the test is ignored by default and fails when asked for without it:
-/// `cargo test -p afm-data --test import_magentic -- --ignored`.
+/// `cargo test -p afm-data --test importers -- --ignored`.
 #[test]
 #[ignore = "needs Who&When's Hand-Crafted half (not in ../shared); set AFM_WW_HAND_CRAFTED"]
 fn who_and_when_hand_crafted() {
