@@ -14,6 +14,7 @@
 //!   needs a task world the caller injects ([`augment::Resolver`]).
 //! - [`window`]: long trajectories (drop, truncate, window).
 //! - [`pack`]: padding-free best-fit packing into rows.
+//! - [`export`]: out to a trainer's format (`afm export-sft`): TRL rows, ...
 //!
 //! The formats it reads and writes are `afm-format`'s: the record
 //! (`afm_format::Trajectory`), the token layout and loss-mask rule
@@ -24,6 +25,7 @@
 pub mod agents;
 #[cfg(feature = "pipeline")]
 pub mod augment;
+pub mod export;
 pub mod ingest;
 pub mod pack;
 #[cfg(feature = "pipeline")]
