@@ -17,8 +17,9 @@ const HELP: &str = "\
 cargo xtask <verb> [args]
 
 verbs:
-  setup              install libtorch (torch==2.13.0 from PyPI) into the cache and link target/libtorch
-  test [args]        setup, then every test: cargo test --workspace [args]
+  setup              install libtorch (torch==2.13.0 from PyPI) into the cache and link target/libtorch;
+                     make numpy, datasets and trl importable in that venv (pip-installs what is missing)
+  test [args]        setup, then every test: cargo test --workspace [args] (AFM_TEST_PYTHON = the venv's python)
   pipeline [args]    setup, build release, then the full afm pipeline (see README); args go to `afm pipeline`
   bench [args]       setup, then cargo bench [args]
   compare            setup, install transformers into the torch venv, run benches/compare_hf.py
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     };
     let rest = &args[1..];
     let result = match verb.as_str() {
-        "setup" => setup::setup().map(|_| ()),
+        "setup" => setup::setup().and_then(|_| setup::ensure_python_packages()),
         "test" => verbs::test(rest),
         "pipeline" => verbs::pipeline(rest),
         "bench" => verbs::bench(rest),

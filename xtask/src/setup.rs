@@ -92,6 +92,76 @@ pub fn setup() -> Result<PathBuf, String> {
     Ok(libtorch)
 }
 
+/// Python packages the tests need in the venv (import name, pip name):
+/// `python/tests/test_trl_export.py` loads afm's TRL export with `datasets`,
+/// reads the shards with `numpy` and runs TRL's padding-free collator.
+pub const PY_PACKAGES: [(&str, &str); 3] =
+    [("numpy", "numpy"), ("datasets", "datasets"), ("trl", "trl")];
+
+/// Make every [`PY_PACKAGES`] importable by [`venv_python`]: the missing
+/// ones are pip-installed, then imported. Idempotent and independent of the
+/// torch marker, so an existing venv gets them too. Run by the `setup` and
+/// `test` verbs only (the others need no Python, and a machine without
+/// network must still run them). When `LIBTORCH` comes from the environment
+/// and the venv is not there, it is installed first (torch included: trl
+/// and the test need it).
+pub fn ensure_python_packages() -> Result<(), String> {
+    let python = venv_python();
+    let venv = cache_dir().join(format!("torch-{TORCH_VERSION}"));
+    if !venv.join(".afm-complete").exists() {
+        // trl needs torch: the venv gets the torch tch links against first.
+        install_torch_venv()?;
+    }
+    // find_spec does not import: when nothing is missing the check costs
+    // one python start-up, not importing trl (and torch) every time. Run
+    // outside the checkout: its `datasets/` folder would pass for the
+    // `datasets` package (python puts the working directory on sys.path).
+    let out = Command::new(&python)
+        .current_dir(cache_dir())
+        .args([
+            "-c",
+            "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))",
+        ])
+        .args(PY_PACKAGES.map(|(m, _)| m))
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = text.split_whitespace().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let pip: Vec<&str> = PY_PACKAGES
+        .iter()
+        .filter(|(m, _)| missing.contains(m))
+        .map(|(_, p)| *p)
+        .collect();
+    eprintln!(
+        "xtask: installing {} into {} (once)",
+        pip.join(" "),
+        python.display()
+    );
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
+        .args(&pip))?;
+    let import = format!("import {}", missing.join(", "));
+    run(Command::new(&python)
+        .current_dir(cache_dir())
+        .args(["-c", &import]))
+}
+
 fn install_torch_venv() -> Result<PathBuf, String> {
     let venv = cache_dir().join(format!("torch-{TORCH_VERSION}"));
     let marker = venv.join(".afm-complete");

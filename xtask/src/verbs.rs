@@ -17,8 +17,11 @@ fn run(mut cmd: Command) -> Result<(), String> {
 /// Every test in the workspace.
 pub fn test(rest: &[String]) -> Result<(), String> {
     setup()?;
+    crate::setup::ensure_python_packages()?;
     let mut c = cargo();
     c.args(["test", "--workspace", "--no-fail-fast"]).args(rest);
+    // The tests that run Python (afm-data's TRL export test) use this one.
+    c.env("AFM_TEST_PYTHON", venv_python());
     run(c)
 }
 

@@ -6,6 +6,7 @@
 mod cmd_agents;
 mod cmd_convert;
 mod cmd_data;
+mod cmd_export;
 mod cmd_model;
 mod cmd_pipeline;
 mod cmd_tasks;
@@ -34,6 +35,8 @@ enum Cmd {
     #[command(flatten)]
     Data(cmd_data::Cmd),
     #[command(flatten)]
+    Export(cmd_export::Cmd),
+    #[command(flatten)]
     Train(cmd_train::Cmd),
     #[command(flatten)]
     Tasks(cmd_tasks::Cmd),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Model(c) => cmd_model::run(c),
         Cmd::Data(c) => cmd_data::run(c),
+        Cmd::Export(c) => cmd_export::run(c),
         Cmd::Train(c) => cmd_train::run(c),
         Cmd::Tasks(c) => cmd_tasks::run(c),
         Cmd::Agents(c) => cmd_agents::run(c),

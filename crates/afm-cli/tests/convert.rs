@@ -253,6 +253,105 @@ fn a_prepared_dataset_as_input() {
     assert!(err.contains("manifest.json fixes them"), "{err}");
 }
 
+/// `afm export-sft --format llama-factory|axolotl|coa` writes what `afm
+/// convert --to sharegpt|axolotl|coa` writes (the same writers), per split
+/// of a prepared dataset; `--format trl` writes the token rows.
+#[test]
+fn export_sft_writes_each_format() {
+    let d = tempfile::tempdir().unwrap();
+    let prep = d.path().join("prep");
+    let (ok, _, err) = afm(&[
+        "prepare",
+        "--input",
+        s(&fixture("native.jsonl")),
+        "--val-fraction",
+        "0",
+        "--out",
+        s(&prep),
+    ]);
+    assert!(ok, "{err}");
+    for (format, to) in [
+        ("llama-factory", "sharegpt"),
+        ("axolotl", "axolotl"),
+        ("coa", "coa"),
+    ] {
+        let out = d.path().join(format);
+        let (ok, _, err) = afm(&[
+            "export-sft",
+            "--format",
+            format,
+            "--input",
+            s(&prep),
+            "--out",
+            s(&out),
+        ]);
+        assert!(ok, "{format}: {err}");
+        let conv = d.path().join(format!("{to}.jsonl"));
+        let (ok, _, err) = afm(&[
+            "convert",
+            "--input",
+            s(&prep),
+            "--to",
+            to,
+            "--out",
+            s(&conv),
+        ]);
+        assert!(ok, "{to}: {err}");
+        let exported = std::fs::read_to_string(out.join("train.jsonl")).unwrap();
+        assert!(!exported.is_empty(), "{format}");
+        assert_eq!(
+            exported,
+            std::fs::read_to_string(&conv).unwrap(),
+            "{format}"
+        );
+        assert!(out.join("val.jsonl").exists(), "{format}");
+    }
+    let out = d.path().join("trl");
+    let (ok, stdout, err) = afm(&[
+        "export-sft",
+        "--format",
+        "trl",
+        "--input",
+        s(&prep),
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("train.jsonl"), "{stdout}");
+    let row: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("train.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "input_ids",
+        "labels",
+        "position_ids",
+        "seq_lengths",
+        "agent_ids",
+        "loss_weights",
+    ] {
+        assert!(row.get(key).is_some(), "trl row has no {key}");
+    }
+    // Weights are fixed when the dataset is prepared.
+    let (ok, _, err) = afm(&[
+        "export-sft",
+        "--format",
+        "trl",
+        "--input",
+        s(&prep),
+        "--out",
+        s(&out),
+        "--only-agent",
+        "Coder",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("prepare it again"), "{err}");
+}
+
 #[test]
 fn errors_name_what_is_wrong() {
     let d = tempfile::tempdir().unwrap();

@@ -6,11 +6,12 @@
 //!
 //! - [`prepare`](mod@prepare): the recipe [`Prepare`] (setup, read, plan,
 //!   vocabulary, write, finish) that [`prepare()`] and [`prepare_with`] run.
-//! - [`ingest`]: the input formats (native JSONL, AG2 logs, OpenAI messages,
-//!   Chain-of-Agents tags), validation and rejects.
-//! - [`export`]: trajectories in trainers' text formats (LLaMA-Factory
-//!   ShareGPT, axolotl chat_template, Chain-of-Agents tags, native), from
-//!   trajectories or from a prepared dataset.
+//! - [`ingest`]: the input formats (one module per framework's logs, one
+//!   importer table), validation and rejects.
+//! - [`export`]: out to a trainer's format: TRL's pre-tokenized rows from a
+//!   prepared dataset; LLaMA-Factory ShareGPT, axolotl chat_template,
+//!   Chain-of-Agents tags and native JSONL from trajectories or a prepared
+//!   dataset.
 //! - [`agents`]: agent renames and observation agents (TOML map).
 //! - [`score`]: quality score, curriculum difficulty, dedup/split keys.
 //! - [`augment`]: target-preserving augmentations; re-solving a record
