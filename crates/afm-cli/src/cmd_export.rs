@@ -41,7 +41,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::ExportSft(a) => {
             let w = export::write(a.format, &a.input, &a.out)?;
             for (path, records) in &w.files {
-                println!("wrote {} ({records} records)", path.display());
+                match records {
+                    Some(n) => println!("wrote {} ({n} records)", path.display()),
+                    None => println!("wrote {}", path.display()),
+                }
             }
             Ok(())
         }

@@ -63,10 +63,11 @@ impl std::str::FromStr for ExportFormat {
     }
 }
 
-/// What an export wrote: each file with its number of records (lines).
+/// What an export wrote: each file with its number of records (lines of
+/// a JSONL file; `None` for a file that holds no records, e.g. a sidecar).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
-    pub files: Vec<(PathBuf, usize)>,
+    pub files: Vec<(PathBuf, Option<usize>)>,
 }
 
 /// Export `input` (a prepared dataset directory, or trajectories, as the
