@@ -41,10 +41,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::ExportSft(a) => {
             let w = export::write(a.format, &a.input, &a.out)?;
             for (path, records) in &w.files {
-                match records {
-                    Some(n) => println!("wrote {} ({n} records)", path.display()),
-                    None => println!("wrote {}", path.display()),
-                }
+                println!("wrote {} ({records} records)", path.display());
             }
             Ok(())
         }

@@ -79,7 +79,7 @@ fn trl_rows_equal_the_shard_rows() {
     for (split, (path, n)) in ["train", "val"].iter().zip(&w.files) {
         let shards = Shards::open(&prep, split).unwrap();
         let rows = read_rows(path);
-        assert_eq!((rows.len(), *n), (shards.rows(), Some(shards.rows())));
+        assert_eq!((rows.len(), *n), (shards.rows(), shards.rows()));
         let info = &meta.splits[*split];
         assert_eq!(info.file.as_deref(), Some(&*format!("{split}.jsonl")));
         assert_eq!(info.documents, shards.index.documents);

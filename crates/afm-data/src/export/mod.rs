@@ -63,11 +63,10 @@ impl std::str::FromStr for ExportFormat {
     }
 }
 
-/// What an export wrote: each file with its number of records (lines of
-/// a JSONL file; `None` for a file that holds no records, e.g. a sidecar).
+/// What an export wrote: each file with its number of records (lines).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
-    pub files: Vec<(PathBuf, Option<usize>)>,
+    pub files: Vec<(PathBuf, usize)>,
 }
 
 /// Export `input` (a prepared dataset directory, or trajectories, as the

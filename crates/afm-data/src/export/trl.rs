@@ -403,7 +403,7 @@ pub fn write(input: &Path, out: &Path) -> anyhow::Result<Written> {
         }
         f.commit()?;
         info.file = Some(name);
-        written.files.push((path, Some(info.rows)));
+        written.files.push((path, info.rows));
         splits.insert(split.to_string(), info);
     }
     let mut roles = vec!["(none)".to_string(), "(observation)".to_string()];
@@ -431,6 +431,6 @@ pub fn write(input: &Path, out: &Path) -> anyhow::Result<Written> {
     };
     let text = serde_json::to_string_pretty(&sidecar)?;
     atomic::write(&sidecar_path, text + "\n")?;
-    written.files.push((sidecar_path, None));
+    written.files.push((sidecar_path, 1));
     Ok(written)
 }
