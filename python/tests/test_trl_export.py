@@ -23,7 +23,10 @@ Then, with TRL and transformers themselves:
   the exported labels;
 - transformers' causal-LM loss (which shifts labels) on that batch equals
   the mean cross-entropy over afm's trained positions (targets, weight > 0),
-  and the loss_weights-weighted version equals afm's weighted loss.
+  and the loss_weights-weighted version equals afm's weighted loss;
+- SFTTrainer with the README's settings (padding_free, max_length=None,
+  skip_prepare_dataset) on a tiny random GPT-2 builds batches that are the
+  exported rows and trains two steps.
 
 Exits non-zero with a message on the first failed check (run by
 crates/afm-data/tests/export_trl.rs, which `cargo xtask test` runs).
@@ -198,6 +201,54 @@ def check_trl(ds, a, meta):
     return hf
 
 
+def check_sft_trainer(ds, val, meta, workdir):
+    """TRL's SFTTrainer with the settings the README gives, on a tiny
+    randomly initialised GPT-2 (nothing downloaded): every batch its data
+    loader builds (one row per batch) is an exported row with its labels and
+    position ids, and two training steps run with a finite loss."""
+    import math
+
+    from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    eot = "<|endoftext|>"
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({eot: 0}, unk_token=eot)), eos_token=eot, pad_token=eot
+    )
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=meta["row_len"], vocab_size=meta["vocab_size"])
+    args = SFTConfig(
+        output_dir=str(workdir / "sft"),
+        padding_free=True,
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        per_device_train_batch_size=1,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+    )
+    __import__("torch").manual_seed(0)
+    trainer = SFTTrainer(
+        model=GPT2LMHeadModel(config), args=args, train_dataset=ds, eval_dataset=val, processing_class=tok
+    )
+    rows = {tuple(r["input_ids"]): r for r in ds}
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        ids = tuple(batch["input_ids"][0].tolist())
+        check(ids in rows, "SFTTrainer built a batch that is no exported row")
+        r = rows[ids]
+        check(batch["labels"][0].tolist() == r["labels"], "SFTTrainer's labels differ from the export's")
+        check(batch["position_ids"][0].tolist() == r["position_ids"], "SFTTrainer's position_ids differ")
+        check("attention_mask" not in batch, "SFTTrainer batch has an attention_mask")
+        seen += 1
+    check(seen == len(ds), f"SFTTrainer yielded {seen} batches for {len(ds)} rows")
+    loss = trainer.train().training_loss
+    check(math.isfinite(loss), f"SFTTrainer loss {loss}")
+    return loss
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--export", required=True, type=Path)
@@ -216,7 +267,7 @@ def main():
     check(meta["vocab_size"] == vocab["first_role_token"] + len(vocab["agents"]), "vocab_size")
     check(meta["ignore_index"] == IGNORE, "ignore_index")
     checked = []
-    train = None
+    train = val = None
     with tempfile.TemporaryDirectory() as cache:
         for split in ("train", "val"):
             if not (args.prepared / f"{split}.index.json").exists():
@@ -239,9 +290,16 @@ def main():
             checked.append(f"{split}: {len(ds)} rows, {tokens} tokens, {loss} labels")
             if split == "train":
                 train = (ds, a)
+            else:
+                val = ds
         check(train is not None, "no train split exported")
         hf = check_trl(*train, meta)
-    print("test_trl_export: ok; " + "; ".join(checked) + f"; TRL collator + transformers loss {hf:.4f} agree")
+        sft = check_sft_trainer(train[0], val, meta, Path(cache))
+    print(
+        "test_trl_export: ok; "
+        + "; ".join(checked)
+        + f"; TRL collator + transformers loss {hf:.4f} agree; SFTTrainer 2 steps, loss {sft:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,16 @@
 //! Nothing is lost: [`to_row`] rebuilds the shard row (padding included)
 //! from an exported row and `row_len`, and the tests check that it does.
 //!
+//! In TRL (`trl/trainer/sft_trainer.py`): `SFTConfig(padding_free=True,
+//! max_length=None, dataset_kwargs={"skip_prepare_dataset": True})`. The
+//! `labels` column is used as is; `DataCollatorForLanguageModeling` with
+//! `padding_free` concatenates a batch's rows and builds `position_ids`
+//! from `seq_lengths` (the exported `position_ids`), so flash-attention
+//! keeps the documents apart as afm does. TRL keeps `input_ids`, `labels`
+//! and `seq_lengths`; its loss ignores `loss_weights` (equal to afm's when
+//! every weight is 0 or 1). `python/tests/test_trl_export.py` checks this
+//! with TRL and transformers themselves.
+//!
 //! `afm_export.json` (written last, after the old one is removed) names the
 //! tokenizer, the special tokens, the role vocabulary (`roles[id]`), `row_len`
 //! and per split the file, rows, documents, tokens and loss tokens.
