@@ -61,7 +61,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             let w = trl::write(&a.input, &a.out)?;
             for (path, records) in &w.files {
-                println!("wrote {} ({records} records)", path.display());
+                println!("wrote {} ({records} rows)", path.display());
+            }
+            if let Some(path) = &w.sidecar {
+                println!("wrote {} (tokenizer, roles, counts)", path.display());
             }
             return Ok(());
         }

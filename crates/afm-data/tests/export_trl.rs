@@ -63,7 +63,8 @@ fn trl_rows_equal_the_shard_rows() {
         .iter()
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["train.jsonl", "val.jsonl", SIDECAR]);
+    assert_eq!(names, ["train.jsonl", "val.jsonl"]);
+    assert_eq!(w.sidecar, Some(out.join(SIDECAR)));
     let meta = sidecar(&out);
     let tok =
         Tokenizer::from_json(&std::fs::read_to_string(prep.join("vocab.json")).unwrap()).unwrap();
@@ -321,7 +322,7 @@ fn an_empty_split_gets_no_file() {
     prepare(&cfg).unwrap();
     assert_eq!(Shards::open(&prep, "val").unwrap().rows(), 0);
     let w = export::trl::write(&prep, &out).unwrap();
-    assert_eq!(w.files.len(), 2, "{:?}", w.files);
+    assert_eq!(w.files.len(), 1, "{:?}", w.files);
     assert!(!out.join("val.jsonl").exists());
     let meta = sidecar(&out);
     assert_eq!(meta.splits["val"].file, None);

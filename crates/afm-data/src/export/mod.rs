@@ -76,8 +76,10 @@ impl std::str::FromStr for ExportFormat {
     }
 }
 
-/// What an export wrote: each file with its number of records (lines).
+/// What an export wrote: each data file with its number of records
+/// (lines), and the sidecar that describes them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub files: Vec<(PathBuf, usize)>,
+    pub sidecar: Option<PathBuf>,
 }

@@ -431,6 +431,6 @@ pub fn write(input: &Path, out: &Path) -> anyhow::Result<Written> {
     };
     let text = serde_json::to_string_pretty(&sidecar)?;
     atomic::write(&sidecar_path, text + "\n")?;
-    written.files.push((sidecar_path, 1));
+    written.sidecar = Some(sidecar_path);
     Ok(written)
 }
