@@ -7,7 +7,6 @@ use afm_data::{AgentWeights, AgentsMap, Format, IngestLimits};
 use afm_format::Trajectory;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -93,16 +92,6 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
-/// A line of the rejects file (the shape of `afm prepare`'s `rejects.jsonl`).
-#[derive(Serialize)]
-struct RejectLine<'a> {
-    file: String,
-    line: Option<usize>,
-    record: usize,
-    reason: &'a str,
-    message: &'a str,
-}
-
 /// Where the records go, and the counts.
 struct Sink {
     to: Target,
@@ -149,13 +138,7 @@ impl Sink {
         self.total += 1;
         let reason = inv.reason.key();
         *self.rejected.entry(reason).or_default() += 1;
-        let line = RejectLine {
-            file: loc.file.display().to_string(),
-            line: loc.line,
-            record: loc.record,
-            reason,
-            message: &inv.message,
-        };
+        let line = ingest::RejectLine::new(loc, inv);
         serde_json::to_writer(&mut self.rejects, &line)
             .map_err(anyhow::Error::from)
             .and_then(|_| Ok(self.rejects.write_all(b"\n")?))

@@ -338,15 +338,6 @@ impl Drop for SpillGuard {
     }
 }
 
-#[derive(Serialize)]
-struct RejectLine<'a> {
-    file: String,
-    line: Option<usize>,
-    record: usize,
-    reason: &'a str,
-    message: &'a str,
-}
-
 /// Run the pipeline, reporting progress. With `cfg.augment`, `resolver`
 /// (when given) re-solves the records it can ([`Transform::Resolve`]);
 /// `afm-data` has no task world of its own, so a caller that wants the
@@ -643,13 +634,7 @@ impl<'a> Prepare<'a> {
             bail!("{loc}: rejected ({key}): {}", inv.message);
         }
         *self.m.rejected.entry(key.to_string()).or_default() += 1;
-        let line = RejectLine {
-            file: loc.file.display().to_string(),
-            line: loc.line,
-            record: loc.record,
-            reason: key,
-            message: &inv.message,
-        };
+        let line = ingest::RejectLine::new(&loc, &inv);
         serde_json::to_writer(&mut self.rejects, &line)
             .map_err(anyhow::Error::from)
             .and_then(|_| self.rejects.write_all(b"\n").map_err(anyhow::Error::from))

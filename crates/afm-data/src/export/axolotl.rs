@@ -51,16 +51,7 @@ pub fn record(t: &Trajectory, weights: &AgentWeights) -> Value {
     }
     let mut o = Map::new();
     o.insert("messages".into(), Value::Array(messages));
-    o.insert("id".into(), Value::String(t.id.clone()));
-    if let Some(s) = t.success {
-        o.insert("success".into(), Value::Bool(s));
-    }
-    if let Some(s) = t.score {
-        o.insert("score".into(), json!(s));
-    }
-    if let Some(a) = &t.answer {
-        o.insert("answer".into(), Value::String(a.clone()));
-    }
+    super::insert_outcome(&mut o, t);
     Value::Object(o)
 }
 

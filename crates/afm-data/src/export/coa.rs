@@ -86,16 +86,7 @@ pub fn record(t: &Trajectory) -> Value {
     o.insert("instruction".into(), Value::String(t.task.clone()));
     o.insert("input".into(), Value::String(String::new()));
     o.insert("output".into(), Value::String(response(t)));
-    o.insert("id".into(), Value::String(t.id.clone()));
-    if let Some(s) = t.success {
-        o.insert("success".into(), Value::Bool(s));
-    }
-    if let Some(s) = t.score {
-        o.insert("score".into(), json!(s));
-    }
-    if let Some(a) = &t.answer {
-        o.insert("answer".into(), Value::String(a.clone()));
-    }
+    super::insert_outcome(&mut o, t);
     Value::Object(o)
 }
 

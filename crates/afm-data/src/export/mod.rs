@@ -83,3 +83,19 @@ pub struct Written {
     pub files: Vec<(PathBuf, usize)>,
     pub sidecar: Option<PathBuf>,
 }
+
+/// The record's own fields every text export carries after its turns:
+/// `id`, and `success`, `score`, `answer` when known.
+fn insert_outcome(o: &mut serde_json::Map<String, serde_json::Value>, t: &afm_format::Trajectory) {
+    use serde_json::Value;
+    o.insert("id".into(), Value::String(t.id.clone()));
+    if let Some(s) = t.success {
+        o.insert("success".into(), Value::Bool(s));
+    }
+    if let Some(s) = t.score {
+        o.insert("score".into(), serde_json::json!(s));
+    }
+    if let Some(a) = &t.answer {
+        o.insert("answer".into(), Value::String(a.clone()));
+    }
+}

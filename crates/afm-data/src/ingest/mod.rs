@@ -282,6 +282,29 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// One line of a rejects file (`rejects.jsonl` of `afm prepare`,
+/// `OUT.rejects.jsonl` of `afm convert`): `{"file","line","record","reason","message"}`.
+#[derive(Debug, serde::Serialize)]
+pub struct RejectLine<'a> {
+    pub file: String,
+    pub line: Option<usize>,
+    pub record: usize,
+    pub reason: &'static str,
+    pub message: &'a str,
+}
+
+impl<'a> RejectLine<'a> {
+    pub fn new(loc: &Location, inv: &'a Invalid) -> Self {
+        Self {
+            file: loc.file.display().to_string(),
+            line: loc.line,
+            record: loc.record,
+            reason: inv.reason.key(),
+            message: &inv.message,
+        }
+    }
+}
+
 /// One record read from a file: a trajectory (not yet normalised by the
 /// agents map) or why it is invalid.
 #[derive(Debug, Clone)]
