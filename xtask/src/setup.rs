@@ -95,8 +95,13 @@ pub fn setup() -> Result<PathBuf, String> {
 /// Python packages the tests need in the venv (import name, pip name):
 /// `python/tests/test_trl_export.py` loads afm's TRL export with `datasets`,
 /// reads the shards with `numpy` and runs TRL's padding-free collator.
-pub const PY_PACKAGES: [(&str, &str); 3] =
-    [("numpy", "numpy"), ("datasets", "datasets"), ("trl", "trl")];
+/// Pinned to the versions the test was written against (trl brings
+/// transformers and accelerate).
+pub const PY_PACKAGES: [(&str, &str); 3] = [
+    ("numpy", "numpy"),
+    ("datasets", "datasets==5.2.0"),
+    ("trl", "trl==1.16.0"),
+];
 
 /// Make every [`PY_PACKAGES`] importable by [`venv_python`]: the missing
 /// ones are pip-installed, then imported. Idempotent and independent of the
@@ -155,7 +160,9 @@ pub fn ensure_python_packages() -> Result<(), String> {
             "--disable-pip-version-check",
             "--quiet",
         ])
-        .args(&pip))?;
+        .args(&pip)
+        // Keep the torch that tch links against.
+        .arg(format!("torch=={TORCH_VERSION}")))?;
     let import = format!("import {}", missing.join(", "));
     run(Command::new(&python)
         .current_dir(cache_dir())
