@@ -74,16 +74,14 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&a.out)?;
     let outs = if prepared::is_prepared(&a.input) {
-        vec![(Split::Train, "train.jsonl"), (Split::Val, "val.jsonl")]
+        vec![
+            (Split::Train, "train.jsonl".to_string()),
+            (Split::Val, "val.jsonl".to_string()),
+        ]
     } else {
-        vec![(Split::Train, "")]
+        vec![(Split::Train, format!("{}.jsonl", a.format))]
     };
-    for (split, name) in outs {
-        let file = if name.is_empty() {
-            format!("{}.jsonl", a.format)
-        } else {
-            name.to_string()
-        };
+    for (split, file) in outs {
         cmd_convert::run(ConvertArgs {
             input: vec![a.input.clone()],
             format: Format::Auto,

@@ -36,8 +36,8 @@
 //! and `error_steps`. Without a human first message the task is the record's `task` field.
 
 use super::fields::{
-    answer_of, args_text, id_of, opt_bool, opt_f64, push_tool_call, required_task, with_handoffs,
-    with_meta, wrong, Handoff, Usage,
+    answer_of, args_text, id_of, opt_bool, opt_f64, opt_str, push_tool_call, required_task,
+    with_handoffs, with_meta, wrong, Handoff, Usage,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -143,14 +143,6 @@ fn req_array<'a>(m: &'a Map<String, Value>, at: &str, k: &str) -> Result<&'a Vec
             format!("{at}: missing `{k}`"),
         )),
         Some(v) => Err(wrong(&format!("{at}.{k}"), "an array", v)),
-    }
-}
-
-fn opt_str<'a>(m: &'a Map<String, Value>, at: &str, k: &str) -> Result<Option<&'a str>, Invalid> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(wrong(&format!("{at}.{k}"), "a string", v)),
     }
 }
 

@@ -73,6 +73,21 @@ pub(super) fn id_of(
 }
 
 pub(super) fn required_task(o: &Map<String, Value>, fields: &[&str]) -> Result<String, Invalid> {
+    optional_task(o, fields)?.ok_or_else(|| {
+        Invalid::new(
+            RejectReason::MissingTask,
+            format!("missing task: none of the fields {fields:?} is present"),
+        )
+    })
+}
+
+/// The task from the first of `fields` present (absent or null: the next
+/// one; none present: `None`, for formats with another place for the task).
+/// An empty task or one that is not a string is an error naming the field.
+pub(super) fn optional_task(
+    o: &Map<String, Value>,
+    fields: &[&str],
+) -> Result<Option<String>, Invalid> {
     for f in fields {
         match o.get(*f) {
             None | Some(Value::Null) => continue,
@@ -82,14 +97,11 @@ pub(super) fn required_task(o: &Map<String, Value>, fields: &[&str]) -> Result<S
                     format!("field `{f}` (the task) is empty"),
                 ))
             }
-            Some(Value::String(s)) => return Ok(s.clone()),
+            Some(Value::String(s)) => return Ok(Some(s.clone())),
             Some(v) => return Err(wrong(f, "a string", v)),
         }
     }
-    Err(Invalid::new(
-        RejectReason::MissingTask,
-        format!("missing task: none of the fields {fields:?} is present"),
-    ))
+    Ok(None)
 }
 
 pub(super) fn answer_of(o: &Map<String, Value>) -> Result<Option<String>, Invalid> {

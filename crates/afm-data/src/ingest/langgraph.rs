@@ -30,8 +30,8 @@
 //! else `assistant`.
 
 use super::fields::{
-    answer_of, args_text, array_field, id_of, push_tool_call, record, required_task, text_blocks,
-    tree_order, type_name, wrong,
+    answer_of, args_text, array_field, id_of, opt_str, optional_task, push_tool_call, record,
+    text_blocks, tree_order, type_name, wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -75,14 +75,6 @@ struct Msg {
     /// (name, arguments text, call id)
     calls: Vec<(String, String, Option<String>)>,
     tool_call_id: Option<String>,
-}
-
-fn opt_str<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<Option<&'a str>, Invalid> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(wrong(&format!("{at}.{key}"), "a string", v)),
-    }
 }
 
 /// A message in LangChain's serialised forms (see the module doc), an
@@ -134,7 +126,7 @@ fn message(v: &Value, at: &str) -> Result<Msg, Invalid> {
                 Some(v) => return Err(wrong(&format!("{at}.id"), "an array of strings", v)),
                 None => None,
             };
-            let ty = match opt_str(kw, "type", &format!("{at}.kwargs"))? {
+            let ty = match opt_str(kw, &format!("{at}.kwargs"), "type")? {
                 Some(t) => Some(t.to_string()),
                 None => class,
             };
@@ -144,12 +136,12 @@ fn message(v: &Value, at: &str) -> Result<Msg, Invalid> {
             Some(Value::Object(d)) if o.get("type").is_some_and(Value::is_string) => (
                 d,
                 format!("{at}.data"),
-                opt_str(o, "type", at)?.map(str::to_string),
+                opt_str(o, at, "type")?.map(str::to_string),
             ),
             _ => {
-                let ty = match opt_str(o, "type", at)? {
+                let ty = match opt_str(o, at, "type")? {
                     Some(t) => Some(t.to_string()),
-                    None => opt_str(o, "role", at)?.map(str::to_string),
+                    None => opt_str(o, at, "role")?.map(str::to_string),
                 };
                 (o, at.to_string(), ty)
             }
@@ -159,7 +151,7 @@ fn message(v: &Value, at: &str) -> Result<Msg, Invalid> {
     let ty = ty.ok_or_else(|| unknown("a message needs a `type` (or `role`)"))?;
     let kind = if ty == "chat" || ty == "ChatMessage" {
         // A ChatMessage: its `role` says who.
-        let role = opt_str(fields, "role", &at)?.unwrap_or("");
+        let role = opt_str(fields, &at, "role")?.unwrap_or("");
         kind_of(role).ok_or_else(|| unknown(&format!("unknown chat message role {role:?}")))?
     } else {
         kind_of(&ty).ok_or_else(|| unknown(&format!("unknown message type {ty:?}")))?
@@ -196,7 +188,7 @@ fn message(v: &Value, at: &str) -> Result<Msg, Invalid> {
     }
     Ok(Msg {
         kind,
-        name: opt_str(fields, "name", &at)?
+        name: opt_str(fields, &at, "name")?
             .filter(|n| !n.is_empty())
             .map(str::to_string),
         id: match fields.get("id") {
@@ -205,7 +197,7 @@ fn message(v: &Value, at: &str) -> Result<Msg, Invalid> {
         },
         text,
         calls,
-        tool_call_id: opt_str(fields, "tool_call_id", &at)?.map(str::to_string),
+        tool_call_id: opt_str(fields, &at, "tool_call_id")?.map(str::to_string),
     })
 }
 
@@ -229,14 +221,14 @@ fn tool_calls(
             None | Some(Value::Null) => co,
             Some(v) => return Err(wrong(&format!("{cat}.function"), "an object", v)),
         };
-        let name = opt_str(f, "name", &cat)?.ok_or_else(|| {
+        let name = opt_str(f, &cat, "name")?.ok_or_else(|| {
             Invalid::new(
                 RejectReason::WrongType,
                 format!("field `{cat}`: no string `name`"),
             )
         })?;
         let args = f.get("args").or_else(|| f.get("arguments"));
-        let id = opt_str(co, "id", &cat)?.map(str::to_string);
+        let id = opt_str(co, &cat, "id")?.map(str::to_string);
         out.push((name.to_string(), args_text(args), id));
     }
     Ok(out)
@@ -287,14 +279,6 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
     read_state(items, "messages", o, default_id)
 }
 
-fn explicit_task(o: &Map<String, Value>) -> Result<Option<String>, Invalid> {
-    match required_task(o, &["task", "question", "prompt"]) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.reason == RejectReason::MissingTask && !e.message.contains("empty") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 fn finish(
     o: &Map<String, Value>,
     id: String,
@@ -313,7 +297,7 @@ fn read_state(
     o: &Map<String, Value>,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
-    let mut task = explicit_task(o)?;
+    let mut task = optional_task(o, &["task", "question", "prompt"])?;
     let mut steps = Vec::with_capacity(items.len());
     let mut call_names: HashMap<String, String> = HashMap::new();
     for (i, v) in items.iter().enumerate() {
@@ -421,7 +405,7 @@ fn flatten<'a>(list: &'a [Value], at: Option<&str>) -> Result<Vec<Run<'a>>, Inva
                 format!("{at}.{k}")
             }
         };
-        let run_type = opt_str(o, "run_type", name)?.ok_or_else(|| {
+        let run_type = opt_str(o, name, "run_type")?.ok_or_else(|| {
             Invalid::new(
                 RejectReason::UnknownStepShape,
                 format!("{name}: missing string `run_type`"),
@@ -442,17 +426,17 @@ fn flatten<'a>(list: &'a [Value], at: Option<&str>) -> Result<Vec<Run<'a>>, Inva
             _ => None,
         };
         let node = match metadata {
-            Some((m, mat)) => opt_str(m, "langgraph_node", &mat)?,
+            Some((m, mat)) => opt_str(m, &mat, "langgraph_node")?,
             None => None,
         };
         let me = out.len();
         out.push(Run {
             run_type,
-            id: opt_str(o, "id", name)?,
-            parent_id: opt_str(o, "parent_run_id", name)?,
+            id: opt_str(o, name, "id")?,
+            parent_id: opt_str(o, name, "parent_run_id")?,
             nested_in,
-            dotted: opt_str(o, "dotted_order", name)?.filter(|d| !d.is_empty()),
-            start: opt_str(o, "start_time", name)?,
+            dotted: opt_str(o, name, "dotted_order")?.filter(|d| !d.is_empty()),
+            start: opt_str(o, name, "start_time")?,
             node,
             o,
             at: at.clone(),
@@ -711,7 +695,7 @@ fn read_runs(
             .or(nodes.first())
             .copied()
     };
-    let mut task = explicit_task(o)?;
+    let mut task = optional_task(o, &["task", "question", "prompt"])?;
     let mut steps = Vec::new();
     for &i in &order {
         let r = &runs[i];
@@ -779,7 +763,7 @@ fn read_runs(
         Some(Value::String(_)) | Some(Value::Number(_)) => id_of(o, &["id"], default_id)?,
         _ => match runs
             .first()
-            .and_then(|r| opt_str(r.o, "trace_id", r.name()).ok().flatten())
+            .and_then(|r| opt_str(r.o, r.name(), "trace_id").ok().flatten())
         {
             Some(t) => t.to_string(),
             None => id_of(o, &["id"], default_id)?,

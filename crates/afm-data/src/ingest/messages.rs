@@ -1,25 +1,21 @@
 //! `messages`: OpenAI chat messages (`{"messages":[{"role","content","name","tool_calls"}]}` or a bare array).
 
 use super::fields::{
-    answer_of, array_field, content_text, id_of, name_or_role, push_tool_calls, record,
-    required_task, wrong,
+    answer_of, array_field, content_text, id_of, name_or_role, optional_task, push_tool_calls,
+    record, wrong,
 };
 use super::{Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
-pub(super) fn messages_from_list(
+fn messages_from_list(
     items: &[Value],
     o: Option<&Map<String, Value>>,
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
     let empty = Map::new();
     let o = o.unwrap_or(&empty);
-    let mut task = match required_task(o, &["task", "question", "prompt"]) {
-        Ok(t) => Some(t),
-        Err(e) if e.reason == RejectReason::MissingTask && !e.message.contains("empty") => None,
-        Err(e) => return Err(e),
-    };
+    let mut task = optional_task(o, &["task", "question", "prompt"])?;
     let mut steps = Vec::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
         let at = format!("messages[{i}]");
@@ -74,4 +70,17 @@ pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajector
 /// A record with `messages`.
 pub(super) fn detects(o: &Map<String, Value>) -> bool {
     o.contains_key("messages")
+}
+
+/// A bare array of messages (its first item has a `role`) is one conversation.
+pub(super) fn is_message_list(items: &[Value]) -> bool {
+    items
+        .first()
+        .and_then(Value::as_object)
+        .is_some_and(|o| o.contains_key("role"))
+}
+
+/// One conversation given as a bare array of messages.
+pub(super) fn read_message_list(items: &[Value], default_id: &str) -> Result<Trajectory, Invalid> {
+    messages_from_list(items, None, default_id)
 }

@@ -716,15 +716,6 @@ pub fn parse_document(
     };
     match &v {
         Value::Array(items) => {
-            let bare_messages = items
-                .first()
-                .and_then(Value::as_object)
-                .is_some_and(|o| o.contains_key("role"))
-                && matches!(format, Format::Auto | Format::Messages);
-            if bare_messages {
-                return vec![messages::messages_from_list(items, None, &stem)
-                    .and_then(|t| check(t, limits, Format::Messages))];
-            }
             if let Some((fm, _, read)) = BARE_ARRAYS
                 .iter()
                 .find(|(fm, is, _)| (format == Format::Auto || format == *fm) && is(items))
@@ -756,14 +747,20 @@ pub fn parse_document(
 }
 
 /// Formats whose record may also be a whole document that is a bare array
-/// (smolagents memory steps, CrewAI events, Agents SDK trace exports,
-/// LangChain messages): (format, looks like one, read).
+/// (OpenAI messages, smolagents memory steps, CrewAI events, Agents SDK
+/// trace exports, LangChain messages): (format, looks like one, read), the
+/// first that accepts the array reads it.
 #[allow(clippy::type_complexity)]
 const BARE_ARRAYS: &[(
     Format,
     fn(&[Value]) -> bool,
     fn(&[Value], &str) -> Result<Trajectory, Invalid>,
 )] = &[
+    (
+        Format::Messages,
+        messages::is_message_list,
+        messages::read_message_list,
+    ),
     (
         Format::Smolagents,
         smolagents::is_step_list,

@@ -32,8 +32,8 @@
 //! text, so such a trace has the agents' tool calls only.
 
 use super::fields::{
-    answer_of, args_text, id_of, opt_bool, opt_f64, push_tool_call, text_blocks, tree_order, wrong,
-    Handoff,
+    answer_of, args_text, id_of, opt_bool, opt_f64, opt_str, optional_task, push_tool_call,
+    text_blocks, tree_order, wrong, Handoff,
 };
 use super::{fields, Invalid, RejectReason};
 use afm_format::record::{Step, StepKind, Trajectory};
@@ -195,16 +195,8 @@ struct Span<'a> {
     error: Option<&'a Value>,
 }
 
-fn opt_str<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<Option<&'a str>, Invalid> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(wrong(&format!("{at}.{key}"), "a string", v)),
-    }
-}
-
 fn req_str<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a str, Invalid> {
-    opt_str(o, key, at)?.ok_or_else(|| {
+    opt_str(o, at, key)?.ok_or_else(|| {
         Invalid::new(
             RejectReason::UnknownStepShape,
             format!("{at}: missing string `{key}`"),
@@ -226,10 +218,10 @@ fn span<'a>(v: &'a Value, at: &'a str) -> Result<Span<'a>, Invalid> {
     };
     Ok(Span {
         at,
-        id: opt_str(o, "id", at)?,
-        trace_id: opt_str(o, "trace_id", at)?,
-        parent: opt_str(o, "parent_id", at)?,
-        started: opt_str(o, "started_at", at)?,
+        id: opt_str(o, at, "id")?,
+        trace_id: opt_str(o, at, "trace_id")?,
+        parent: opt_str(o, at, "parent_id")?,
+        started: opt_str(o, at, "started_at")?,
         kind: req_str(data, "type", &format!("{at}.span_data"))?,
         data,
         error: o.get("error").filter(|e| !e.is_null()),
@@ -333,11 +325,11 @@ fn call_of(
     tool_name: Option<&str>,
     at: &str,
 ) -> Result<(String, String, Option<String>), Invalid> {
-    let call_id = match opt_str(raw, "call_id", at)? {
+    let call_id = match opt_str(raw, at, "call_id")? {
         Some(c) => Some(c.to_string()),
-        None => opt_str(raw, "id", at)?.map(str::to_string),
+        None => opt_str(raw, at, "id")?.map(str::to_string),
     };
-    let name = match (opt_str(raw, "name", at)?, tool_name) {
+    let name = match (opt_str(raw, at, "name")?, tool_name) {
         (Some(n), _) | (None, Some(n)) => Some(n),
         _ => None,
     };
@@ -384,7 +376,7 @@ fn task_of_input(v: Option<&Value>, at: &str) -> Result<Option<String>, Invalid>
             for (i, it) in items.iter().enumerate() {
                 let iat = format!("{at}[{i}]");
                 let io = it.as_object().ok_or_else(|| wrong(&iat, "an object", it))?;
-                if opt_str(io, "role", &iat)? == Some("user") {
+                if opt_str(io, &iat, "role")? == Some("user") {
                     return text_blocks(io.get("content"), &format!("{iat}.content")).map(Some);
                 }
             }
@@ -405,19 +397,6 @@ fn task_or_reject(task: Option<String>, why: &str) -> Result<String, Invalid> {
             RejectReason::MissingTask,
             format!("missing task: {why}"),
         )),
-    }
-}
-
-fn explicit_task(o: &Map<String, Value>) -> Result<Option<String>, Invalid> {
-    match fields::required_task(o, &["task"]) {
-        Ok(t) => Ok(Some(t)),
-        Err(e)
-            if o.get("task").is_none_or(Value::is_null)
-                && e.reason == RejectReason::MissingTask =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -477,14 +456,14 @@ fn read_run_items(
             }
             "tool_call_item" | "handoff_call_item" => {
                 let agent = agent_ref(io.get("agent"), &format!("{at}.agent"))?;
-                let (name, args, call_id) = call_of(raw, opt_str(io, "tool_name", &at)?, &raw_at)?;
+                let (name, args, call_id) = call_of(raw, opt_str(io, &at, "tool_name")?, &raw_at)?;
                 let step = b.call(&agent, &name, &args);
                 if let Some(c) = call_id {
                     calls.insert(c, (name, step));
                 }
             }
             "tool_call_output_item" | "handoff_output_item" => {
-                let call = opt_str(raw, "call_id", &raw_at)?
+                let call = opt_str(raw, &raw_at, "call_id")?
                     .and_then(|c| calls.get(c))
                     .cloned();
                 let name = call
@@ -501,7 +480,7 @@ fn read_run_items(
             }
             "input_item" => {
                 // Input admitted while resuming a run: a later user turn.
-                if opt_str(raw, "role", &raw_at)? == Some("user") {
+                if opt_str(raw, &raw_at, "role")? == Some("user") {
                     b.observation(
                         "user",
                         text_blocks(raw.get("content"), &format!("{raw_at}.content"))?,
@@ -516,7 +495,7 @@ fn read_run_items(
             }
         }
     }
-    let task = match explicit_task(o)? {
+    let task = match optional_task(o, &["task"])? {
         Some(t) => Some(t),
         None => task_of_input(o.get(input_key), input_key)?,
     };
@@ -545,7 +524,7 @@ fn speaker<'a>(s: &Span<'a>) -> Result<Option<&'a str>, Invalid> {
             Some(Value::Object(d))
                 if d.get("sdk_span_type").and_then(Value::as_str) == Some("turn") =>
             {
-                opt_str(d, "agent_name", &format!("{}.span_data.data", s.at))
+                opt_str(d, &format!("{}.span_data.data", s.at), "agent_name")
             }
             _ => Ok(None),
         },
@@ -562,7 +541,7 @@ fn read_trace(
     default_id: &str,
 ) -> Result<Trajectory, Invalid> {
     let trace_id = match trace {
-        Some(t) => opt_str(t, "id", trace_at)?,
+        Some(t) => opt_str(t, trace_at, "id")?,
         None => None,
     };
     let spans: Vec<Span> = spans
@@ -606,7 +585,7 @@ fn read_trace(
         )
     })?;
     let mut who: Vec<Option<&str>> = vec![None; spans.len()];
-    let mut task = explicit_task(o)?;
+    let mut task = optional_task(o, &["task"])?;
     if task.is_none() {
         if let Some(Value::String(s)) = o.get("input") {
             task = Some(s.clone());
@@ -701,8 +680,8 @@ fn read_trace(
                 b.observation(name, text);
             }
             "handoff" => {
-                let from = opt_str(s.data, "from_agent", &data_at)?;
-                let to = opt_str(s.data, "to_agent", &data_at)?;
+                let from = opt_str(s.data, &data_at, "from_agent")?;
+                let to = opt_str(s.data, &data_at, "to_agent")?;
                 if let (Some(from), Some(to)) = (from, to) {
                     b.handoff(None, from, to);
                 }
@@ -744,7 +723,7 @@ fn first_user_message(v: Option<&Value>, at: &str) -> Result<Option<String>, Inv
             for (k, m) in msgs.iter().enumerate() {
                 let mat = format!("{at}[{k}]");
                 let mo = m.as_object().ok_or_else(|| wrong(&mat, "an object", m))?;
-                if opt_str(mo, "role", &mat)? == Some("user") {
+                if opt_str(mo, &mat, "role")? == Some("user") {
                     return text_blocks(mo.get("content"), &format!("{mat}.content")).map(Some);
                 }
             }
@@ -763,7 +742,7 @@ fn chat_message(
 ) -> Result<(String, Vec<(String, String)>), Invalid> {
     let mut text = text_blocks(m.get("content"), &format!("{at}.content"))?;
     if text.is_empty() {
-        if let Some(r) = opt_str(m, "refusal", at)? {
+        if let Some(r) = opt_str(m, at, "refusal")? {
             text = r.to_string();
         }
     }
