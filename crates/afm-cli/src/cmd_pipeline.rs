@@ -97,7 +97,7 @@ pub struct AblationArgs {
     pub seeds: u64,
     /// Only these variants: full, and each ingredient flipped from the
     /// pipeline's setting (no-filtering, no-role-embeddings, with-curriculum,
-    /// no-augmentation, with-distillation, no-boundary, no-smeared-keys,
+    /// no-augmentation, with-distillation, no-boundary, no-smeared-keys, no-smeared-tokens,
     /// no-rare-token-bytes by default).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,

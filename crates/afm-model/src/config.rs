@@ -36,6 +36,16 @@ pub struct GptConfig {
     /// steps. Not GPT-2: `export-hf` refuses such a model.
     #[serde(default)]
     pub smear_keys: bool,
+    /// Smeared token embeddings: the input of position `t` adds the previous
+    /// token's embedding scaled per channel, `e_t + g * e_(t-1)` with `g`
+    /// learned (`smear_tok.gate`, `[n_embd]`, initialised to 0), nothing
+    /// across a document start. With it every position knows the token
+    /// before it from the first layer on, so a smeared-key head matches two
+    /// tokens, not one: a list's `,` no longer stands for every element
+    /// (copying `[168, 4, 96]` needs to know which number the comma
+    /// follows). Not GPT-2: `export-hf` refuses such a model.
+    #[serde(default)]
+    pub smear_tokens: bool,
 }
 
 fn default_eps() -> f64 {
@@ -71,6 +81,7 @@ impl GptConfig {
             layer_norm_epsilon: 1e-5,
             dropout: 0.0,
             smear_keys: false,
+            smear_tokens: false,
         };
         c.validate()?;
         Ok(c)
@@ -136,7 +147,13 @@ impl GptConfig {
             + (c * 4 * c + 4 * c)
             + (4 * c * c + c);
         let smear = if self.smear_keys { self.n_head } else { 0 };
-        self.vocab_size * c + self.n_ctx * c + self.n_roles * c + l * (per_block + smear) + 2 * c
+        let smear_tok = if self.smear_tokens { c } else { 0 };
+        self.vocab_size * c
+            + self.n_ctx * c
+            + self.n_roles * c
+            + l * (per_block + smear)
+            + 2 * c
+            + smear_tok
     }
 }
 

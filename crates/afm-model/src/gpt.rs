@@ -205,6 +205,9 @@ unsafe fn cpu_slice_mut<T>(t: &mut Tensor) -> &mut [T] {
 pub struct KvCache {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Per batch row, the last token fed (-1: none yet): the previous
+    /// token of the next one (`GptConfig::smear_tokens`).
+    last: Vec<i64>,
 }
 
 /// Which rows a cached step feeds and how (built by the decoder).
@@ -231,6 +234,9 @@ pub struct Gpt {
     wte: Tensor,
     wpe: Tensor,
     role_emb: Option<Tensor>,
+    /// `[C]` per-channel gate of the previous token's embedding
+    /// (`GptConfig::smear_tokens`).
+    smear_tok: Option<Tensor>,
     h: Vec<Block>,
     ln_f: Ln,
 }
@@ -287,6 +293,9 @@ impl Gpt {
         let wpe = (p / "wpe").zeros("weight", &[config.n_ctx as i64, c]);
         let role_emb = (config.n_roles > 0)
             .then(|| (p / "role_emb").zeros("weight", &[config.n_roles as i64, c]));
+        let smear_tok = config
+            .smear_tokens
+            .then(|| (p / "smear_tok").zeros("gate", &[c]));
         let h = (0..l)
             .map(|i| {
                 let b = p / "h" / i;
@@ -309,6 +318,7 @@ impl Gpt {
             wte,
             wpe,
             role_emb,
+            smear_tok,
             h,
             ln_f,
         }
@@ -351,6 +361,9 @@ impl Gpt {
         let _ = self.ln_f.b.shallow_clone().zero_();
         if let Some(r) = &self.role_emb {
             let _ = r.shallow_clone().zero_();
+        }
+        if let Some(g) = &self.smear_tok {
+            let _ = g.shallow_clone().zero_();
         }
     }
 
@@ -541,8 +554,17 @@ impl Gpt {
                 &derived
             }
         };
-        let mut x = Tensor::embedding(&self.wte, a.tokens, -1, false, false)
-            + Tensor::embedding(&self.wpe, positions, -1, false, false);
+        let mut tok = Tensor::embedding(&self.wte, a.tokens, -1, false, false);
+        if let Some(g) = &self.smear_tok {
+            // The previous position's token, except at a document start.
+            let prev = Tensor::cat(
+                &[tok.narrow(1, 0, 1).zeros_like(), tok.narrow(1, 0, t - 1)],
+                1,
+            );
+            let continues = positions.gt(0).to_kind(tok.kind()).unsqueeze(-1);
+            tok = &tok + g * (prev * continues);
+        }
+        let mut x = tok + Tensor::embedding(&self.wpe, positions, -1, false, false);
         if let (Some(table), Some(r)) = (&self.role_emb, a.roles) {
             x = x + Tensor::embedding(table, r, -1, false, false);
         }
@@ -766,7 +788,11 @@ impl Gpt {
                 .map(|_| Tensor::zeros(shape, opts))
                 .collect()
         };
-        KvCache { k: mk(), v: mk() }
+        KvCache {
+            k: mk(),
+            v: mk(),
+            last: vec![-1; batch],
+        }
     }
 
     /// One incremental step over the KV cache (no autograd): appends the
@@ -798,8 +824,34 @@ impl Gpt {
         let _guard = tch::no_grad_guard();
         let dev = self.device();
         let (r, l) = s.tokens.size2().expect("[R, L]");
-        let mut x = Tensor::embedding(&self.wte, s.tokens, -1, false, false)
-            + Tensor::embedding(&self.wpe, s.positions, -1, false, false);
+        let mut x = Tensor::embedding(&self.wte, s.tokens, -1, false, false);
+        if let Some(g) = &self.smear_tok {
+            // Each new token's previous one: the row's last cached token,
+            // then the fed ones; none at a position 0.
+            let tokens = Vec::<i64>::try_from(s.tokens.reshape([-1])).expect("i64 tokens");
+            let positions = Vec::<i64>::try_from(s.positions.reshape([-1])).expect("i64 positions");
+            let (mut prev, mut keep) = (vec![0i64; tokens.len()], vec![0f32; tokens.len()]);
+            for (i, &b) in s.rows.iter().enumerate() {
+                for j in 0..l as usize {
+                    let at = i * l as usize + j;
+                    let p = if j == 0 {
+                        cache.last[b]
+                    } else {
+                        tokens[at - 1]
+                    };
+                    if positions[at] > 0 && p >= 0 {
+                        (prev[at], keep[at]) = (p, 1.0);
+                    }
+                }
+            }
+            let prev = Tensor::from_slice(&prev).to_device(dev).view([r, l]);
+            let keep = Tensor::from_slice(&keep).to_device(dev).view([r, l, 1]);
+            x = &x + g * (Tensor::embedding(&self.wte, &prev, -1, false, false) * keep);
+            for (i, &b) in s.rows.iter().enumerate() {
+                cache.last[b] = tokens[i * l as usize + s.n_new[i] - 1];
+            }
+        }
+        let mut x = x + Tensor::embedding(&self.wpe, s.positions, -1, false, false);
         if let Some(table) = &self.role_emb {
             x = x + Tensor::embedding(table, s.roles, -1, false, false);
         }

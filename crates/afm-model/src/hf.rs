@@ -103,6 +103,7 @@ pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
         layer_norm_epsilon: c.layer_norm_epsilon.unwrap_or(1e-5),
         dropout: 0.0,
         smear_keys: false,
+        smear_tokens: false,
     };
     cfg.validate()
         .with_context(|| format!("{}", path.display()))?;
@@ -312,9 +313,14 @@ impl Model {
                 afm_tokenizer::EOT
             );
         }
-        if self.config.smear_keys {
+        if self.config.smear_keys || self.config.smear_tokens {
+            let what = match (self.config.smear_keys, self.config.smear_tokens) {
+                (true, true) => "smeared keys and token embeddings (`smear_keys`, `smear_tokens`)",
+                (true, false) => "smeared keys (`smear_keys`)",
+                _ => "smeared token embeddings (`smear_tokens`)",
+            };
             anyhow::bail!(
-                "export-hf: this model has smeared keys (`smear_keys`), which GPT-2 in transformers does not have; it would read a different model. Train with `smear_keys = false` (`[shape]` of the train config) to export"
+                "export-hf: this model has {what}, which GPT-2 in transformers does not have; it would read a different model. Train with them off (`[shape]` of the train config) to export"
             );
         }
         export(

@@ -49,10 +49,12 @@ impl std::fmt::Debug for Model {
 
 /// Whether AdamW weight decay applies to parameter `name`: only the four
 /// matmul weights of each block; never biases, LayerNorms or embeddings
-/// (`wte` is the tied LM head, `wpe`, `role_emb`).
+/// (`wte` is the tied LM head, `wpe`, `role_emb`, `smear_tok`).
 pub fn weight_decay_applies(name: &str) -> bool {
-    let is_embedding =
-        name.starts_with("wte.") || name.starts_with("wpe.") || name.starts_with("role_emb.");
+    let is_embedding = name.starts_with("wte.")
+        || name.starts_with("wpe.")
+        || name.starts_with("role_emb.")
+        || name.starts_with("smear_tok.");
     let is_ln = name.split('.').any(|p| p.starts_with("ln_"));
     !(name.ends_with(".bias") || name.ends_with(".smear") || is_embedding || is_ln)
 }

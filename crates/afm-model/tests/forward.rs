@@ -9,16 +9,18 @@ fn tiny(seed: i64) -> Model {
     tiny_with(seed, false)
 }
 
-/// `smear`: smeared keys, their mixing logits drawn N(0, 1) per head.
+/// `smear`: smeared keys and token embeddings, their mixing logits and
+/// gates drawn N(0, 1).
 fn tiny_with(seed: i64, smear: bool) -> Model {
     let tok = Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap());
     let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
     cfg.smear_keys = smear;
+    cfg.smear_tokens = smear;
     let m = Model::new(cfg, tok, Device::Cpu, seed).unwrap();
     let _g = tch::no_grad_guard();
     tch::manual_seed(seed);
     for (name, p) in m.named_parameters() {
-        if name.ends_with(".smear") {
+        if name.ends_with(".smear") || name == "smear_tok.gate" {
             let _ = p.shallow_clone().normal_(0.0, 1.0);
         }
     }
@@ -204,17 +206,20 @@ fn parameter_names_and_weight_decay() {
     let smear: Vec<(String, i64)> = s
         .named_parameters()
         .into_iter()
-        .filter(|(n, _)| n.ends_with(".smear"))
+        .filter(|(n, _)| n.contains("smear"))
         .map(|(n, t)| (n, t.numel() as i64))
         .collect();
+    // ... and smeared token embeddings one gate per channel.
     assert_eq!(
         smear,
         vec![
             ("h.0.attn.smear".to_string(), 2),
-            ("h.1.attn.smear".to_string(), 2)
+            ("h.1.attn.smear".to_string(), 2),
+            ("smear_tok.gate".to_string(), 64)
         ]
     );
     assert!(!weight_decay_applies("h.0.attn.smear"));
+    assert!(!weight_decay_applies("smear_tok.gate"));
     let n: i64 = s
         .named_parameters()
         .iter()

@@ -11,18 +11,20 @@ fn model(seed: i64) -> Model {
     model_with(seed, false)
 }
 
-/// `smear`: smeared keys, their mixing logits drawn N(0, 1) per head.
+/// `smear`: smeared keys and token embeddings, their mixing logits and
+/// gates drawn N(0, 1).
 fn model_with(seed: i64, smear: bool) -> Model {
     let tok = Tokenizer::new(RoleVocab::from_agents(["Planner", "Coder"]).unwrap());
     let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
     cfg.smear_keys = smear;
+    cfg.smear_tokens = smear;
     let m = Model::new(cfg, tok, Device::Cpu, seed).unwrap();
     let _g = tch::no_grad_guard();
     tch::manual_seed(seed);
     for (name, p) in m.named_parameters() {
         if name.ends_with("weight") && !name.contains("ln_") {
             let _ = p.shallow_clone().normal_(0.0, 0.2);
-        } else if name.ends_with(".smear") {
+        } else if name.ends_with(".smear") || name == "smear_tok.gate" {
             let _ = p.shallow_clone().normal_(0.0, 1.0);
         }
     }

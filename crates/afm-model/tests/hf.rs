@@ -198,16 +198,19 @@ fn unsupported_or_broken_hf_dirs_are_errors() {
     assert!(e.contains("model.safetensors"), "{e}");
 }
 
-/// GPT-2 in transformers has no smeared keys: exporting such a model would
-/// give a different model, so it is refused with a message naming the field.
+/// GPT-2 in transformers has no smeared keys or token embeddings: exporting
+/// such a model would give a different model, so it is refused with a
+/// message naming the field.
 #[test]
-fn a_model_with_smeared_keys_is_not_exported() {
-    let dir = tempfile::tempdir().unwrap();
-    let tok = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
-    let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
-    cfg.smear_keys = true;
-    let m = Model::new(cfg, tok, Device::Cpu, 5).unwrap();
-    let err = m.export_hf(&dir.path().join("hf")).unwrap_err().to_string();
-    assert!(err.contains("smear_keys"), "{err}");
-    assert!(!dir.path().join("hf").join("model.safetensors").exists());
+fn a_model_with_smeared_keys_or_tokens_is_not_exported() {
+    for (keys, tokens, field) in [(true, false, "smear_keys"), (false, true, "smear_tokens")] {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
+        let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+        (cfg.smear_keys, cfg.smear_tokens) = (keys, tokens);
+        let m = Model::new(cfg, tok, Device::Cpu, 5).unwrap();
+        let err = m.export_hf(&dir.path().join("hf")).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        assert!(!dir.path().join("hf").join("model.safetensors").exists());
+    }
 }

@@ -23,7 +23,7 @@ type Ingredient = (&'static str, Option<f64>);
 
 /// The recipe's ingredients the ablation toggles, with the seed's claimed
 /// gain of each (percentage points of success with it on).
-pub const INGREDIENTS: [Ingredient; 8] = [
+pub const INGREDIENTS: [Ingredient; 9] = [
     ("filtering", Some(3.0)),
     ("role-embeddings", Some(2.0)),
     ("curriculum", Some(2.0)),
@@ -31,6 +31,7 @@ pub const INGREDIENTS: [Ingredient; 8] = [
     ("distillation", Some(1.3)),
     ("boundary", None),
     ("smeared-keys", None),
+    ("smeared-tokens", None),
     ("rare-token-bytes", None),
 ];
 
@@ -76,6 +77,7 @@ fn uses(c: &PipelineConfig, name: &str) -> bool {
         "distillation" => c.distill,
         "boundary" => c.boundary,
         "smeared-keys" => c.train.shape.smear_keys,
+        "smeared-tokens" => c.train.shape.smear_tokens,
         "rare-token-bytes" => c.corpus_vocab && c.vocab_min_count > 1,
         _ => false,
     }
@@ -95,6 +97,7 @@ fn set_ingredient(c: &mut PipelineConfig, name: &str, on: bool) {
         "distillation" => c.distill = on,
         "boundary" => c.boundary = on,
         "smeared-keys" => c.train.shape.smear_keys = on,
+        "smeared-tokens" => c.train.shape.smear_tokens = on,
         "rare-token-bytes" => {
             c.corpus_vocab |= on;
             c.vocab_min_count = if on { d.vocab_min_count } else { 1 };

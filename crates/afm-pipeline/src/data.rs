@@ -29,6 +29,7 @@ pub struct DataSummary {
 struct DataKey {
     stage: &'static str,
     train_tasks: usize,
+    task_repeats: usize,
     seed: u64,
     held_out: Vec<stage::FileStamp>,
 }
@@ -52,13 +53,17 @@ pub(crate) fn inputs(
     let (n, seed) = (c.train_tasks, afm_tasks::DEFAULT_DATASET_SEED);
     let dir = root.join("data");
     let fp = stage::fingerprint(&DataKey {
-        stage: "data-v2",
+        stage: "data-v3",
         train_tasks: n,
+        task_repeats: c.task_repeats,
         seed,
         held_out: stage::stamps(std::slice::from_ref(&c.tasks)),
     })?;
     let d = stage::run("data", &dir, &fp, progress, |out| {
-        let (tasks, _) = afm_tasks::generate(seed, n, 0)?;
+        let tasks = match c.task_repeats {
+            1 => afm_tasks::generate(seed, n, 0)?.0,
+            r => afm_tasks::sample_train(seed, n, r)?,
+        };
         check_disjoint(&tasks, &c.tasks)?;
         let mut bar = Counter::new(progress, "data", tasks.len() as u64);
         let trajs = solve_scripted(

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! 1. `data`: the scripted agents' trajectories on `train_tasks` generated
-//!    tasks (the shipped `datasets/scripted/train.jsonl` are the first
+//!    tasks, drawn as `task_repeats` says (the shipped `datasets/scripted/train.jsonl` are the first
 //!    4,000; `train_tasks = 0` uses that file; `input` replaces it);
 //! 2. `prepare-afm`, `prepare-mas-<Agent>`: filter, (curriculum,) augment,
 //!    pack (one dataset for the AFM, one per agent for its own model);

@@ -53,6 +53,9 @@ impl PrepareKey {
                 vocab_min_count: c.vocab_min_count,
                 seq_len: c.seq_len,
                 seed: c.seed,
+                // A natural draw repeats tasks on purpose (the repeats are
+                // the mixture); deduplicating would undo it.
+                dedup: !c.draws_repeats(),
                 weights: AgentWeights {
                     only: only.map(str::to_string),
                     ..AgentWeights::default()

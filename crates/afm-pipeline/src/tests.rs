@@ -252,13 +252,15 @@ fn repo() -> PathBuf {
 }
 
 /// The `data` stage writes the scripted agents' trajectories on the
-/// generated train tasks; the shipped dataset is its prefix; a rerun
+/// generated train tasks; with distinct tasks the shipped dataset is its
+/// prefix; a rerun
 /// reuses it; the user's `input` and `train_tasks = 0` bypass it.
 #[test]
 fn the_data_stage_extends_the_shipped_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let c = PipelineConfig {
         train_tasks: 60,
+        task_repeats: 1,
         tasks: repo().join("datasets/tasks/test.jsonl"),
         ..Default::default()
     };
@@ -290,6 +292,48 @@ fn the_data_stage_extends_the_shipped_dataset() {
         ..c
     };
     assert_eq!(inputs(dir.path(), &user, &Quiet).unwrap().0, user.input);
+}
+
+/// `task_repeats = 0` or R >= 2: the `data` stage draws with repetition
+/// (`afm_tasks::sample_train`), is a different stage result from the
+/// distinct draw (`task_repeats = 1`), and prepare keeps the repeats (no
+/// dedup) for it only.
+#[test]
+fn a_draw_with_repeats_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = PipelineConfig {
+        train_tasks: 400,
+        task_repeats: 0,
+        tasks: repo().join("datasets/tasks/test.jsonl"),
+        ..Default::default()
+    };
+    let (ins, d) = inputs(dir.path(), &c, &Quiet).unwrap();
+    assert!(!d.unwrap().cached);
+    let made: Vec<afm_tasks::Trajectory> = std::fs::read_to_string(&ins[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = afm_tasks::sample_train(afm_tasks::DEFAULT_DATASET_SEED, 400, 0).unwrap();
+    assert_eq!(made.len(), want.len());
+    assert!(made.iter().zip(&want).all(|(t, w)| t.id == w.id));
+    let ids: std::collections::HashSet<_> = made.iter().map(|t| &t.id).collect();
+    assert!(ids.len() < made.len(), "400 natural draws repeat a task");
+    // The distinct draw is another stage result.
+    let distinct = PipelineConfig {
+        task_repeats: 1,
+        ..c.clone()
+    };
+    assert!(!inputs(dir.path(), &distinct, &Quiet).unwrap().1.unwrap().cached);
+    let key = |c: &PipelineConfig| serde_json::to_value(PrepareKey::new(c, &ins, None)).unwrap();
+    assert_eq!(key(&c)["config"]["dedup"], false);
+    assert_eq!(key(&distinct)["config"]["dedup"], true);
+    // The user's own logs are always deduplicated.
+    let user = PipelineConfig {
+        input: vec![PathBuf::from("mine.jsonl")],
+        ..c
+    };
+    assert_eq!(key(&user)["config"]["dedup"], true);
 }
 
 // ---- end to end, tiny preset ----

@@ -41,5 +41,6 @@ pub use agents::{
 };
 pub use lang::{observation_text, run_program, run_to_observation, Limits, ToolError, Value};
 pub use tasks::{
-    generate, load_tasks, parse_tasks, save_tasks, solution, verify, Solution, Split, Task,
+    generate, load_tasks, parse_tasks, sample_train, save_tasks, solution, verify, Solution, Split,
+    Task,
 };

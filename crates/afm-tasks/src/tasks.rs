@@ -629,6 +629,44 @@ pub fn generate(
     Ok((train, test))
 }
 
+/// `n` train-split tasks drawn independently from the task distribution
+/// ([`gen_task`]), deterministically from `seed`, each task at most
+/// `max_repeats` times (0: no limit, the natural mixture).
+///
+/// Unlike [`generate`], a task can come more than once. [`generate`]'s
+/// distinct tasks under-weight the ops whose input space is small: 32,000
+/// distinct train tasks hold 39 `arith-pow` tasks (0.1%) where the task
+/// distribution has 6.4% (and the held-out set 2.5%). Drawing with
+/// repetition gives those ops back their share; the cap bounds how often
+/// one task is seen, so the large ops keep most of the data. Held-out
+/// tasks are never produced.
+pub fn sample_train(seed: u64, n: usize, max_repeats: usize) -> anyhow::Result<Vec<Task>> {
+    let mut rng = SplitMix64::derive(seed, "afm-tasks-sample-train");
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let mut train = Vec::with_capacity(n);
+    let budget = 200 * n + 10_000;
+    for _ in 0..budget {
+        if train.len() >= n {
+            break;
+        }
+        let Some(t) = gen_task(&mut rng).filter(|t| t.split() == Split::Train) else {
+            continue;
+        };
+        let k = seen.entry(t.id.clone()).or_default();
+        if max_repeats == 0 || *k < max_repeats {
+            *k += 1;
+            train.push(t);
+        }
+    }
+    if train.len() < n {
+        anyhow::bail!(
+            "could only sample {} train tasks of at most {max_repeats} repeats each (asked {n})",
+            train.len()
+        );
+    }
+    Ok(train)
+}
+
 // ---------------------------------------------------------------- solutions
 
 /// The correct plan and program for a task, and plausible wrong plans
@@ -1057,6 +1095,70 @@ mod tests {
             generate(5, 300, 30).unwrap().0,
             generate(6, 300, 30).unwrap().0
         );
+    }
+
+    /// Share of each op in a task list.
+    fn op_shares(tasks: &[Task]) -> std::collections::BTreeMap<String, f64> {
+        let mut m = std::collections::BTreeMap::new();
+        for t in tasks {
+            *m.entry(format!("{}-{}", t.family, t.op)).or_insert(0.0) += 1.0;
+        }
+        m.values_mut().for_each(|v| *v /= tasks.len() as f64);
+        m
+    }
+
+    #[test]
+    fn sampled_train_tasks_keep_the_natural_mixture() {
+        let n = 20_000;
+        let sampled = sample_train(3, n, 0).unwrap();
+        assert_eq!(sampled.len(), n);
+        assert_eq!(sampled, sample_train(3, n, 0).unwrap(), "deterministic");
+        assert_ne!(sampled, sample_train(4, n, 0).unwrap());
+        assert!(sampled.iter().all(|t| t.split() == Split::Train));
+        // The reference mixture: every draw of the distribution, both splits.
+        let mut rng = SplitMix64::new(99);
+        let natural: Vec<Task> = (0..n).filter_map(|_| gen_task(&mut rng)).collect();
+        let (want, got) = (op_shares(&natural), op_shares(&sampled));
+        let (distinct, _) = generate(3, n, 0).unwrap();
+        let flat = op_shares(&distinct);
+        for (op, w) in &want {
+            let g = got.get(op).copied().unwrap_or(0.0);
+            assert!(
+                (g - w).abs() < 0.25 * w + 0.002,
+                "{op}: sampled {g:.4}, natural {w:.4}"
+            );
+        }
+        // The small-space op the distinct generator starves.
+        let pow = "arith-pow".to_string();
+        assert!(
+            flat[&pow] * 5.0 < want[&pow],
+            "{} vs {}",
+            flat[&pow],
+            want[&pow]
+        );
+        let ids: std::collections::HashSet<_> = sampled.iter().map(|t| &t.id).collect();
+        assert!(ids.len() < n, "small spaces repeat");
+        // A cap of 8 repeats: no task more than 8 times; the small op gets
+        // back part of its share, between the two.
+        let capped = sample_train(3, n, 8).unwrap();
+        let mut count = std::collections::HashMap::<&str, usize>::new();
+        capped.iter().for_each(|t| *count.entry(&t.id).or_default() += 1);
+        assert_eq!(count.values().max(), Some(&8));
+        let c = op_shares(&capped)[&pow];
+        assert!(flat[&pow] * 2.0 < c && c * 2.0 < want[&pow], "{c}");
+        eprintln!(
+            "distinct ids {} of {n}; pow natural {:.4} distinct {:.4} sampled {:.4}",
+            ids.len(),
+            want[&pow],
+            flat[&pow],
+            got[&pow]
+        );
+        for (op, w) in &want {
+            eprintln!(
+                "{op} natural {w:.4} distinct {:.4}",
+                flat.get(op).copied().unwrap_or(0.0)
+            );
+        }
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct ShapeConfig {
     /// Smeared keys (`afm_model::GptConfig::smear_keys`; false keeps the
     /// preset's GPT-2 attention).
     pub smear_keys: bool,
+    /// Smeared token embeddings (`afm_model::GptConfig::smear_tokens`).
+    pub smear_tokens: bool,
 }
 
 impl ShapeConfig {
@@ -160,6 +162,7 @@ impl ShapeConfig {
             }
         }
         g.smear_keys |= self.smear_keys;
+        g.smear_tokens |= self.smear_tokens;
         g
     }
 }

@@ -56,6 +56,10 @@ pub(super) fn eligible(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &KvCache) 
             .role_emb
             .as_ref()
             .is_none_or(|t| contiguous(t, Kind::Float))
+        && gpt
+            .smear_tok
+            .as_ref()
+            .is_none_or(|t| contiguous(t, Kind::Float))
         && f32s(&gpt.ln_f)
         && contiguous(&w.head, w.kind)
         && gpt.h.iter().all(|b| f32s(&b.ln_1) && f32s(&b.ln_2))
@@ -106,6 +110,7 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
     // Embeddings (token + position, + role), as the libtorch path adds them.
     let (wte, wpe) = (f32_of(&gpt.wte), f32_of(&gpt.wpe));
     let role_emb = gpt.role_emb.as_ref().map(f32_of);
+    let smear_tok = gpt.smear_tok.as_ref().map(f32_of);
     let mut x = vec![0f32; r * c];
     for (i, xi) in x.chunks_exact_mut(c).enumerate() {
         let te = &wte[tokens[i] as usize * c..][..c];
@@ -117,6 +122,17 @@ fn step<E: Elem>(gpt: &Gpt, s: &CachedStep, w: &Weights, cache: &mut KvCache) ->
             for (o, &a) in xi.iter_mut().zip(&table[roles[i] as usize * c..][..c]) {
                 *o += a;
             }
+        }
+        if let Some(g) = smear_tok {
+            let b = s.rows[i];
+            let p = cache.last[b];
+            if positions[i] > 0 && p >= 0 {
+                let pe = &wte[p as usize * c..][..c];
+                for ((o, &gk), &e) in xi.iter_mut().zip(g).zip(pe) {
+                    *o += gk * e;
+                }
+            }
+            cache.last[b] = tokens[i];
         }
     }
 
