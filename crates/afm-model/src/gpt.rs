@@ -828,8 +828,10 @@ impl Gpt {
         if let Some(g) = &self.smear_tok {
             // Each new token's previous one: the row's last cached token,
             // then the fed ones; none at a position 0.
-            let tokens = Vec::<i64>::try_from(s.tokens.reshape([-1])).expect("i64 tokens");
-            let positions = Vec::<i64>::try_from(s.positions.reshape([-1])).expect("i64 positions");
+            let host = |t: &Tensor| {
+                Vec::<i64>::try_from(t.reshape([-1]).to_device(Device::Cpu)).expect("i64 ids")
+            };
+            let (tokens, positions) = (host(s.tokens), host(s.positions));
             let (mut prev, mut keep) = (vec![0i64; tokens.len()], vec![0f32; tokens.len()]);
             for (i, &b) in s.rows.iter().enumerate() {
                 for j in 0..l as usize {
