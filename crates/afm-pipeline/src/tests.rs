@@ -324,7 +324,13 @@ fn a_draw_with_repeats_keeps_them() {
         task_repeats: 1,
         ..c.clone()
     };
-    assert!(!inputs(dir.path(), &distinct, &Quiet).unwrap().1.unwrap().cached);
+    assert!(
+        !inputs(dir.path(), &distinct, &Quiet)
+            .unwrap()
+            .1
+            .unwrap()
+            .cached
+    );
     let key = |c: &PipelineConfig| serde_json::to_value(PrepareKey::new(c, &ins, None)).unwrap();
     assert_eq!(key(&c)["config"]["dedup"], false);
     assert_eq!(key(&distinct)["config"]["dedup"], true);

@@ -1142,7 +1142,9 @@ mod tests {
         // back part of its share, between the two.
         let capped = sample_train(3, n, 8).unwrap();
         let mut count = std::collections::HashMap::<&str, usize>::new();
-        capped.iter().for_each(|t| *count.entry(&t.id).or_default() += 1);
+        capped
+            .iter()
+            .for_each(|t| *count.entry(&t.id).or_default() += 1);
         assert_eq!(count.values().max(), Some(&8));
         let c = op_shares(&capped)[&pow];
         assert!(flat[&pow] * 2.0 < c && c * 2.0 < want[&pow], "{c}");
