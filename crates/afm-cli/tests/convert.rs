@@ -6,19 +6,9 @@ use afm_data::ingest::{normalise, read_file, Format, IngestLimits};
 use afm_data::AgentsMap;
 use afm_format::Trajectory;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn afm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .output()
-        .expect("running afm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::afm;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,19 +2,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
-fn afm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .output()
-        .expect("running afm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::afm;
 
 fn write_logs(path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();

@@ -1,18 +1,7 @@
 //! `afm tool run`: the agents' tool by hand, same observation as the runtimes.
 
-use std::process::Command;
-
-fn afm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .output()
-        .expect("running afm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::afm;
 
 #[test]
 fn tool_run_prints_the_agents_observation() {

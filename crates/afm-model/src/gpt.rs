@@ -845,13 +845,11 @@ impl Gpt {
                         (prev[at], keep[at]) = (p, 1.0);
                     }
                 }
+                cache.last[b] = tokens[i * l as usize + s.n_new[i] - 1];
             }
             let prev = Tensor::from_slice(&prev).to_device(dev).view([r, l]);
             let keep = Tensor::from_slice(&keep).to_device(dev).view([r, l, 1]);
             x = &x + g * (Tensor::embedding(&self.wte, &prev, -1, false, false) * keep);
-            for (i, &b) in s.rows.iter().enumerate() {
-                cache.last[b] = tokens[i * l as usize + s.n_new[i] - 1];
-            }
         }
         let mut x = x + Tensor::embedding(&self.wpe, s.positions, -1, false, false);
         if let Some(table) = &self.role_emb {
