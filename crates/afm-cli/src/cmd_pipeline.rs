@@ -74,6 +74,16 @@ pub struct PipelineFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mas_time_budget: Option<String>,
+    /// Train the per-agent models side by side in this many lanes (1 = one
+    /// after another).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mas_lanes: Option<usize>,
+    /// Loss weight of the other agents' turns in each agent's own data (0 =
+    /// its turns only).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mas_context_weight: Option<f32>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub afm_time_budget: Option<String>,

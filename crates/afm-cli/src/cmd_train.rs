@@ -147,6 +147,11 @@ pub struct TrainFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_weights: Option<FinalWeights>,
+    /// Pick the best weights (and count patience) on this agent's own
+    /// validation loss instead of the total.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<String>,
     /// Weight of CE on distilled tokens.
     #[arg(long)]
     #[serde(rename = "loss.alpha", skip_serializing_if = "Option::is_none")]

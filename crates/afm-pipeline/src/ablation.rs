@@ -273,6 +273,8 @@ fn variant_seed(
         role_embeddings: cs.role_embeddings,
         boundary: cs.boundary,
         seed,
+        threads: None,
+        best_of: None,
     };
     let tr = train_stage(&format!("{name} train"), &dir.join("model"), &cs, spec, p)?;
     // Only `final/` is used from here on; 21 runs of checkpoints (weights +

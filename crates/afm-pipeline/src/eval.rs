@@ -252,6 +252,7 @@ pub(crate) fn learning_curve(
 ) -> Result<Vec<CurvePoint>> {
     let device = afm_model::parse_device(&c.device)?;
     let n = c.curve_points;
+    let lanes = crate::config::mas_lanes(c)?;
     let opts = run_opts(c, c.eval_batch);
     let mut points = Vec::new();
     let mut bar = Counter::new(progress, "curve", (2 * n) as u64);
@@ -271,14 +272,20 @@ pub(crate) fn learning_curve(
         if let Some((dir, secs, step)) = curve_model(&root.join("models/afm"), k, n)? {
             point(&System::Afm(&Model::load(&dir, device)?), secs, step)?;
         }
-        // The MAS: every agent's model at the same fraction of its budget.
-        let (mut map, mut secs, mut step) = (Vec::new(), 0.0, 0);
-        for a in MAS_AGENTS {
-            if let Some((dir, s, st)) = curve_model(&root.join(format!("models/mas-{a}")), k, n)? {
-                map.push((a.to_string(), dir));
-                secs += s;
-                step += st;
+        // The MAS: every agent's model at the same fraction of its budget;
+        // its training wall time is the longest lane's.
+        let (mut map, mut secs, mut step) = (Vec::new(), 0.0f64, 0);
+        for lane in &lanes {
+            let mut lane_secs = 0.0;
+            for a in lane {
+                let dir = root.join(format!("models/mas-{a}"));
+                if let Some((dir, s, st)) = curve_model(&dir, k, n)? {
+                    map.push((a.to_string(), dir));
+                    lane_secs += s;
+                    step += st;
+                }
             }
+            secs = secs.max(lane_secs);
         }
         if map.len() == MAS_AGENTS.len() {
             point(&System::Mas(&Mas::load(&map, device)?), secs, step)?;

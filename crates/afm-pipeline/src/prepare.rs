@@ -56,13 +56,28 @@ impl PrepareKey {
                 // A natural draw repeats tasks on purpose (the repeats are
                 // the mixture); deduplicating would undo it.
                 dedup: !c.draws_repeats(),
-                weights: AgentWeights {
-                    only: only.map(str::to_string),
-                    ..AgentWeights::default()
-                },
+                weights: agent_weights(c, only),
                 ..PrepareConfig::default()
             },
         }
+    }
+}
+
+/// The loss weights of a dataset: every agent's turns for the AFM; for
+/// agent `only`'s model its own turns at 1 and the others' at
+/// `mas_context_weight` (0: its turns only).
+pub(crate) fn agent_weights(c: &PipelineConfig, only: Option<&str>) -> AgentWeights {
+    match only {
+        None => AgentWeights::default(),
+        Some(a) if c.mas_context_weight > 0.0 => AgentWeights {
+            weights: BTreeMap::from([(a.to_string(), 1.0)]),
+            only: None,
+            default: Some(c.mas_context_weight),
+        },
+        Some(a) => AgentWeights {
+            only: Some(a.to_string()),
+            ..AgentWeights::default()
+        },
     }
 }
 

@@ -3,7 +3,7 @@
 //! data -> prepare-afm, prepare-mas-<Agent> -> train-mas-<Agent> ->
 //! train-afm -> eval -> bench -> curve -> reference -> report.
 
-use crate::config::{afm_budget, mas_budget, PipelineConfig, MAS_AGENTS};
+use crate::config::{afm_budget, mas_budget, mas_lanes, PipelineConfig, MAS_AGENTS};
 use crate::data;
 use crate::eval::{self, DecodeThreads};
 use crate::prepare::prepare_stage;
@@ -14,6 +14,7 @@ use afm_agents::mas::Mas;
 use afm_bench::compare::{self, System};
 use afm_bench::report::{Machine, Report};
 use afm_model::Model;
+use afm_train::TrainSummary;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -142,19 +143,10 @@ fn train_all(
     book: &mut Book,
     progress: &dyn Progress,
 ) -> Result<()> {
-    for ag in MAS_AGENTS.iter().filter(|_| mas_ok) {
-        let spec = TrainSpec {
-            data: &root.join(format!("prepared/mas-{ag}")),
-            budget: &mas_budget(c, ag)?,
-            teachers: BTreeMap::new(),
-            role_embeddings: c.role_embeddings,
-            boundary: false,
-            seed: c.seed,
-        };
-        let name = format!("train-mas-{ag}");
-        let dir = root.join(format!("models/mas-{ag}"));
-        let d = train_stage(&name, &dir, c, spec, progress)?;
-        book.record(&format!("3 {name}"), &d)?;
+    if mas_ok {
+        for (name, d) in train_mas(c, root, progress)? {
+            book.record(&format!("3 {name}"), &d)?;
+        }
     }
     let teachers: BTreeMap<String, PathBuf> = if c.distill && mas_ok {
         eval::mas_map(root).into_iter().collect()
@@ -168,9 +160,83 @@ fn train_all(
         role_embeddings: c.role_embeddings,
         boundary: c.boundary,
         seed: c.seed,
+        threads: None,
+        best_of: None,
     };
     let d = train_stage("train-afm", &root.join("models/afm"), c, spec, progress)?;
     book.record("4 train-afm", &d)
+}
+
+/// Stages `train-mas-<Agent>`: the agents' models, side by side in
+/// `mas_lanes` lanes (one thread each, sharing the cores), or one after
+/// another with every core. Returns each stage's result in chain order.
+fn train_mas(
+    c: &PipelineConfig,
+    root: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, Done<TrainSummary>)>> {
+    let lanes = mas_lanes(c)?;
+    let threads = lane_threads(c, lanes.len());
+    let lane = |agents: &[&str]| -> Result<Vec<(String, Done<TrainSummary>)>> {
+        let mut done = Vec::new();
+        for ag in agents {
+            let spec = TrainSpec {
+                data: &root.join(format!("prepared/mas-{ag}")),
+                budget: &mas_budget(c, ag)?,
+                teachers: BTreeMap::new(),
+                role_embeddings: c.role_embeddings,
+                boundary: false,
+                seed: c.seed,
+                threads,
+                best_of: Some(ag.to_string()),
+            };
+            let name = format!("train-mas-{ag}");
+            let dir = root.join(format!("models/mas-{ag}"));
+            done.push((name.clone(), train_stage(&name, &dir, c, spec, progress)?));
+        }
+        Ok(done)
+    };
+    let mut done = if lanes.len() == 1 {
+        lane(&lanes[0])?
+    } else {
+        // libtorch's thread count is per OS thread (OpenMP) and global
+        // (its default for new threads): each lane sets its own, and this
+        // thread's is put back for the AFM.
+        let before = tch::get_num_threads();
+        let results: Vec<Result<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = lanes.iter().map(|l| s.spawn(|| lane(l))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a MAS training lane panicked")))
+                })
+                .collect()
+        });
+        tch::set_num_threads(before);
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
+        }
+        all
+    };
+    let order = |name: &str| MAS_AGENTS.iter().position(|a| name.ends_with(a));
+    done.sort_by_key(|(name, _)| order(name));
+    Ok(done)
+}
+
+/// libtorch threads of each of `lanes` concurrent trainings: an equal
+/// share of `train.threads` (0 = every core), at least 1; `None` (the
+/// trainer's own default) when the lanes run one after another.
+fn lane_threads(c: &PipelineConfig, lanes: usize) -> Option<usize> {
+    if lanes <= 1 {
+        return None;
+    }
+    let cores = match c.train.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Some((cores / lanes).max(1))
 }
 
 /// Stages `eval`, `bench`, `curve` and the scripted reference, into the report.

@@ -245,6 +245,43 @@ fn prepare_fingerprints_cover_every_field_without_collisions() {
         ..base.clone()
     };
     assert_eq!(fp(&base, None), fp(&other, None));
+    // The agents' context weight changes their data, not the AFM's.
+    let own_only = PipelineConfig {
+        mas_context_weight: 0.0,
+        ..base.clone()
+    };
+    assert_ne!(fp(&base, Some("Coder")), fp(&own_only, Some("Coder")));
+    assert_eq!(fp(&base, None), fp(&own_only, None));
+}
+
+/// An agent's data weighs its own turns 1 and the others'
+/// `mas_context_weight`; 0 keeps its turns only; the AFM's weighs all 1.
+#[test]
+fn agent_data_weighs_the_other_turns_by_the_context_weight() {
+    use crate::prepare::agent_weights;
+    let c = PipelineConfig {
+        mas_context_weight: 0.25,
+        ..Default::default()
+    };
+    let w = agent_weights(&c, Some("Coder"));
+    let got: Vec<f32> = ["Planner", "Coder", "Reviewer"]
+        .iter()
+        .map(|a| w.weight(a))
+        .collect();
+    assert_eq!(got, [0.25, 1.0, 0.25]);
+    let own = PipelineConfig {
+        mas_context_weight: 0.0,
+        ..c.clone()
+    };
+    let w = agent_weights(&own, Some("Reviewer"));
+    assert_eq!((w.weight("Reviewer"), w.weight("Coder")), (1.0, 0.0));
+    assert_eq!(agent_weights(&c, None).weight("Planner"), 1.0);
+    let bad = PipelineConfig {
+        mas_context_weight: 1.5,
+        ..c
+    };
+    let e = bad.validated().unwrap_err().to_string();
+    assert!(e.contains("mas_context_weight"), "{e}");
 }
 
 fn repo() -> PathBuf {
@@ -461,6 +498,55 @@ fn outcome(r: &afm_bench::report::Report) -> serde_json::Value {
     serde_json::json!({"afm": sys(&r.afm), "mas": sys(&r.mas), "curve": curve})
 }
 
+/// The agents go to lanes longest budget first, each to the least loaded
+/// lane; the AFM's "auto" budget is the MAS's wall time (its longest lane).
+#[test]
+fn mas_lanes_share_the_budget_and_set_the_afm_budget() {
+    let with = |budget: &str, lanes: usize| {
+        let c = PipelineConfig {
+            mas_time_budget: budget.into(),
+            mas_lanes: lanes,
+            ..PipelineConfig::default()
+        };
+        (
+            crate::config::mas_lanes(&c).unwrap(),
+            crate::config::afm_budget(&c).unwrap(),
+        )
+    };
+    let d = PipelineConfig::default();
+    assert_eq!(
+        with(&d.mas_time_budget, d.mas_lanes),
+        (vec![vec!["Coder"], vec!["Planner", "Reviewer"]], "265s".into())
+    );
+    assert_eq!(
+        with("Planner=30s,Coder=265s,Reviewer=235s", 1),
+        (vec![vec!["Planner", "Coder", "Reviewer"]], "530s".into())
+    );
+    assert_eq!(
+        with("Planner=10s,Coder=1m,Reviewer=40s", 3),
+        (
+            vec![vec!["Coder"], vec!["Reviewer"], vec!["Planner"]],
+            "60s".into()
+        )
+    );
+    // Ties go to the first least-loaded lane, in chain order.
+    assert_eq!(
+        with("60s", 2),
+        (
+            vec![vec!["Planner", "Reviewer"], vec!["Coder"]],
+            "120s".into()
+        )
+    );
+    // More lanes than agents: one agent each.
+    assert_eq!(with("60s", 8).0.len(), 3);
+    let zero = PipelineConfig {
+        mas_lanes: 0,
+        ..PipelineConfig::default()
+    };
+    let e = zero.validated().unwrap_err().to_string();
+    assert!(e.contains("mas_lanes"), "{e}");
+}
+
 /// The whole pipeline on the tiny preset; a rerun skips every stage; an
 /// AFM setting reruns exactly train-afm and the stages after it; a run
 /// interrupted during evaluation resumes it; an evaluation setting reruns
@@ -491,6 +577,16 @@ fn pipeline_end_to_end_resumes_and_reruns_exactly_what_changed() {
     ] {
         assert!(root.join(f).is_file(), "{f}");
     }
+
+    // The agents' models one after another (same threads each) train the
+    // same models as side by side: the same report.
+    let one_lane = PipelineConfig {
+        mas_lanes: 1,
+        runs_dir: dir.path().join("one-lane"),
+        ..c.clone()
+    };
+    let sequential = crate::run(&one_lane, Start::Resume, &Quiet).unwrap();
+    assert_eq!(outcome(&sequential), outcome(&r));
 
     // Same config: every stage is skipped, the report is the same.
     let again = crate::run(&c, Start::Resume, &rec).unwrap();

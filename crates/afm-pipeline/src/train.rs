@@ -19,6 +19,10 @@ pub(crate) struct TrainSpec<'a> {
     pub role_embeddings: bool,
     pub boundary: bool,
     pub seed: u64,
+    /// libtorch threads of this training (`None`: `[train] threads`).
+    pub threads: Option<usize>,
+    /// An agent's model: its own validation loss picks the best weights.
+    pub best_of: Option<String>,
 }
 
 /// The trainer's configuration of one stage: the user's `[train]` with the
@@ -30,6 +34,10 @@ pub(crate) fn train_config(dir: &Path, c: &PipelineConfig, s: &TrainSpec) -> Tra
     t.preset = Some(c.preset.clone());
     t.init = None;
     t.seed = s.seed;
+    if let Some(n) = s.threads {
+        t.threads = n;
+    }
+    t.best_of = s.best_of.clone();
     t.device = c.device.clone();
     t.bf16 = c.bf16;
     t.time_budget = Some(s.budget.to_string());

@@ -241,6 +241,10 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Which weights `final/` gets.
     pub final_weights: FinalWeights,
+    /// The validation loss that picks the best weights and counts
+    /// patience: this agent's own (a per-agent model whose data also
+    /// trains on the other agents' turns), or the total when unset.
+    pub best_of: Option<String>,
     /// Draw PNG loss curves.
     pub plots: bool,
     /// Show a progress bar (only drawn on a terminal).
@@ -280,6 +284,7 @@ impl Default for TrainConfig {
             log_interval: 10,
             resume: false,
             final_weights: FinalWeights::Best,
+            best_of: None,
             plots: true,
             progress: true,
             optim: OptimConfig::default(),

@@ -377,7 +377,13 @@ impl Trainer {
             self.cfg.batch_size,
             self.precision,
         );
-        let improved = record_eval(&mut self.metrics, &mut self.state, &e, self.cfg.min_delta)?;
+        let improved = record_eval(
+            &mut self.metrics,
+            &mut self.state,
+            &e,
+            self.cfg.min_delta,
+            self.cfg.best_of.as_deref(),
+        )?;
         self.last_eval = Some((self.state.step, e.clone()));
         Ok(Some(Evaluated {
             result: e,
@@ -763,12 +769,14 @@ fn build_model(cfg: &TrainConfig, data_tok: &Tokenizer, device: Device) -> anyho
     Model::new(gc, data_tok.clone(), device, cfg.seed as i64)
 }
 
-/// Log an evaluation and update best/patience. Returns true on improvement.
+/// Log an evaluation and update best/patience on the total validation
+/// loss, or agent `best_of`'s own. Returns true on improvement.
 fn record_eval(
     metrics: &mut Metrics,
     state: &mut TrainerState,
     e: &EvalResult,
     min_delta: f64,
+    best_of: Option<&str>,
 ) -> anyhow::Result<bool> {
     metrics.push(Record::Eval {
         step: state.step,
@@ -777,9 +785,18 @@ fn record_eval(
         val_tokens: e.tokens,
         per_agent: e.per_agent.clone(),
     })?;
-    let improved = e.loss.is_finite() && state.best_val_loss.is_none_or(|b| e.loss < b - min_delta);
+    let loss = match best_of {
+        None => e.loss,
+        Some(a) => e.per_agent.get(a).map(|p| p.loss).with_context(|| {
+            format!(
+                "train config: best_of: agent {a:?} has no validation tokens (agents: {})",
+                e.per_agent.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+    };
+    let improved = loss.is_finite() && state.best_val_loss.is_none_or(|b| loss < b - min_delta);
     if improved {
-        state.best_val_loss = Some(e.loss);
+        state.best_val_loss = Some(loss);
         state.best_step = Some(state.step);
         state.evals_since_best = 0;
     } else {
@@ -867,4 +884,64 @@ fn write_best(run: &Path, state: &TrainerState) -> anyhow::Result<()> {
     let p = run.join("best.json");
     atomic::write(&p, serde_json::to_string_pretty(&v)?)
         .with_context(|| format!("writing {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AgentEval;
+
+    fn eval(total: f64, coder: f64) -> EvalResult {
+        let agent = |loss| AgentEval {
+            loss,
+            acc: 0.0,
+            tokens: 1,
+        };
+        EvalResult {
+            loss: total,
+            acc: 0.0,
+            tokens: 2,
+            per_agent: BTreeMap::from([
+                ("Coder".to_string(), agent(coder)),
+                ("Planner".to_string(), agent(2.0 * total - coder)),
+            ]),
+        }
+    }
+
+    /// `best_of` picks the best weights on that agent's own loss: an
+    /// evaluation whose total improves while the agent's worsens is not
+    /// the best; an agent without validation tokens is an error naming it.
+    #[test]
+    fn best_of_an_agent_follows_its_own_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut metrics = Metrics::open(dir.path(), None).unwrap();
+        let mut state = TrainerState {
+            step: 0,
+            total_steps: 10,
+            cursor: Default::default(),
+            seed: 0,
+            tokens_seen: 0,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            train_secs: 0.0,
+        };
+        let mut total = state.clone();
+        let evals = [eval(1.0, 0.5), eval(0.8, 0.6), eval(0.9, 0.4)];
+        let mut got = Vec::new();
+        for (step, e) in evals.iter().enumerate() {
+            state.step = step;
+            total.step = step;
+            let own = record_eval(&mut metrics, &mut state, e, 0.0, Some("Coder")).unwrap();
+            let all = record_eval(&mut metrics, &mut total, e, 0.0, None).unwrap();
+            got.push((own, all));
+        }
+        assert_eq!(got, [(true, true), (false, true), (true, false)]);
+        assert_eq!((state.best_step, state.best_val_loss), (Some(2), Some(0.4)));
+        assert_eq!((total.best_step, total.best_val_loss), (Some(1), Some(0.8)));
+        let e = record_eval(&mut metrics, &mut state, &evals[0], 0.0, Some("Reviewer"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("best_of") && e.contains("Reviewer"), "{e}");
+    }
 }
