@@ -88,7 +88,7 @@ pub struct PipelineConfig {
     /// with an equal share of the cores (`train.threads`, or all of them);
     /// agents go to lanes longest budget first. The agents' models are
     /// independent, so a multi-agent system can: on the 2-core machine two
-    /// one-thread trainings do 1.36x the work of one two-thread training
+    /// one-thread trainings do 1.35x the work of one two-thread training
     /// (no OpenMP barriers). 1 = one after another, with every core.
     pub mas_lanes: usize,
     /// Training budget of the AFM; "auto" = the MAS's training wall time

@@ -516,7 +516,10 @@ fn mas_lanes_share_the_budget_and_set_the_afm_budget() {
     let d = PipelineConfig::default();
     assert_eq!(
         with(&d.mas_time_budget, d.mas_lanes),
-        (vec![vec!["Coder"], vec!["Planner", "Reviewer"]], "265s".into())
+        (
+            vec![vec!["Coder"], vec!["Planner", "Reviewer"]],
+            "265s".into()
+        )
     );
     assert_eq!(
         with("Planner=30s,Coder=265s,Reviewer=235s", 1),
