@@ -448,8 +448,16 @@ impl Trainer {
             if eval_due {
                 if let Some(ev) = self.evaluate()? {
                     improved = ev.improved;
+                    // With `best_of`, "(best)" is that agent's loss: show it.
+                    let own = self
+                        .cfg
+                        .best_of
+                        .as_deref()
+                        .and_then(|a| ev.result.per_agent.get(a).map(|p| (a, p.loss)))
+                        .map(|(a, l)| format!(" ({a} {l:.4})"))
+                        .unwrap_or_default();
                     progress.line(&format!(
-                        "step {step}: val loss {:.4}  acc {:.3}{}",
+                        "step {step}: val loss {:.4}{own}  acc {:.3}{}",
                         ev.result.loss,
                         ev.result.acc,
                         if improved { "  (best)" } else { "" }
