@@ -299,10 +299,18 @@ pub(crate) fn mas_budget(c: &PipelineConfig, agent: &str) -> Result<String> {
     Ok(text)
 }
 
+/// One lane of the per-agent models' training: its agents, in chain order,
+/// and their budgets' sum (the lane's wall time).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lane {
+    pub agents: Vec<&'static str>,
+    pub secs: f64,
+}
+
 /// The lanes the per-agent models train in (see `mas_lanes`): agents
 /// longest budget first, each to the lane with the least budget so far
 /// (the first such lane on a tie); in each lane, agents in chain order.
-pub(crate) fn mas_lanes(c: &PipelineConfig) -> Result<Vec<Vec<&'static str>>> {
+pub(crate) fn mas_lanes(c: &PipelineConfig) -> Result<Vec<Lane>> {
     let mut agents = Vec::new();
     for a in MAS_AGENTS {
         let secs = afm_train::parse_duration(&mas_budget(c, a)?).map_err(anyhow::Error::msg)?;
@@ -310,36 +318,33 @@ pub(crate) fn mas_lanes(c: &PipelineConfig) -> Result<Vec<Vec<&'static str>>> {
     }
     agents.sort_by(|x, y| y.1.total_cmp(&x.1));
     let n = c.mas_lanes.clamp(1, MAS_AGENTS.len());
-    let mut lanes: Vec<(f64, Vec<&'static str>)> = vec![(0.0, Vec::new()); n];
+    let mut lanes = vec![
+        Lane {
+            agents: Vec::new(),
+            secs: 0.0
+        };
+        n
+    ];
     for (a, secs) in agents {
         let least = (0..n)
-            .min_by(|&i, &j| lanes[i].0.total_cmp(&lanes[j].0))
+            .min_by(|&i, &j| lanes[i].secs.total_cmp(&lanes[j].secs))
             .unwrap_or(0);
-        lanes[least].0 += secs;
-        lanes[least].1.push(a);
+        lanes[least].secs += secs;
+        lanes[least].agents.push(a);
     }
-    let order = |a: &&str| MAS_AGENTS.iter().position(|m| m == a);
-    Ok(lanes
-        .into_iter()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(_, mut l)| {
-            l.sort_by_key(order);
-            l
-        })
-        .collect())
+    lanes.retain(|l| !l.agents.is_empty());
+    for l in &mut lanes {
+        l.agents
+            .sort_by_key(|a| MAS_AGENTS.iter().position(|m| m == a));
+    }
+    Ok(lanes)
 }
 
 /// Training budget of the AFM (see `afm_time_budget`).
 pub(crate) fn afm_budget(c: &PipelineConfig) -> Result<String> {
     let v = c.afm_time_budget.trim();
     if v == "auto" {
-        let secs = |a: &str| -> Result<f64> {
-            afm_train::parse_duration(&mas_budget(c, a)?).map_err(anyhow::Error::msg)
-        };
-        let mut wall: f64 = 0.0;
-        for lane in mas_lanes(c)? {
-            wall = wall.max(lane.iter().map(|a| secs(a)).sum::<Result<f64>>()?);
-        }
+        let wall = mas_lanes(c)?.iter().fold(0.0f64, |w, l| w.max(l.secs));
         return Ok(format!("{wall}s"));
     }
     afm_train::parse_duration(v).map_err(|e| anyhow::anyhow!("afm_time_budget = {v:?}: {e}"))?;

@@ -277,7 +277,7 @@ pub(crate) fn learning_curve(
         let (mut map, mut secs, mut step) = (Vec::new(), 0.0f64, 0);
         for lane in &lanes {
             let mut lane_secs = 0.0;
-            for a in lane {
+            for a in &lane.agents {
                 let dir = root.join(format!("models/mas-{a}"));
                 if let Some((dir, s, st)) = curve_model(&dir, k, n)? {
                     map.push((a.to_string(), dir));

@@ -144,8 +144,8 @@ fn train_all(
     progress: &dyn Progress,
 ) -> Result<()> {
     if mas_ok {
-        for (name, d) in train_mas(c, root, progress)? {
-            book.record(&format!("3 {name}"), &d)?;
+        for (ag, d) in train_mas(c, root, progress)? {
+            book.record(&format!("3 train-mas-{ag}"), &d)?;
         }
     }
     let teachers: BTreeMap<String, PathBuf> = if c.distill && mas_ok {
@@ -174,12 +174,12 @@ fn train_mas(
     c: &PipelineConfig,
     root: &Path,
     progress: &dyn Progress,
-) -> Result<Vec<(String, Done<TrainSummary>)>> {
+) -> Result<Vec<(&'static str, Done<TrainSummary>)>> {
     let lanes = mas_lanes(c)?;
     let threads = lane_threads(c, lanes.len());
-    let lane = |agents: &[&str]| -> Result<Vec<(String, Done<TrainSummary>)>> {
+    let lane = |agents: &[&'static str]| -> Result<Vec<(&'static str, Done<TrainSummary>)>> {
         let mut done = Vec::new();
-        for ag in agents {
+        for &ag in agents {
             let spec = TrainSpec {
                 data: &root.join(format!("prepared/mas-{ag}")),
                 budget: &mas_budget(c, ag)?,
@@ -192,19 +192,19 @@ fn train_mas(
             };
             let name = format!("train-mas-{ag}");
             let dir = root.join(format!("models/mas-{ag}"));
-            done.push((name.clone(), train_stage(&name, &dir, c, spec, progress)?));
+            done.push((ag, train_stage(&name, &dir, c, spec, progress)?));
         }
         Ok(done)
     };
     let mut done = if lanes.len() == 1 {
-        lane(&lanes[0])?
+        lane(&lanes[0].agents)?
     } else {
         // libtorch's thread count is per OS thread (OpenMP) and global
         // (its default for new threads): each lane sets its own, and this
         // thread's is put back for the AFM.
         let before = tch::get_num_threads();
         let results: Vec<Result<_>> = std::thread::scope(|s| {
-            let handles: Vec<_> = lanes.iter().map(|l| s.spawn(|| lane(l))).collect();
+            let handles: Vec<_> = lanes.iter().map(|l| s.spawn(|| lane(&l.agents))).collect();
             handles
                 .into_iter()
                 .map(|h| {
@@ -220,8 +220,7 @@ fn train_mas(
         }
         all
     };
-    let order = |name: &str| MAS_AGENTS.iter().position(|a| name.ends_with(a));
-    done.sort_by_key(|(name, _)| order(name));
+    done.sort_by_key(|(ag, _)| MAS_AGENTS.iter().position(|a| a == ag));
     Ok(done)
 }
 

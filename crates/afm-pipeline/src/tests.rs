@@ -508,8 +508,9 @@ fn mas_lanes_share_the_budget_and_set_the_afm_budget() {
             mas_lanes: lanes,
             ..PipelineConfig::default()
         };
+        let lanes = crate::config::mas_lanes(&c).unwrap();
         (
-            crate::config::mas_lanes(&c).unwrap(),
+            lanes.into_iter().map(|l| l.agents).collect::<Vec<_>>(),
             crate::config::afm_budget(&c).unwrap(),
         )
     };
