@@ -1,7 +1,7 @@
 //! afm-data throughput: tokenizing a batch with rayon (as `prepare` does),
 //! formatting+labelling trajectories, and packing documents into rows.
 //! `cargo bench --bench data`
-use afm_data::pack::Packer;
+use afm_data::Packer;
 use afm_format::layout::{encode_trajectory, AgentWeights, Doc};
 use afm_format::{Step, StepKind, Trajectory};
 use afm_tokenizer::{RoleVocab, Tokenizer};
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut p = Packer::new(256, 8192);
             let mut rows = 0usize;
-            let mut emit = |_: afm_data::pack::Packed| -> Result<(), ()> {
+            let mut emit = |_: afm_data::Packed| -> Result<(), ()> {
                 rows += 1;
                 Ok(())
             };

@@ -7,10 +7,10 @@
 //! `gpt2` preset, `AFM_BENCH_BATCH` (rows per step, default 8),
 //! `AFM_BENCH_ROW_LEN` (default 256).
 use afm_model::{weight_decay_applies, GptConfig, Model, Precision};
-use afm_train::data::make_batch;
-use afm_train::optim::AdamW;
+use afm_train::make_batch;
 use afm_train::synthetic::{write_dataset, SyntheticSpec};
-use afm_train::teacher::Teachers;
+use afm_train::AdamW;
+use afm_train::Teachers;
 use afm_train::{train_step, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -30,15 +30,17 @@
 //! ```
 
 pub mod afm;
-pub mod env;
-pub mod eval;
-pub mod format;
-pub mod lm;
+mod env;
+mod eval;
+mod format;
+mod lm;
 pub mod mas;
-pub mod model_lm;
-pub mod trajectory;
+mod model_lm;
+mod trajectory;
 
 pub use afm::{Route, RunOptions};
-pub use env::Tool;
-pub use eval::{evaluate, EvalReport};
-pub use trajectory::{RunStats, TaskRun, Validity};
+pub use env::{run_tool, run_tool_with, Task, Tool, ToolResult};
+pub use eval::{evaluate, load_reference, percentile, AgentReport, EvalReport, ReferenceAnswer};
+pub use lm::{Lm, Policy, ScriptedLm, ScriptedSession, Session};
+pub use model_lm::ModelLm;
+pub use trajectory::{write_jsonl, RunStats, TaskRun, Validity};

@@ -4,10 +4,10 @@
 //! decoder.
 
 mod common;
-use afm_agents::lm::{Lm, Policy, Session};
 use afm_agents::mas::Mas;
-use afm_agents::model_lm::ModelLm;
+use afm_agents::ModelLm;
 use afm_agents::{afm, RunOptions};
+use afm_agents::{Lm, Policy, Session};
 use afm_model::{GptConfig, Model, Precision, SamplingConfig};
 use afm_tokenizer::Tokenizer;
 use common::*;
@@ -65,7 +65,7 @@ fn greedy_session_matches_afm_model_generate() {
     let t = model.tokenizer.clone();
     let prompts: Vec<Vec<u32>> = tasks(3)
         .iter()
-        .map(|x| afm_agents::format::task_prompt(&t, &x.prompt))
+        .map(|x| afm_format::layout::encode_task(&t, &x.prompt))
         .collect();
     let want = afm_model::generate(
         &model,

@@ -3,8 +3,7 @@
 //! extracted and verified, and the accounting is exact.
 
 mod common;
-use afm_agents::env;
-use afm_agents::lm::ScriptedLm;
+use afm_agents::ScriptedLm;
 use afm_agents::{afm, RunOptions};
 use common::*;
 
@@ -35,7 +34,7 @@ fn afm_tool_call_injects_the_real_observation() {
         // The Reviewer's answer was read from the injected observation.
         assert_eq!(run.answer.as_deref(), Some(obs.as_str()));
         assert!(run.success, "{run:?}");
-        assert!(env::verify(task, run.answer.as_deref().unwrap()));
+        assert!(afm_tasks::verify(task, run.answer.as_deref().unwrap()));
         assert_eq!(run.failure, None);
         assert_eq!((run.stats.tool_calls, run.stats.tool_successes), (1, 1));
         assert_eq!(run.validity["Coder"].valid, 1);
@@ -253,8 +252,8 @@ fn mas_trajectories_are_native_records() {
     assert!(back.iter().all(|x| x.success && x.meta.attempts == 1));
     // Our own JSONL (with accounting) reads back as TaskRuns and as a reference.
     let ours = dir.path().join("runs.jsonl");
-    afm_agents::trajectory::write_jsonl(&runs, &ours).unwrap();
-    let reference = afm_agents::eval::load_reference(&ours).unwrap();
+    afm_agents::write_jsonl(&runs, &ours).unwrap();
+    let reference = afm_agents::load_reference(&ours).unwrap();
     let report = afm_agents::evaluate(&runs, Some(&reference));
     assert_eq!(report.answer_agreement, Some(1.0));
     assert_eq!(report.success_rate, 1.0);
@@ -388,7 +387,7 @@ fn a_fixed_route_is_prefilled_not_sampled() {
     .unwrap();
     // The same policy, minus the role token the runtime already wrote.
     let inner = afm_policy(t.clone(), solutions(&t, &tasks), false);
-    let routed_policy: afm_agents::lm::Policy = std::sync::Arc::new(move |ctx: &[u32]| {
+    let routed_policy: afm_agents::Policy = std::sync::Arc::new(move |ctx: &[u32]| {
         let mut v = inner(ctx);
         if ctx.last() == v.first()
             && ctx

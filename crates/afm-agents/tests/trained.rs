@@ -8,8 +8,8 @@
 //! runtimes' prompts match the training layout.
 
 mod common;
-use afm_agents::env::Task;
 use afm_agents::mas::Mas;
+use afm_agents::Task;
 use afm_agents::{afm, RunOptions};
 use afm_format::layout::{encode_trajectory, label};
 use afm_format::{Step, StepKind, Trajectory};

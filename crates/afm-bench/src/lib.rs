@@ -13,7 +13,12 @@
 //!   learning curve).
 
 pub mod compare;
-pub mod price;
-pub mod reference;
-pub mod report;
-pub mod stats;
+mod price;
+mod reference;
+mod report;
+mod stats;
+
+pub use price::PriceTable;
+pub use reference::scripted_reference;
+pub use report::{today_utc, CurvePoint, Machine, Report, SystemMetrics};
+pub use stats::MeanSpread;

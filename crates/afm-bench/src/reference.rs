@@ -12,11 +12,11 @@
 //! system of LMs would pay for the same turns, with the MAS runtime's rules
 //! (`afm_agents::mas`, [`afm_agents::RunStats`]) and the GPT-2 BPE tokenizer
 //! plus afm's marker tokens, laid out by the one format rule
-//! (`afm_agents::format`): each agent call reads the whole context so far
+//! (`afm_format::layout`): each agent call reads the whole context so far
 //! plus its role token, and writes its output plus the marker that ends it.
 
 use crate::report::SystemMetrics;
-use afm_agents::format;
+use afm_format::layout;
 use afm_tasks::{default_dataset_config, solve, AgentConfig, Task, Trajectory, LM_AGENTS};
 use afm_tokenizer::{RoleVocab, Tokenizer};
 use anyhow::Context;
@@ -98,17 +98,17 @@ struct Counts {
 /// Count one trajectory as [`scripted_reference`] documents.
 fn count_turns(tok: &Tokenizer, tr: &Trajectory) -> anyhow::Result<Counts> {
     let mut c = Counts::default();
-    let mut context = format::task_prompt(tok, &tr.task).len() as u64;
+    let mut context = layout::encode_task(tok, &tr.task).len() as u64;
     for turn in &tr.trajectory {
         if let Some(output) = &turn.output {
-            let encoded = format::agent_turn(tok, &turn.agent, output)?.len() as u64;
+            let encoded = layout::encode_agent_turn(tok, &turn.agent, output)?.len() as u64;
             c.calls += 1;
             c.tokens_prefill += context + 1; // the context + the role token
             c.tokens_decode += encoded; // the output (role token excluded) + the end marker
             context += encoded;
         } else {
             c.tool_calls += 1;
-            context += format::observation(tok, turn.text()).len() as u64;
+            context += layout::encode_observation(tok, turn.text()).len() as u64;
         }
     }
     Ok(c)
@@ -117,9 +117,9 @@ fn count_turns(tok: &Tokenizer, tr: &Trajectory) -> anyhow::Result<Counts> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use afm_agents::lm::{Lm, Policy, ScriptedLm};
     use afm_agents::mas::{run_tasks, MasLms};
     use afm_agents::RunOptions;
+    use afm_agents::{Lm, Policy, ScriptedLm};
     use std::sync::Arc;
 
     fn test_tasks(n: usize) -> Vec<Task> {
@@ -188,7 +188,7 @@ mod tests {
             .iter()
             .filter(|t| t.agent == agent)
             .filter_map(|t| t.output.as_deref())
-            .map(|o| format::agent_turn(tok, agent, o).unwrap()[1..].to_vec())
+            .map(|o| layout::encode_agent_turn(tok, agent, o).unwrap()[1..].to_vec())
             .collect();
         let policy: Policy = Arc::new(move |fed: &[u32]| {
             let k = fed.iter().filter(|&&t| t == role).count();

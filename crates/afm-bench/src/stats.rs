@@ -1,5 +1,5 @@
 //! Statistics over repeated runs. (Latency percentiles are defined once, in
-//! `afm_agents::eval::percentile`.)
+//! `afm_agents::percentile`.)
 
 use serde::{Deserialize, Serialize};
 

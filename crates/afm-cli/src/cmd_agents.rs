@@ -1,10 +1,10 @@
 //! Verbs of afm-agents: `afm eval` (AFM or MAS on a task file) and
 //! `afm run` (one task, the chain printed agent by agent).
 
-use afm_agents::eval::{evaluate, load_reference, EvalReport};
 use afm_agents::mas::Mas;
-use afm_agents::trajectory::write_jsonl;
+use afm_agents::write_jsonl;
 use afm_agents::{afm, Route, RunOptions, TaskRun};
+use afm_agents::{evaluate, load_reference, EvalReport};
 use afm_model::{parse_device, Model};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};

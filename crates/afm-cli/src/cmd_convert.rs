@@ -311,7 +311,7 @@ fn convert_all(
         let weights = if a.only_agent.is_some() || !a.agent_weight.is_empty() {
             weights.clone()
         } else {
-            afm_data::prepare::read_manifest(dir)?.config.weights
+            afm_data::read_manifest(dir)?.config.weights
         };
         let mut fatal = None;
         let walk = prepared::for_each_record(dir, |loc, o| {

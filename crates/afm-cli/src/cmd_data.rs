@@ -125,7 +125,7 @@ fn parse_min_score(s: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|e| format!("{s:?} is not a number: {e}"))?;
-    let r = afm_data::prepare::SCORE_RANGE;
+    let r = afm_data::SCORE_RANGE;
     if !v.is_finite() || !r.contains(&v) {
         return Err(format!(
             "{s:?} must be a finite number in {}..={} (the quality score's range; 0 keeps all)",

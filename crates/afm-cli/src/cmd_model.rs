@@ -292,10 +292,7 @@ pub fn bench_model(a: BenchModelArgs) -> anyhow::Result<()> {
             threads: a.threads.map_or(0, |t| t as usize),
             ..Default::default()
         };
-        let s =
-            afm_train::speed::trainer_step_speed(&cfg, ctx, 1, a.steps, scratch.path(), || {
-                pb.inc(1)
-            })?;
+        let s = afm_train::trainer_step_speed(&cfg, ctx, 1, a.steps, scratch.path(), || pb.inc(1))?;
         pb.finish_and_clear();
         out["train_tokens_per_s"] = s.tokens_per_s.into();
         out["train_loss"] = s.loss.into();

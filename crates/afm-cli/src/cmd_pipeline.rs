@@ -3,7 +3,7 @@
 //! the library's progress. The recipe itself is the `afm-pipeline` crate.
 
 use crate::settings::Layers;
-use afm_bench::price::PriceTable;
+use afm_bench::PriceTable;
 use afm_pipeline::{AblationOptions, Event, PipelineConfig, Progress, StageStatus, Start};
 use anyhow::Result;
 use clap::{Args, Subcommand};

@@ -147,7 +147,7 @@ fn tool_run(a: ToolRunArgs) -> anyhow::Result<()> {
         ..defaults
     };
     let t0 = std::time::Instant::now();
-    let r = afm_agents::env::run_tool_with(afm_agents::Tool::default(), &program, &limits);
+    let r = afm_agents::run_tool_with(afm_agents::Tool::default(), &program, &limits);
     let millis = t0.elapsed().as_secs_f64() * 1e3;
     if a.json {
         let v = serde_json::json!({

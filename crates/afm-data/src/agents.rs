@@ -13,7 +13,7 @@
 //!
 //! Renames apply first; the observation rule then sees the new name.
 
-use afm_format::record::{Step, StepKind};
+use afm_format::{Step, StepKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

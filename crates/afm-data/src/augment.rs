@@ -22,8 +22,8 @@
 //! each augmented record's id is `SOURCE+TRANSFORM` and its `meta.augment`
 //! records `{source, transform}`.
 
-use afm_format::hash::fnv1a;
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::fnv1a;
+use afm_format::{StepKind, Trajectory};
 use std::collections::{BTreeSet, HashMap};
 
 /// Task-wording templates (`{task}` is replaced by the task).
@@ -255,7 +255,7 @@ pub fn apply(t: &Trajectory, tr: Transform, resolver: Option<&dyn Resolver>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use afm_format::record::Step;
+    use afm_format::Step;
 
     fn t() -> Trajectory {
         let st = |a: &str, k, x: &str| Step {

@@ -25,22 +25,29 @@
 //!
 //! See `crates/afm-data/README.md` for the formats, formulas and numbers.
 
-pub mod agents;
+mod agents;
 #[cfg(feature = "pipeline")]
-pub mod augment;
+mod augment;
 pub mod export;
 pub mod ingest;
-pub mod pack;
+mod pack;
 #[cfg(feature = "pipeline")]
-pub mod prepare;
-pub mod score;
-pub mod window;
+mod prepare;
+// Most of these serve `prepare` (the `pipeline` feature).
+#[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
+mod score;
+#[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
+mod window;
 
 pub use afm_format::layout::AgentWeights; // part of `PrepareConfig`
-pub use agents::AgentsMap;
+pub use agents::{is_default_observation, AgentsMap};
 #[cfg(feature = "pipeline")]
-pub use augment::Resolver;
+pub use augment::{apply, Resolver, Transform, TEMPLATES};
 pub use ingest::{read_file, Format, IngestLimits};
+pub use pack::{PackStats, Packed, Packer};
 #[cfg(feature = "pipeline")]
-pub use prepare::{prepare, prepare_with, Manifest, Prepare, PrepareConfig, Progress};
+pub use prepare::{
+    prepare, prepare_with, read_manifest, Manifest, Prepare, PrepareConfig, Progress, SCORE_RANGE,
+};
+pub use score::{quality, Quality};
 pub use window::LongMode;

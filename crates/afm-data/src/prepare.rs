@@ -29,8 +29,8 @@ use crate::pack::{PackStats, Packer};
 use crate::score;
 use crate::window::{self, LongMode, TooLong};
 use afm_format::layout::{encode_trajectory, AgentWeights, FormatError};
-use afm_format::record::{StepKind, Trajectory};
 use afm_format::shards::ShardWriter;
+use afm_format::{StepKind, Trajectory};
 use afm_tokenizer::{RoleVocab, Tokenizer};
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
@@ -1367,7 +1367,7 @@ fn stage_curriculum(base: &mut [(u32, bool)], stages: usize, seed: u64) {
                 let stage = rank * stages / k.max(1);
                 (
                     stage,
-                    afm_format::hash::fnv1a(&base[i].0.to_le_bytes(), seed),
+                    afm_format::fnv1a(&base[i].0.to_le_bytes(), seed),
                     base[i],
                 )
             })
@@ -1433,7 +1433,7 @@ fn augment_rows(cfg: &PrepareConfig, recs: &[Rec], base: &[(u32, bool)]) -> Resu
         let transform = match k {
             0 => None,
             1 => {
-                let t = afm_format::hash::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
+                let t = afm_format::fnv1a(&rec.to_le_bytes(), cfg.seed ^ 0xa5)
                     % augment::TEMPLATES.len() as u64;
                 Some(Transform::Template(t as u8))
             }

@@ -18,8 +18,8 @@
 //!
 //! `difficulty = log2(1 + tokens) + 0.5 * agent_turns + 1.0 * tool_calls`.
 
-use afm_format::hash::fnv1a;
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::fnv1a;
+use afm_format::{StepKind, Trajectory};
 
 /// Quality parts and their sum.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,7 +201,7 @@ pub fn content_key(t: &Trajectory) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use afm_format::record::Step;
+    use afm_format::Step;
 
     fn t(success: Option<bool>, texts: &[&str]) -> Trajectory {
         Trajectory {

@@ -176,7 +176,7 @@ fn windows(enc: &Encoded, table: &[f32], max_tokens: usize) -> Result<Vec<Window
 mod tests {
     use super::*;
     use afm_format::layout::{encode_trajectory, AgentWeights};
-    use afm_format::record::{Step, StepKind, Trajectory};
+    use afm_format::{Step, StepKind, Trajectory};
     use afm_tokenizer::{RoleVocab, Tokenizer};
 
     fn long_traj(turns: usize, giant: bool) -> Trajectory {

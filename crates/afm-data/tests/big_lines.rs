@@ -32,7 +32,7 @@ fn screenshot(n: usize, rng: &mut Lcg) -> String {
 
 /// FNV-1a, to compare multi-MB texts without keeping them.
 fn fnv(s: &str) -> u64 {
-    afm_format::hash::fnv1a(s.as_bytes(), 0)
+    afm_format::fnv1a(s.as_bytes(), 0)
 }
 
 /// Writes `n` Magentic-One-like records; every `big_every`-th carries a

@@ -279,7 +279,7 @@ fn coa_round_trip() {
                 }
                 StepKind::Agent => {
                     assert_eq!(b.agent, coa::tag(&s.agent));
-                    let as_obs = afm_data::agents::is_default_observation(&b.agent);
+                    let as_obs = afm_data::is_default_observation(&b.agent);
                     let kind = if as_obs {
                         StepKind::Observation
                     } else {

@@ -157,7 +157,7 @@ fn split_is_by_task_and_held_out_never_leaks() {
     let tok =
         Tokenizer::from_json(&std::fs::read_to_string(out.join("vocab.json")).unwrap()).unwrap();
     let strip = |t: String| {
-        afm_data::augment::TEMPLATES.iter().fold(t, |t, tpl| {
+        afm_data::TEMPLATES.iter().fold(t, |t, tpl| {
             let (pre, post) = tpl.split_once("{task}").unwrap();
             match t.strip_prefix(pre).and_then(|x| x.strip_suffix(post)) {
                 Some(x) => x.to_string(),

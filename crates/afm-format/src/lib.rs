@@ -21,13 +21,14 @@
 //! owners, weights) -> packed by `afm-data` into a [`shards::Row`] ->
 //! [`shards::Shards`] read by the trainer.
 
-pub mod hash;
+mod hash;
 pub mod layout;
-pub mod native;
-pub mod record;
-pub mod rng;
+mod native;
+mod record;
+mod rng;
 pub mod shards;
 
-pub use native::{NativeTrajectory, Turn};
+pub use hash::fnv1a;
+pub use native::{NativeError, NativeTrajectory, Turn};
 pub use record::{Step, StepKind, Trajectory};
 pub use rng::SplitMix64;

@@ -10,7 +10,7 @@ use crate::stage;
 use crate::train::{train_stage, TrainSpec};
 use afm_agents::{evaluate, EvalReport};
 use afm_bench::compare::System;
-use afm_bench::stats::MeanSpread;
+use afm_bench::MeanSpread;
 use afm_model::Model;
 use afm_tasks::Task;
 use anyhow::{bail, Context, Result};
@@ -315,7 +315,7 @@ fn table(base: &PipelineConfig, seeds: u64, tasks: usize, rows: &[AblationRow]) 
         base.preset,
         afm_budget(base)?,
         tasks,
-        afm_bench::report::today_utc(),
+        afm_bench::today_utc(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     );
     for r in rows {

@@ -1,7 +1,7 @@
 //! The pipeline's configuration: every knob, its defaults, and the checks
 //! a configuration must pass before any stage runs.
 
-use afm_bench::price::PriceTable;
+use afm_bench::PriceTable;
 use afm_train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -216,7 +216,7 @@ impl PipelineConfig {
             bail!("eval_batch must be >= 1");
         }
         // Checked here, before any stage runs (prepare checks it again).
-        let r = afm_data::prepare::SCORE_RANGE;
+        let r = afm_data::SCORE_RANGE;
         if !c.min_score.is_finite() || !r.contains(&c.min_score) {
             bail!(
                 "min_score {} must be a finite number in {}..={}",

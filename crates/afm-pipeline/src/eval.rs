@@ -6,7 +6,7 @@ use crate::stage::{self, Done};
 use afm_agents::mas::Mas;
 use afm_agents::{evaluate, EvalReport, Route, RunOptions, TaskRun};
 use afm_bench::compare::{self, BenchOptions, System, TimingRun};
-use afm_bench::report::CurvePoint;
+use afm_bench::CurvePoint;
 use afm_model::Model;
 use afm_tasks::Task;
 use anyhow::{bail, Context, Result};
@@ -168,11 +168,11 @@ pub(crate) fn eval_stage(
         let opts = run_opts(c, c.eval_batch);
         let mas_runs = eval_system(&System::Mas(mas), tasks, &opts, progress)?;
         let afm_runs = eval_system(&System::Afm(afm), tasks, &opts, progress)?;
-        afm_agents::trajectory::write_jsonl(&mas_runs, &out.join("mas.jsonl"))?;
-        afm_agents::trajectory::write_jsonl(&afm_runs, &out.join("afm.jsonl"))?;
-        let reference: Vec<afm_agents::eval::ReferenceAnswer> = mas_runs
+        afm_agents::write_jsonl(&mas_runs, &out.join("mas.jsonl"))?;
+        afm_agents::write_jsonl(&afm_runs, &out.join("afm.jsonl"))?;
+        let reference: Vec<afm_agents::ReferenceAnswer> = mas_runs
             .iter()
-            .map(|r| afm_agents::eval::ReferenceAnswer {
+            .map(|r| afm_agents::ReferenceAnswer {
                 id: r.id.clone(),
                 answer: r.answer.clone(),
             })

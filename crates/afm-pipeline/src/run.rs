@@ -12,7 +12,7 @@ use crate::stage::{self, Done};
 use crate::train::{train_stage, TrainSpec};
 use afm_agents::mas::Mas;
 use afm_bench::compare::{self, System};
-use afm_bench::report::{Machine, Report};
+use afm_bench::{Machine, Report};
 use afm_model::Model;
 use afm_train::TrainSummary;
 use anyhow::{Context, Result};
@@ -290,7 +290,7 @@ fn measure(
     // The reference: the scripted agents the data came from.
     if c.reference && c.input.is_empty() {
         let t0 = std::time::Instant::now();
-        report.reference = Some(afm_bench::reference::scripted_reference(&tasks, c.seed)?);
+        report.reference = Some(afm_bench::scripted_reference(&tasks, c.seed)?);
         book.wall
             .insert("8 reference".into(), t0.elapsed().as_secs_f64());
     }

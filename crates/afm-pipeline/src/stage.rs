@@ -64,10 +64,7 @@ pub(crate) struct Done<S> {
 /// platforms.
 pub(crate) fn fingerprint<K: Serialize>(key: &K) -> Result<String> {
     let text = serde_json::to_string(key)?;
-    Ok(format!(
-        "{:016x}",
-        afm_format::hash::fnv1a(text.as_bytes(), 0)
-    ))
+    Ok(format!("{:016x}", afm_format::fnv1a(text.as_bytes(), 0)))
 }
 
 /// A file a stage reads: path, size and modification time (seconds).

@@ -480,8 +480,8 @@ fn expect(got: &BTreeMap<String, StageStatus>, rest: StageStatus, want: &[(&str,
 }
 
 /// The deterministic part of a report: success, tokens, calls, the curve.
-fn outcome(r: &afm_bench::report::Report) -> serde_json::Value {
-    let sys = |m: &afm_bench::report::SystemMetrics| {
+fn outcome(r: &afm_bench::Report) -> serde_json::Value {
+    let sys = |m: &afm_bench::SystemMetrics| {
         serde_json::json!([
             m.tasks,
             m.success_rate,
@@ -506,6 +506,7 @@ fn mas_lanes_share_the_budget_and_set_the_afm_budget() {
         let c = PipelineConfig {
             mas_time_budget: budget.into(),
             mas_lanes: lanes,
+            afm_time_budget: "auto".into(),
             ..PipelineConfig::default()
         };
         let lanes = crate::config::mas_lanes(&c).unwrap();

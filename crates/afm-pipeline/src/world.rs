@@ -31,7 +31,7 @@ pub fn prepare_in_task_world(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use afm_data::augment::{apply, Transform};
+    use afm_data::{apply, Transform};
     use afm_data::{Format, Resolver};
 
     /// A scripted record as `afm-data` reads it.

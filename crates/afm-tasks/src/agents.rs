@@ -17,7 +17,7 @@
 
 use crate::lang::{run_to_observation, token_spans, Limits, TokenKind};
 use crate::tasks::{gen_task_of, solution, verify, Split, Task};
-use afm_format::rng::SplitMix64;
+use afm_format::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -61,7 +61,7 @@ pub fn extract_answer(text: &str) -> Option<String> {
 
 /// One turn of a trajectory (`afm_format::native`): agents have an
 /// `output`, the tool an `observation`.
-pub use afm_format::native::Turn;
+pub use afm_format::Turn;
 
 /// One injected mistake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1522,7 +1522,7 @@ pub enum TokenKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use afm_format::rng::SplitMix64;
+    use afm_format::SplitMix64;
 
     fn run(s: &str) -> String {
         run_to_observation(s, &Limits::default())

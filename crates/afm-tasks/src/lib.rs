@@ -29,9 +29,9 @@
 //! No tch dependency: this crate sits upstream of data, model and agents.
 //! See the crate README for the language reference.
 
-pub mod agents;
+mod agents;
 pub mod lang;
-pub mod tasks;
+mod tasks;
 
 pub use agents::{
     default_dataset_config, extract_answer, load_trajectories, perturb_and_solve, resolve_record,

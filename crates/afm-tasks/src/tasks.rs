@@ -5,8 +5,8 @@
 //! reference (not by the interpreter); the tests check that the reference
 //! program of each task, run by the interpreter, gives the same answer.
 
-use afm_format::hash::fnv1a;
-use afm_format::rng::SplitMix64;
+use afm_format::fnv1a;
+use afm_format::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use std::path::Path;

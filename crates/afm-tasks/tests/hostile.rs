@@ -7,7 +7,7 @@
 //! Repeat with more programs: `AFM_HOSTILE_PROGRAMS=1000000 cargo test
 //! -p afm-tasks --release --test hostile`.
 
-use afm_format::rng::SplitMix64;
+use afm_format::SplitMix64;
 use afm_tasks::{observation_text, run_program, run_to_observation, Limits, ToolError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};

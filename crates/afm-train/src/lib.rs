@@ -5,11 +5,22 @@
 //! finish) reads a prepared dataset (`train`/`val` shards and
 //! `vocab.json`, see `afm_format::shards`), builds or loads the student
 //! (`afm_model::Model`), and optimises
-//! `sum_i w_i * l_i / sum_i w_i` over the loss positions (see [`loss`]),
+//! `sum_i w_i * l_i / sum_i w_i` over the loss positions ([`batch_loss`]),
 //! where each position's teacher is the checkpoint of the agent that owns
-//! its target ([`teacher`]).
+//! its target ([`Teachers`]). Per loss position `i` with weight `w_i`:
 //!
-//! The optimiser ([`optim::AdamW`]) is implemented here so that its state
+//! ```text
+//! l_i = alpha * CE_i + beta * T^2 * D_T(teacher_i, student_i)   if i's owner has a teacher
+//! l_i = CE_i                                                    otherwise
+//! loss = sum_i w_i * l_i / sum_i w_i
+//! ```
+//!
+//! where the sums run over every micro-batch of the optimiser step, so
+//! accumulating micro-batches equals one big batch. `D_T` is forward KL,
+//! reverse KL or the generalised JSD at temperature `T`
+//! ([`LossConfig`]).
+//!
+//! The optimiser ([`AdamW`]) is implemented here so that its state
 //! is saved and restored exactly: a run killed at any point and resumed
 //! with `resume = true` ends with the same bits as an uninterrupted one on
 //! CPU (the data order and libtorch's RNG are functions of the seed, the
@@ -22,7 +33,7 @@
 //! | `checkpoints/step-N/`      | last `keep_last` checkpoints and the best ([`checkpoint`]) |
 //! | `best.json`                | step, validation loss and path of the best checkpoint |
 //! | `final/`                   | final weights (`Model::save` layout; best or last per `final_weights`) |
-//! | `metrics.jsonl`            | train and eval records ([`metrics`])                  |
+//! | `metrics.jsonl`            | train and eval records ([`Record`])                   |
 //! | `loss.png`, `loss_per_agent.png` | loss curves                               |
 //! | `train_config.toml`        | the effective configuration                          |
 //! | `summary.json`             | [`TrainSummary`]                                     |
@@ -39,28 +50,39 @@
 //! println!("best val loss {:?} at {:?}", summary.best_val_loss, summary.best_step);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
+//!
+//! The API is the items at this root. Two modules stay public as
+//! namespaces: [`checkpoint`] (a run directory's files) and [`synthetic`]
+//! (generated datasets for tests and benchmarks).
 
 pub mod checkpoint;
-pub mod config;
-pub mod data;
-pub mod loss;
-pub mod metrics;
-pub mod optim;
+mod config;
+mod data;
+mod loss;
+mod metrics;
+mod optim;
 mod plot;
-pub mod recipe;
-pub mod speed;
+mod recipe;
+mod speed;
 pub mod synthetic;
-pub mod teacher;
-pub mod teacher_cache;
-pub mod trainer;
+mod teacher;
+mod teacher_cache;
+mod trainer;
 
 pub use config::{
     parse_duration, ConfigError, Divergence, FinalWeights, LossConfig, OptimConfig, ShapeConfig,
     TrainConfig,
 };
+pub use data::{make_batch, Batch};
+pub use loss::cross_entropy_per_token;
+pub use metrics::Record;
+pub use optim::AdamW;
 pub use recipe::{
     snapshot_dir, train, train_with, Evaluated, Lines, Progress, SnapshotInfo, Stepped, Trainer,
 };
+pub use speed::trainer_step_speed;
+pub use teacher::{Teacher, Teachers};
+pub use teacher_cache::TeacherCache;
 pub use trainer::{
     batch_loss, batch_loss_unfused, evaluate, train_step, val_sample, EvalResult, StepStats,
     StopReason, TrainSummary,

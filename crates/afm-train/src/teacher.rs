@@ -222,7 +222,7 @@ pub struct Teachers {
     pub list: Vec<Teacher>,
     by_role: HashMap<u16, usize>,
     /// Offline top-k logits used instead of running `list` (see
-    /// [`crate::teacher_cache`]).
+    /// [`crate::TeacherCache`]).
     pub cache: Option<TeacherCache>,
 }
 
@@ -289,7 +289,7 @@ impl Teachers {
 impl Teachers {
     /// Run every teacher over the train split `shards` and write its top-k
     /// logits (`k`, at most the student's vocabulary) into `dir`, the
-    /// layout of [`crate::teacher_cache`].
+    /// layout of [`crate::TeacherCache`].
     pub fn build_cache(
         &self,
         dir: &Path,

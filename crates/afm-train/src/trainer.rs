@@ -1,6 +1,6 @@
 //! The building blocks of a training step and of validation:
 //! [`batch_loss`] (fused and unfused), [`train_step`], [`val_sample`] and
-//! [`evaluate`]. The recipe that runs them is [`crate::recipe`].
+//! [`evaluate`]. The recipe that runs them is [`crate::Trainer`].
 
 use crate::config::{Divergence, LossConfig, TrainConfig};
 use crate::data::{make_batch, Batch, RowOrder};
@@ -106,7 +106,7 @@ pub fn forward_args(b: &Batch) -> ForwardArgs<'_> {
     }
 }
 
-/// Loss of one micro-batch (see [`crate::loss`] for the formula). The LM
+/// Loss of one micro-batch (the formula is in the [crate docs](crate)). The LM
 /// head runs only at the loss positions; each teacher runs only on the
 /// rows and positions its agent owns.
 pub fn batch_loss(

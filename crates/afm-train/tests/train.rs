@@ -3,11 +3,11 @@
 use afm_format::shards::Shards;
 use afm_model::{ForwardArgs, GptConfig, Model, Precision};
 use afm_tokenizer::{RoleVocab, Tokenizer, FIRST_ROLE_TOKEN};
-use afm_train::data::make_batch;
-use afm_train::metrics::Record;
+use afm_train::make_batch;
 use afm_train::synthetic::{write_dataset, SyntheticSpec};
-use afm_train::teacher::{Teacher, Teachers};
+use afm_train::Record;
 use afm_train::{batch_loss, batch_loss_unfused, Divergence, LossConfig, StopReason, TrainConfig};
+use afm_train::{Teacher, Teachers};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -239,7 +239,7 @@ fn masked_positions_carry_no_gradient() {
             .collect::<Vec<_>>(),
     );
     let all_w = Tensor::from_slice(&shards.weights[..3 * 40]);
-    let ce = afm_train::loss::cross_entropy_per_token(&flat, &all_targets);
+    let ce = afm_train::cross_entropy_per_token(&flat, &all_targets);
     ((ce * &all_w).sum(Kind::Float) / b.weight_sum).backward();
     let row_norm =
         Vec::<f32>::try_from(flat.grad().abs().sum_dim_intlist(1, false, Kind::Float)).unwrap();
@@ -1270,9 +1270,8 @@ fn teacher_topk_cache_matches_live_teachers() {
         .build_cache(&cache_dir, &shards, &tok, tok.n_vocab(), 2, Precision::F32)
         .unwrap();
     assert!(idx.entries > 0);
-    let cached = Teachers::from_cache(
-        afm_train::teacher_cache::TeacherCache::open(&cache_dir, "train", &tok).unwrap(),
-    );
+    let cached =
+        Teachers::from_cache(afm_train::TeacherCache::open(&cache_dir, "train", &tok).unwrap());
     let student = tiny_model(&tok, 7);
     let l = LossConfig {
         alpha: 0.3,
@@ -1373,7 +1372,7 @@ fn the_recipe_driven_by_hand_equals_train() {
     assert_eq!(untimed("whole"), untimed("by_hand"));
 
     let mut n = 0;
-    let sp = afm_train::speed::trainer_step_speed(
+    let sp = afm_train::trainer_step_speed(
         &base_config(&data, Path::new("unused")),
         64,
         1,

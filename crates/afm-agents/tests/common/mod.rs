@@ -2,9 +2,9 @@
 //! policies that play a correct (or first-wrong) Planner/Coder/Reviewer chain.
 #![allow(dead_code)]
 
-use afm_agents::env::Task;
-use afm_agents::lm::{Lm, Policy, ScriptedLm};
 use afm_agents::mas::{self, MasLms};
+use afm_agents::Task;
+use afm_agents::{Lm, Policy, ScriptedLm};
 use afm_agents::{RunOptions, TaskRun};
 use afm_tokenizer::{RoleVocab, Tokenizer, END, OBS, TASK};
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ pub fn solutions(t: &Tokenizer, tasks: &[Task]) -> Arc<HashMap<Vec<u32>, (String
             .map(|task| {
                 let s = afm_tasks::solution(task).unwrap();
                 (
-                    afm_agents::format::task_prompt(t, &task.prompt),
+                    afm_format::layout::encode_task(t, &task.prompt),
                     (s.plan, s.program),
                 )
             })

@@ -26,7 +26,7 @@
 //! Lost: weights between 0 and 1 (a turn is trained or not), `meta`.
 
 use afm_format::layout::AgentWeights;
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::{StepKind, Trajectory};
 use serde_json::{json, Map, Value};
 
 /// The row of one trajectory.

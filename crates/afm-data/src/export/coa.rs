@@ -28,7 +28,7 @@
 //! `coder` turn) ends the turn early when read back. Lost besides: name
 //! case, tool names, `meta`.
 
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::{StepKind, Trajectory};
 use serde_json::{json, Map, Value};
 
 /// The tag of an agent: its name in ASCII lower case, other characters

@@ -2,8 +2,8 @@
 //! kept, `meta` included. The `native` importer reads a row back as the
 //! same [`Trajectory`].
 
-use afm_format::native::Turn;
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::Turn;
+use afm_format::{StepKind, Trajectory};
 use serde::Serialize;
 
 /// A native row in the schema's field order; `success`, `answer`, `score`

@@ -25,7 +25,7 @@ use crate::prepare::{held_out, read_manifest, Manifest};
 use crate::score;
 use crate::window::{self, LongMode, TooLong};
 use afm_format::layout::encode_trajectory;
-use afm_format::record::Trajectory;
+use afm_format::Trajectory;
 use afm_tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};

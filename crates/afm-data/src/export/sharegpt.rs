@@ -36,7 +36,7 @@
 
 use crate::ingest::sharegpt::function_call_text;
 use afm_format::layout::AgentWeights;
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{json, Map, Value};
 
 /// afm's role marker of a step, as text: `<|agent:NAME|>` (the text of the

@@ -4,7 +4,7 @@ use super::fields::{
     array_field, content_text, id_of, name_or_role, opt_bool, opt_f64, required_task, wrong,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) fn read(o: &Map<String, Value>, default_id: &str) -> Result<Trajectory, Invalid> {

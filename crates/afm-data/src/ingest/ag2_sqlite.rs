@@ -62,7 +62,7 @@ use super::fields::{content_text, push_tool_calls, wrong};
 use super::{
     check, BatchInfo, Format, IngestError, IngestLimits, Invalid, Location, Parsed, RejectReason,
 };
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Map, Value};

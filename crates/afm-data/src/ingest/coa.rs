@@ -3,7 +3,7 @@
 use super::fields::{answer_of, id_of, record, required_task, wrong};
 use super::{Invalid, RejectReason};
 use crate::agents::is_default_observation;
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) const COA_TEXT_FIELDS: [&str; 4] = ["response", "output", "completion", "text"];

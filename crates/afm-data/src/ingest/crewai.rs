@@ -59,7 +59,7 @@ use super::fields::{
     answer_of, args_text, content_text, id_of, opt_str, push_tool_call, record, wrong,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 /// The observation agent of a later instruction.

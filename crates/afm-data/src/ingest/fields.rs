@@ -1,7 +1,7 @@
 //! Field readers shared by the importers: each error names the field.
 
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, Trajectory};
+use afm_format::{Step, Trajectory};
 use serde_json::{Map, Value};
 
 pub(super) fn type_name(v: &Value) -> &'static str {

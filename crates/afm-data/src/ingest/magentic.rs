@@ -42,7 +42,7 @@ use super::fields::{
     required_task, with_handoffs, with_meta, wrong, Handoff, Usage,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@ use super::fields::{
     record, wrong,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 fn messages_from_list(

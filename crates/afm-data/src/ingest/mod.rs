@@ -46,7 +46,7 @@ mod smolagents;
 pub use coa::parse_coa_tags;
 
 use crate::agents::AgentsMap;
-use afm_format::record::{StepKind, Trajectory};
+use afm_format::{StepKind, Trajectory};
 use fields::type_name;
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, Read};

@@ -36,7 +36,7 @@ use super::fields::{
     text_blocks, tree_order, wrong, Handoff,
 };
 use super::{fields, Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 

@@ -18,7 +18,7 @@ use super::fields::{
     wrong,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 /// Agent of an unmarked `gpt`/`function_call` message without an `agent` key.

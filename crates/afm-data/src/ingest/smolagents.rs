@@ -55,7 +55,7 @@ use super::fields::{
     push_tool_call, record, wrong,
 };
 use super::{Invalid, RejectReason};
-use afm_format::record::{Step, StepKind, Trajectory};
+use afm_format::{Step, StepKind, Trajectory};
 use serde_json::{Map, Value};
 
 /// The agent of a record without `agent`/`name`.
