@@ -30,6 +30,7 @@
 //! ```
 
 pub mod afm;
+mod config;
 mod env;
 mod eval;
 mod format;
@@ -39,6 +40,7 @@ mod model_lm;
 mod trajectory;
 
 pub use afm::{Route, RunOptions};
+pub use config::{EvalConfig, EvalConfigError};
 pub use env::{run_tool, run_tool_with, Task, Tool, ToolResult};
 pub use eval::{evaluate, load_reference, percentile, AgentReport, EvalReport, ReferenceAnswer};
 pub use lm::{Lm, Policy, ScriptedLm, ScriptedSession, Session};

@@ -1,13 +1,15 @@
 //! Verbs of afm-agents: `afm eval` (AFM or MAS on a task file) and
 //! `afm run` (one task, the chain printed agent by agent).
 
+use crate::settings::Layers;
 use afm_agents::mas::Mas;
 use afm_agents::write_jsonl;
-use afm_agents::{afm, Route, RunOptions, TaskRun};
-use afm_agents::{evaluate, load_reference, EvalReport};
+use afm_agents::{afm, RunOptions, TaskRun};
+use afm_agents::{evaluate, load_reference, EvalConfig, EvalReport};
 use afm_model::{parse_device, Model};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,82 +22,113 @@ pub enum Cmd {
     Run(RunArgs),
 }
 
-/// Who plays the agents, and how to decode.
-#[derive(Args, Clone)]
-pub struct ModelArgs {
+/// Who plays the agents, and how to decode: fields of [`EvalConfig`]
+/// (only the flags given are laid over `--config`).
+#[derive(Args, Debug, Serialize)]
+pub struct DecodeFlags {
     /// AFM checkpoint directory (one model plays every agent).
     #[arg(long, conflicts_with = "mas")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<PathBuf>,
     /// The MAS: one checkpoint per agent, `Planner=DIR,Coder=DIR,Reviewer=DIR`.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mas: Option<String>,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Device: cpu, cuda, cuda:N or auto [default: cpu].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Decode in bf16 (f32 otherwise).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub bf16: bool,
-    /// libtorch intra-op CPU threads (default: libtorch's choice). 1 is
-    /// often fastest for small models on a busy CPU.
+    /// libtorch intra-op CPU threads (0 = libtorch's choice). 1 is often
+    /// fastest for small models on a busy CPU.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Sampling temperature (0 = greedy, the default).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
     /// Keep only the k most likely tokens when sampling.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     /// Nucleus sampling threshold.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// AFM: most tokens sampled per task; MAS: per agent turn.
-    #[arg(long, default_value_t = 512)]
-    pub max_new_tokens: usize,
-    /// Most interpreter calls per task.
-    #[arg(long, default_value_t = 4)]
-    pub max_tool_calls: usize,
-    /// MAS: most Coder retries the Reviewer may ask for.
-    #[arg(long, default_value_t = 2)]
-    pub max_retries: usize,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// AFM: most tokens sampled per task; MAS: per agent turn [default: 512].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// Most interpreter calls per task [default: 4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<usize>,
+    /// MAS: most Coder retries the Reviewer may ask for [default: 2].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<usize>,
     /// AFM: sample every role token, the Planner's first and the Reviewer's
     /// after each observation included (default: the runtime writes those
     /// two, as the MAS orchestrator does; see `afm_agents::Route`).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub free_route: bool,
 }
 
-#[derive(Args)]
-pub struct EvalArgs {
+/// `afm eval`'s flags: the decoding ones and the task set's.
+#[derive(Args, Debug, Serialize)]
+pub struct EvalFlags {
     #[command(flatten)]
-    pub model: ModelArgs,
+    #[serde(flatten)]
+    pub decode: DecodeFlags,
     /// Task file (JSONL, e.g. datasets/tasks/test.jsonl).
     #[arg(long)]
-    pub tasks: PathBuf,
-    /// Tasks decoded together.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// Evaluate only the first N tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<PathBuf>,
+    /// Tasks decoded together [default: 1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// Evaluate only the first N tasks (0 = all).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-    /// Print one JSON object (the report) instead of text.
-    #[arg(long)]
-    pub json: bool,
     /// Write the runs (trajectories + accounting) as JSONL.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
     /// Reference run (a previous `--out` file, or any JSONL/JSON of
     /// `{"id","answer"}` records) for final-answer agreement.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compare: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub layers: Layers,
+    #[command(flatten)]
+    pub flags: EvalFlags,
+    /// Print one JSON object (the report) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub layers: Layers,
+    #[command(flatten)]
+    pub flags: DecodeFlags,
     /// The task text.
     #[arg(long)]
     pub task: String,
@@ -130,43 +163,26 @@ enum System {
     Mas(Mas),
 }
 
-impl ModelArgs {
-    fn options(&self, batch: usize) -> RunOptions {
-        RunOptions {
-            batch,
-            max_new_tokens: self.max_new_tokens,
-            max_tool_calls: self.max_tool_calls,
-            max_retries: self.max_retries,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-            bf16: self.bf16,
-            route: if self.free_route {
-                Route::free()
-            } else {
-                Route::task_world()
-            },
-            ..RunOptions::default()
-        }
-    }
+/// The configuration: defaults <- `--config` <- flags <- `--set`, validated.
+fn resolve(layers: &Layers, flags: &impl Serialize) -> anyhow::Result<EvalConfig> {
+    let c: EvalConfig = crate::settings::resolve(layers, flags)?;
+    c.validate()?;
+    Ok(c)
+}
 
-    fn load(&self) -> anyhow::Result<System> {
-        if let Some(n) = self.threads {
-            if n == 0 {
-                bail!("--threads must be at least 1");
-            }
-            tch::set_num_threads(n as i32);
-        }
-        let device = parse_device(&self.device)?;
-        match (&self.checkpoint, &self.mas) {
-            (Some(dir), None) => Ok(System::Afm(Box::new(
-                Model::load(dir, device)
-                    .with_context(|| format!("loading checkpoint {}", dir.display()))?,
-            ))),
-            (None, Some(spec)) => Ok(System::Mas(Mas::load(&Mas::parse_spec(spec)?, device)?)),
-            _ => bail!("give --checkpoint DIR (AFM) or --mas Planner=DIR,Coder=DIR,Reviewer=DIR"),
-        }
+/// Load the system `c` names, with its thread count.
+fn load(c: &EvalConfig) -> anyhow::Result<System> {
+    if c.threads > 0 {
+        tch::set_num_threads(c.threads as i32);
+    }
+    let device = parse_device(&c.device)?;
+    match (&c.checkpoint, &c.mas) {
+        (Some(dir), None) => Ok(System::Afm(Box::new(
+            Model::load(dir, device)
+                .with_context(|| format!("loading checkpoint {}", dir.display()))?,
+        ))),
+        (None, Some(spec)) => Ok(System::Mas(Mas::load(&Mas::parse_spec(spec)?, device)?)),
+        _ => bail!("give --checkpoint DIR (AFM) or --mas Planner=DIR,Coder=DIR,Reviewer=DIR"),
     }
 }
 
@@ -185,19 +201,20 @@ impl System {
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let mut tasks = afm_tasks::load_tasks(&a.tasks)?;
-    if let Some(n) = a.limit {
-        tasks.truncate(n);
+    let c = resolve(&a.layers, &a.flags)?;
+    let Some(path) = &c.tasks else {
+        bail!("give --tasks FILE (JSONL, e.g. datasets/tasks/test.jsonl)");
+    };
+    let mut tasks = afm_tasks::load_tasks(path)?;
+    if c.limit > 0 {
+        tasks.truncate(c.limit);
     }
     if tasks.is_empty() {
-        bail!("{}: no tasks to evaluate", a.tasks.display());
+        bail!("{}: no tasks to evaluate", path.display());
     }
-    let reference = a.compare.as_deref().map(load_reference).transpose()?;
-    let system = a.model.load()?;
-    let opts = a.model.options(a.batch);
+    let reference = c.compare.as_deref().map(load_reference).transpose()?;
+    let system = load(&c)?;
+    let opts = c.run_options();
 
     let bar = crate::progress::bar(tasks.len() as u64, "eval");
     let mut ok = 0usize;
@@ -210,7 +227,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
 
-    if let Some(out) = &a.out {
+    if let Some(out) = &c.out {
         write_jsonl(&runs, out)?;
     }
     let report = evaluate(&runs, reference.as_deref());
@@ -224,7 +241,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
         print_report(&mut out, &report)?;
-        if let Some(path) = &a.out {
+        if let Some(path) = &c.out {
             writeln!(out, "runs written to {}", path.display())?;
         }
     }
@@ -277,7 +294,11 @@ fn run_one(a: RunArgs) -> anyhow::Result<()> {
     if a.task.trim().is_empty() {
         bail!("--task is empty");
     }
-    let system = a.model.load()?;
+    let c = EvalConfig {
+        batch: 1,
+        ..resolve(&a.layers, &a.flags)?
+    };
+    let system = load(&c)?;
     let task = afm_tasks::Task {
         id: "cli".into(),
         family: String::new(),
@@ -287,11 +308,7 @@ fn run_one(a: RunArgs) -> anyhow::Result<()> {
         inputs: serde_json::Value::Null,
         answer: a.answer.clone().unwrap_or_default(),
     };
-    let runs = system.run(
-        std::slice::from_ref(&task),
-        &a.model.options(1),
-        &mut |_| {},
-    )?;
+    let runs = system.run(std::slice::from_ref(&task), &c.run_options(), &mut |_| {})?;
     let Some(run) = runs.first() else {
         bail!("the runtime returned no run");
     };
