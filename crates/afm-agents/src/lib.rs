@@ -4,17 +4,18 @@
 //!   generation, with tool calls resumed in the same KV cache.
 //! - [`mas`]: the multi-agent LM system (the baseline): one model per
 //!   agent, an orchestrator calling them in order.
-//! - [`eval`]: success rate, answer agreement, per-agent validity, token
-//!   and call accounting, latency percentiles.
-//! - [`lm`]: the [`lm::Lm`]/[`lm::Session`] traits both runtimes drive, and
-//!   [`lm::ScriptedLm`], a policy-driven fake model for tests.
-//! - [`trajectory`]: [`TaskRun`], the output record (native JSONL shape),
-//!   and [`RunStats`], the accounting (definitions there).
-//! - [`env`]: what the runtimes use from `afm-tasks` (tool, answers,
-//!   verifier, per-agent validity); [`format`]: prompts by `afm_format::layout`.
+//! - [`evaluate`]: success rate, answer agreement, per-agent validity, token
+//!   and call accounting, latency percentiles ([`EvalReport`]).
+//! - [`Lm`]/[`Session`]: the traits both runtimes drive ([`ModelLm`] for a
+//!   checkpoint, [`ScriptedLm`] a policy-driven fake model for tests).
+//! - [`TaskRun`], the output record (native JSONL shape), and [`RunStats`],
+//!   the accounting (definitions there).
+//! - [`EvalConfig`]: the configuration of `afm eval` and `afm run`.
+//! - What the runtimes use from `afm-tasks`: the tool ([`run_tool`]), tasks
+//!   ([`Task`]); prompts and contexts are laid out by `afm_format::layout`.
 //!
 //! ```no_run
-//! use afm_agents::{afm, eval, mas::Mas, RunOptions};
+//! use afm_agents::{afm, evaluate, mas::Mas, ReferenceAnswer, RunOptions};
 //! # fn main() -> anyhow::Result<()> {
 //! let device = afm_model::parse_device("cpu")?;
 //! let tasks = afm_tasks::load_tasks("datasets/tasks/test.jsonl".as_ref())?;
@@ -23,8 +24,8 @@
 //! let afm_runs = afm::run_batch(&model, &tasks, &opts)?;
 //! let mas = Mas::load(&Mas::parse_spec("Planner=runs/p,Coder=runs/c,Reviewer=runs/r")?, device)?;
 //! let mas_runs = mas.run_batch(&tasks, &opts)?;
-//! let reference = eval::ReferenceAnswer::from_runs(&mas_runs);
-//! let report = eval::evaluate(&afm_runs, Some(&reference));
+//! let reference = ReferenceAnswer::from_runs(&mas_runs);
+//! let report = evaluate(&afm_runs, Some(&reference));
 //! println!("{}", serde_json::to_string(&report)?);
 //! # Ok(()) }
 //! ```

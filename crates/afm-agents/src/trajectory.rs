@@ -61,7 +61,7 @@ impl RunStats {
 }
 
 /// Per-agent validity counts: how many turns (or tool calls) and how many of
-/// them were well-formed (see [`crate::env::turn_valid`]).
+/// them were well-formed (see `turn_valid`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validity {
     pub turns: usize,

@@ -200,7 +200,7 @@ pub struct Report {
     #[serde(default)]
     pub notes: Vec<String>,
     /// The scripted agents (the system the training data came from) on the
-    /// same held-out tasks, when measured (see [`crate::reference`]): the
+    /// same held-out tasks, when measured (see [`crate::scripted_reference`]): the
     /// level both trained systems imitate. Only success, tokens, calls and
     /// tool calls are meaningful for it.
     #[serde(default)]

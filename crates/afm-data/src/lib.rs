@@ -4,7 +4,7 @@
 //! dedup -> split by task -> curriculum -> augment -> format -> tokenize ->
 //! mask -> window -> pack -> write.
 //!
-//! - [`prepare`](mod@prepare): the recipe [`Prepare`] (setup, read, plan,
+//! - the recipe [`Prepare`] (setup, read, plan,
 //!   vocabulary, write, finish) that [`prepare()`] and [`prepare_with`] run.
 //! - [`ingest`]: the input formats (one module per framework's logs, one
 //!   importer table), validation and rejects.
@@ -12,12 +12,13 @@
 //!   prepared dataset; LLaMA-Factory ShareGPT, axolotl chat_template,
 //!   Chain-of-Agents tags and native JSONL from trajectories or a prepared
 //!   dataset.
-//! - [`agents`]: agent renames and observation agents (TOML map).
-//! - [`score`]: quality score, curriculum difficulty, dedup/split keys.
-//! - [`augment`]: target-preserving augmentations; re-solving a record
-//!   needs a task world the caller injects ([`augment::Resolver`]).
-//! - [`window`]: long trajectories (drop, truncate, window).
-//! - [`pack`]: padding-free best-fit packing into rows.
+//! - [`AgentsMap`]: agent renames and observation agents (TOML map).
+//! - [`quality`]: the quality score (also curriculum difficulty and
+//!   dedup/split keys).
+//! - [`apply`]: target-preserving augmentations ([`Transform`]); re-solving
+//!   a record needs a task world the caller injects ([`Resolver`]).
+//! - [`LongMode`]: long trajectories (drop, truncate, window).
+//! - [`Packer`]: padding-free best-fit packing into rows.
 //!
 //! The formats it reads and writes are `afm-format`'s: the record
 //! (`afm_format::Trajectory`), the token layout and loss-mask rule

@@ -48,7 +48,7 @@ impl Quality {
         self.parts().iter().sum()
     }
 
-    /// Parts in [`PARTS`] order.
+    /// Parts in `PARTS` order.
     pub fn parts(&self) -> [f64; 6] {
         [
             self.outcome,
@@ -60,7 +60,7 @@ impl Quality {
         ]
     }
 
-    /// Index (into [`PARTS`]) of the part that lost the most points.
+    /// Index (into `PARTS`) of the part that lost the most points.
     pub fn worst_part(&self) -> usize {
         let p = self.parts();
         let mut best = 0;

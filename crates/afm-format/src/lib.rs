@@ -2,9 +2,9 @@
 //! libtorch, so that tasks, data, model, train and agents all use one
 //! definition of each.
 //!
-//! - [`record`]: [`Trajectory`], the normalised record every input format
+//! - [`Trajectory`] ([`Step`], [`StepKind`]): the normalised record every input format
 //!   becomes (task, steps, outcome, metadata).
-//! - [`native`]: afm's native trajectory JSONL ([`NativeTrajectory`],
+//! - afm's native trajectory JSONL ([`NativeTrajectory`],
 //!   [`Turn`]): what the scripted agents and the runtimes write and the data
 //!   pipeline reads.
 //! - [`layout`]: THE token layout and loss-mask rule (`<|task|>`, role
@@ -12,7 +12,7 @@
 //!   the runtimes' prompts are both built with it.
 //! - [`shards`]: the packed shard files, written by `afm-data` and read by
 //!   `afm-train`.
-//! - [`rng`] ([`SplitMix64`]) and [`hash`] ([`hash::fnv1a`]): the one seeded
+//! - [`SplitMix64`] and [`fnv1a`]: the one seeded
 //!   generator and the one stable hash; generated data, data order, weight
 //!   initialisation and sampling depend only on their seeds.
 //!

@@ -1,6 +1,6 @@
 //! The stage graph of one pipeline run, and its report.
 //!
-//! data -> prepare-afm, prepare-mas-<Agent> -> train-mas-<Agent> ->
+//! data -> prepare-afm, prepare-mas-AGENT -> train-mas-AGENT ->
 //! train-afm -> eval -> bench -> curve -> reference -> report.
 
 use crate::config::{afm_budget, mas_budget, mas_lanes, PipelineConfig, MAS_AGENTS};

@@ -5,10 +5,10 @@
 //! - [`lang`]: the tool. [`run_program`] parses and evaluates one program
 //!   under [`Limits`] (fuel, value size, nesting depth, source length);
 //!   [`observation_text`] renders the result as the tool observation.
-//! - [`tasks`]: [`Task`], the families/levels catalogue, the deterministic
+//! - [`Task`], the families/levels catalogue, the deterministic
 //!   generator ([`generate`]), the fixed held-out split ([`Task::split`]),
 //!   [`verify`], and JSONL task files ([`load_tasks`], [`save_tasks`]).
-//! - [`agents`]: scripted Planner, Coder, Reviewer ([`solve`]) with
+//! - scripted Planner, Coder, Reviewer ([`solve`]) with
 //!   configurable mistakes ([`AgentConfig`]), their native trajectories
 //!   ([`Trajectory`]: `afm_format::NativeTrajectory` with [`TrajMeta`]),
 //!   [`extract_answer`], role instructions, the agent order, and the

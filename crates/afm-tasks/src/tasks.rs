@@ -69,7 +69,7 @@ pub fn split_of_key(key: &str) -> Split {
 }
 
 impl Task {
-    /// Canonical key (see [`canonical_key`]).
+    /// Canonical key (see `canonical_key`).
     pub fn key(&self) -> String {
         canonical_key(&self.family, &self.op, &self.inputs)
     }
@@ -124,7 +124,7 @@ pub fn normalize_answer(text: &str, reference: &str) -> String {
     }
 }
 
-/// True when `answer_text` is the task's answer (after [`normalize_answer`];
+/// True when `answer_text` is the task's answer (after `normalize_answer`;
 /// integers compare by value, so `+7` and `007` match `7`).
 pub fn verify(task: &Task, answer_text: &str) -> bool {
     let got = normalize_answer(answer_text, &task.answer);
@@ -630,7 +630,7 @@ pub fn generate(
 }
 
 /// `n` train-split tasks drawn independently from the task distribution
-/// ([`gen_task`]), deterministically from `seed`, each task at most
+/// (`gen_task`), deterministically from `seed`, each task at most
 /// `max_repeats` times (0: no limit, the natural mixture).
 ///
 /// Unlike [`generate`], a task can come more than once. [`generate`]'s

@@ -201,7 +201,7 @@ impl Batch {
 /// Build a micro-batch from rows of `shards`. The shards hold token ids;
 /// the batch's `tokens`/`targets` (and their host copies) hold the model
 /// rows of `vocab` (the model's tokenizer: equal to the ids unless it has a
-/// corpus vocabulary). Ids without a row become row 0; [`check_ids`] rejects
+/// corpus vocabulary). Ids without a row become row 0; `check_ids` rejects
 /// such data before training.
 pub fn make_batch(
     shards: &Shards,

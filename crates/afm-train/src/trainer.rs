@@ -29,7 +29,7 @@ pub enum StopReason {
     EarlyStopping,
 }
 
-/// What [`train`] returns (also written to `RUN/summary.json`).
+/// What [`crate::train`] returns (also written to `RUN/summary.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
     /// Optimiser steps done (all invocations).

@@ -24,7 +24,7 @@
 //!
 //! Agent naming: `name` when present, else `role`. Steps become
 //! observations when the source says so (`observation` field, `role:
-//! "tool"`, `<observation>` tag) or by the agents map ([`crate::agents`]).
+//! "tool"`, `<observation>` tag) or by the agents map ([`crate::AgentsMap`]).
 //!
 //! A bad record never stops reading: each one comes back as an
 //! [`Invalid`] with a [`RejectReason`] and a message naming the field.
@@ -818,7 +818,7 @@ pub fn convert(
     check((imp.read)(o, default_id)?, limits, fmt)
 }
 
-/// Normalise a parsed record: apply the agents map ([`crate::agents`]) to
+/// Normalise a parsed record: apply the agents map ([`crate::AgentsMap`]) to
 /// every step and re-check the (renamed) agent names.
 pub fn normalise(mut t: Trajectory, map: &AgentsMap) -> Result<Trajectory, Invalid> {
     for (i, s) in t.steps.iter_mut().enumerate() {
