@@ -111,19 +111,8 @@ impl EvalConfig {
                 ))
             }
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(bad(
-                "temperature",
-                format!("{} must be finite and >= 0", self.temperature),
-            ));
-        }
-        if self.top_k == Some(0) {
-            return Err(bad("top_k", "must be >= 1"));
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(bad("top_p", format!("{p} is not in (0, 1]")));
-            }
+        if let Some((field, why)) = self.run_options().sampling().problem() {
+            return Err(bad(field, why));
         }
         for (field, v) in [
             ("max_new_tokens", self.max_new_tokens),

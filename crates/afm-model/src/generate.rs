@@ -43,21 +43,27 @@ impl SamplingConfig {
 
     /// Check the numbers.
     pub fn validate(&self) -> anyhow::Result<()> {
+        match self.problem() {
+            Some((field, why)) => bail!("sampling: {field} {why}"),
+            None => Ok(()),
+        }
+    }
+
+    /// The first bad field and why (for callers whose errors name fields).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!(
-                "sampling: temperature must be >= 0 and finite, got {}",
-                self.temperature
-            );
+            let why = format!("must be >= 0 and finite, got {}", self.temperature);
+            return Some(("temperature", why));
         }
         if self.top_k == Some(0) {
-            bail!("sampling: top_k must be >= 1");
+            return Some(("top_k", "must be >= 1".into()));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                bail!("sampling: top_p must be in (0, 1], got {p}");
+        match self.top_p {
+            Some(p) if !(p > 0.0 && p <= 1.0) => {
+                Some(("top_p", format!("must be in (0, 1], got {p}")))
             }
+            _ => None,
         }
-        Ok(())
     }
 }
 
