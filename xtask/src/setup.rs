@@ -140,7 +140,7 @@ pub fn ensure_python_packages() -> Result<(), String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let missing: Vec<&str> = text.split_whitespace().collect();
     if missing.is_empty() {
-        return Ok(());
+        return ensure_afm_dist(&python);
     }
     let pip: Vec<&str> = PY_PACKAGES
         .iter()
@@ -166,7 +166,46 @@ pub fn ensure_python_packages() -> Result<(), String> {
     let import = format!("import {}", missing.join(", "));
     run(Command::new(&python)
         .current_dir(cache_dir())
-        .args(["-c", &import]))
+        .args(["-c", &import]))?;
+    ensure_afm_dist(&python)
+}
+
+/// Install this checkout's `python/afm_dist` into the venv (editable, no
+/// dependencies: torch, transformers and safetensors are already there),
+/// unless the venv already imports it from here.
+fn ensure_afm_dist(python: &Path) -> Result<(), String> {
+    let src = root().join("python").join("afm_dist");
+    let out = Command::new(python)
+        .current_dir(cache_dir())
+        .args([
+            "-c",
+            "import importlib.util, os, sys; s = importlib.util.find_spec('afm_dist'); \
+             print('ok' if s and s.origin and os.path.realpath(s.origin).startswith(os.path.realpath(sys.argv[1])) else 'missing')",
+        ])
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} into {}",
+        src.display(),
+        python.display()
+    );
+    run(Command::new(python)
+        .current_dir(cache_dir())
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--editable",
+        ])
+        .arg(&src))
 }
 
 fn install_torch_venv() -> Result<PathBuf, String> {

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Import a Hugging Face GPT-2 directory (config.json + model.safetensors) as an afm checkpoint.
+    /// Import a Hugging Face GPT-2 directory, or an afm export (config.json + model.safetensors), as an afm checkpoint.
     ImportHf(ImportHfArgs),
-    /// Export an afm checkpoint as a Hugging Face GPT-2 directory.
+    /// Export an afm checkpoint as a Hugging Face directory, exactly: GPT-2 when the model is
+    /// one, else afm's own transformers class (trust_remote_code).
     ExportHf(ExportHfArgs),
     /// Generate a continuation from a checkpoint.
     Generate(GenerateArgs),
@@ -155,14 +156,17 @@ fn import_hf(a: ImportHfArgs) -> anyhow::Result<()> {
 
 fn export_hf(a: ExportHfArgs) -> anyhow::Result<()> {
     let m = Model::load(&a.from, tch::Device::Cpu)?;
-    if m.uses_role_embeddings() {
-        eprintln!(
-            "warning: this model has trained role embeddings; HF GPT-2 has no slot for them, so transformers \
-             will run without them (they are kept in afm_role_emb.safetensors for re-import)"
-        );
-    }
     m.export_hf(&a.out)?;
-    eprintln!("exported {} -> {}", a.from.display(), a.out.display());
+    let how = if m.is_plain_gpt2() {
+        "transformers' GPT2LMHeadModel"
+    } else {
+        "afm's own class: load with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
+    };
+    eprintln!(
+        "exported {} -> {} as {how}",
+        a.from.display(),
+        a.out.display()
+    );
     Ok(())
 }
 

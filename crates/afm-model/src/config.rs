@@ -33,7 +33,7 @@ pub struct GptConfig {
     /// learned (`h.N.attn.smear`, initialised to a = 1/2), no mixing across
     /// a document start. A head can then find "the token after the last
     /// occurrence of this one" in one layer: copying is learned in far fewer
-    /// steps. Not GPT-2: `export-hf` refuses such a model.
+    /// steps. Not GPT-2: `export-hf` writes afm's own transformers class.
     #[serde(default)]
     pub smear_keys: bool,
     /// Smeared token embeddings: the input of position `t` adds the previous
@@ -43,7 +43,7 @@ pub struct GptConfig {
     /// before it from the first layer on, so a smeared-key head matches two
     /// tokens, not one: a list's `,` no longer stands for every element
     /// (copying `[168, 4, 96]` needs to know which number the comma
-    /// follows). Not GPT-2: `export-hf` refuses such a model.
+    /// follows). Not GPT-2: `export-hf` writes afm's own transformers class.
     #[serde(default)]
     pub smear_tokens: bool,
 }

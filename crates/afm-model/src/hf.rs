@@ -6,12 +6,25 @@
 //! `attn.bias` / `attn.masked_bias` buffers ignored, `lm_head.weight`
 //! checked to be tied to `wte`. F16/BF16 files are widened to f32.
 //!
-//! Export writes the same layout (`transformer.`-prefixed names, HF
-//! `config.json`) so `GPT2LMHeadModel.from_pretrained` loads it. What HF
-//! GPT-2 has no slot for travels beside it: the role table in
-//! `afm_role_emb.safetensors` and the role vocabulary in `afm_vocab.json`
-//! (HF ignores both; re-importing restores them, bit-exact). Note that HF
-//! then runs *without* role embeddings.
+//! Export is exact, in one of two forms:
+//!
+//! - **Plain GPT-2** (`model_type: "gpt2"`) when the model is one: the full
+//!   GPT-2 vocabulary, no smeared keys or tokens, and no role table or an
+//!   all-zero one. `GPT2LMHeadModel.from_pretrained` loads it (and vLLM
+//!   serves it as is). The zero role table and the role vocabulary travel
+//!   beside it (`afm_role_emb.safetensors`, `afm_vocab.json`) so re-import
+//!   is bit-exact.
+//! - **afm's own class** (`model_type: "afm_gpt"`) otherwise: every weight
+//!   under GPT-2's names plus `transformer.role_emb.weight`,
+//!   `transformer.smear_tok.gate` and `transformer.h.N.attn.smear`, a
+//!   `config.json` with an `auto_map`, and the two Python files of the class
+//!   (`configuration_afm.py`, `modeling_afm.py`, from
+//!   `python/afm_dist/afm_dist/`), so
+//!   `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`
+//!   runs the very model afm trained: role embeddings (given or derived
+//!   from the tokens), smeared keys and tokens, and a corpus vocabulary read
+//!   and scored in afm's id space. `cargo xtask test` checks the logits
+//!   against afm's (crates/afm-cli/tests/dist.rs).
 
 use crate::model::{replace_dir, sibling};
 use crate::{st, Gpt, GptConfig, Model};
@@ -29,6 +42,35 @@ pub const HF_CONFIG: &str = "config.json";
 pub const AFM_ROLE_EMB: &str = "afm_role_emb.safetensors";
 /// Role vocabulary written beside an export.
 pub const AFM_VOCAB: &str = "afm_vocab.json";
+/// `model_type` of afm's transformers class.
+pub const AFM_MODEL_TYPE: &str = "afm_gpt";
+/// afm's transformers class: its configuration and its model, written into
+/// every `afm_gpt` export (one source: the afm_dist package).
+const AFM_PY: [(&str, &str); 2] = [
+    (
+        "configuration_afm.py",
+        include_str!("../../../python/afm_dist/afm_dist/configuration_afm.py"),
+    ),
+    (
+        "modeling_afm.py",
+        include_str!("../../../python/afm_dist/afm_dist/modeling_afm.py"),
+    ),
+];
+/// The logit afm's class gives an id without a row (probability 0 in f32).
+const MISSING_LOGIT: f64 = -1.0e4;
+
+#[derive(Deserialize)]
+struct AfmHfConfig {
+    n_rows: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_roles: usize,
+    layer_norm_epsilon: f64,
+    smear_keys: bool,
+    smear_tokens: bool,
+}
 
 #[derive(Deserialize)]
 struct HfConfig {
@@ -47,8 +89,9 @@ struct HfConfig {
     add_cross_attention: Option<bool>,
 }
 
-/// Read an HF GPT-2 `config.json` as a [`GptConfig`] (role embeddings
-/// off); architecture variants afm does not implement are errors.
+/// Read an HF `config.json` as a [`GptConfig`]: GPT-2's (role embeddings
+/// off; architecture variants afm does not implement are errors) or afm's
+/// own class's (`model_type: "afm_gpt"`, as written by [`Model::export_hf`]).
 pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
     let path = dir.join(HF_CONFIG);
     let text =
@@ -57,6 +100,25 @@ pub fn read_config(dir: &Path) -> anyhow::Result<GptConfig> {
         .with_context(|| format!("{}: not a GPT-2 config", path.display()))?;
     let bad =
         |field: &str, why: String| anyhow::anyhow!("{}: field {field}: {why}", path.display());
+    if c.model_type.as_deref() == Some(AFM_MODEL_TYPE) {
+        let a: AfmHfConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an {AFM_MODEL_TYPE} config", path.display()))?;
+        let cfg = GptConfig {
+            vocab_size: a.n_rows,
+            n_ctx: a.n_positions,
+            n_embd: a.n_embd,
+            n_layer: a.n_layer,
+            n_head: a.n_head,
+            n_roles: a.n_roles,
+            layer_norm_epsilon: a.layer_norm_epsilon,
+            dropout: 0.0,
+            smear_keys: a.smear_keys,
+            smear_tokens: a.smear_tokens,
+        };
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
+        return Ok(cfg);
+    }
     if let Some(t) = &c.model_type {
         if t != "gpt2" {
             return Err(bad("model_type", format!("{t:?} is not \"gpt2\"")));
@@ -202,12 +264,60 @@ fn hf_config_json(c: &GptConfig) -> serde_json::Value {
     v
 }
 
-/// Write `params` (afm names) as an HF GPT-2 directory at `dir`
-/// (atomically); `role_emb.weight` and `vocab` go to the afm side files.
+fn afm_config_json(c: &GptConfig, tok: &Tokenizer) -> serde_json::Value {
+    // The id space: GPT-2's ids up to the specials, then one id per row
+    // after the kept BPE rows (specials, agents, any padding rows).
+    let (vocab_size, corpus) = match tok.corpus() {
+        Some(k) => (
+            afm_tokenizer::EOT as usize + c.vocab_size - k.n_bpe(),
+            serde_json::json!(k.kept()),
+        ),
+        None => (c.vocab_size, serde_json::Value::Null),
+    };
+    serde_json::json!({
+        "architectures": ["AfmForCausalLM"],
+        "model_type": AFM_MODEL_TYPE,
+        "auto_map": {
+            "AutoConfig": "configuration_afm.AfmConfig",
+            "AutoModelForCausalLM": "modeling_afm.AfmForCausalLM",
+        },
+        "vocab_size": vocab_size,
+        "n_rows": c.vocab_size,
+        "n_positions": c.n_ctx,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_roles": c.n_roles,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "smear_keys": c.smear_keys,
+        "smear_tokens": c.smear_tokens,
+        "corpus_ids": corpus,
+        "agents": tok.roles().agents(),
+        "missing_logit": MISSING_LOGIT,
+        "tie_word_embeddings": true,
+        "use_cache": false,
+        "bos_token_id": afm_tokenizer::EOT,
+        "eos_token_id": afm_tokenizer::END,
+        "torch_dtype": "float32",
+    })
+}
+
+/// How [`export`] writes a model.
+pub enum ExportKind {
+    /// Transformers' `GPT2LMHeadModel`; the role table (if any) beside it.
+    Gpt2,
+    /// afm's own class (`afm_gpt`), every weight in `model.safetensors`.
+    Afm,
+}
+
+/// Write `params` (afm names) as an HF directory at `dir` (atomically);
+/// see the module docs for the two kinds. `vocab` goes to `afm_vocab.json`
+/// (required for [`ExportKind::Afm`]).
 pub fn export(
     params: &[(String, Tensor)],
     config: &GptConfig,
     vocab: Option<&Tokenizer>,
+    kind: ExportKind,
     dir: &Path,
 ) -> anyhow::Result<()> {
     let tmp = sibling(dir, "tmp")?;
@@ -216,7 +326,7 @@ pub fn export(
         let mut hf = Vec::new();
         let mut roles = Vec::new();
         for (n, t) in params {
-            if n == "role_emb.weight" {
+            if n == "role_emb.weight" && matches!(kind, ExportKind::Gpt2) {
                 roles.push((n.clone(), t.shallow_clone()));
             } else {
                 hf.push((format!("transformer.{n}"), t.shallow_clone()));
@@ -226,10 +336,17 @@ pub fn export(
         if !roles.is_empty() {
             st::write(&tmp.join(AFM_ROLE_EMB), &roles)?;
         }
-        std::fs::write(
-            tmp.join(HF_CONFIG),
-            serde_json::to_string_pretty(&hf_config_json(config))?,
-        )?;
+        let json = match kind {
+            ExportKind::Gpt2 => hf_config_json(config),
+            ExportKind::Afm => {
+                let tok = vocab.context("an afm_gpt export needs the model's vocabulary")?;
+                for (name, text) in AFM_PY {
+                    std::fs::write(tmp.join(name), text)?;
+                }
+                afm_config_json(config, tok)
+            }
+        };
+        std::fs::write(tmp.join(HF_CONFIG), serde_json::to_string_pretty(&json)?)?;
         if let Some(t) = vocab {
             std::fs::write(tmp.join(AFM_VOCAB), t.to_json())?;
         }
@@ -238,7 +355,58 @@ pub fn export(
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    res.with_context(|| format!("exporting HF GPT-2 to {}", dir.display()))
+    res.with_context(|| format!("exporting to {}", dir.display()))
+}
+
+/// True when `dir`'s `config.json` names afm's own class.
+fn is_afm_export(dir: &Path) -> anyhow::Result<bool> {
+    let path = dir.join(HF_CONFIG);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(v["model_type"] == AFM_MODEL_TYPE)
+}
+
+/// Import an `afm_gpt` directory (written by [`Model::export_hf`] or saved
+/// by afm_dist): every weight from `model.safetensors`, the vocabulary
+/// (corpus and agents) from `afm_vocab.json`.
+fn import_afm(
+    dir: &Path,
+    config: GptConfig,
+    extra_agents: &[String],
+    device: Device,
+) -> anyhow::Result<Model> {
+    let voc_path = dir.join(AFM_VOCAB);
+    let text = std::fs::read_to_string(&voc_path).with_context(|| {
+        format!(
+            "reading {} (an {AFM_MODEL_TYPE} export carries its vocabulary there)",
+            voc_path.display()
+        )
+    })?;
+    let base = Tokenizer::from_json(&text).with_context(|| format!("{}", voc_path.display()))?;
+    if base.n_vocab() > config.vocab_size {
+        bail!(
+            "{}: the vocabulary has {} rows but {} says n_rows = {}",
+            voc_path.display(),
+            base.n_vocab(),
+            dir.join(HF_CONFIG).display(),
+            config.vocab_size
+        );
+    }
+    let mut tokenizer = base.clone();
+    for a in extra_agents {
+        tokenizer
+            .roles_mut()
+            .insert(a)
+            .with_context(|| format!("agent role {a:?}"))?;
+    }
+    crate::model::check_size(&config, &dir.join(HF_WEIGHTS))?;
+    let tensors = read_hf_tensors(dir)?;
+    let mut m = Model::build(config, base, device, None);
+    m.assign(tensors, &dir.join(HF_WEIGHTS))?;
+    m.extend_vocab(tokenizer)?;
+    Ok(m)
 }
 
 impl Model {
@@ -249,6 +417,9 @@ impl Model {
     /// keeps its role table and role vocabulary (`afm_*` side files).
     pub fn import_hf(dir: &Path, extra_agents: &[String], device: Device) -> anyhow::Result<Model> {
         let mut config = read_config(dir)?;
+        if is_afm_export(dir)? {
+            return import_afm(dir, config, extra_agents, device);
+        }
         if config.vocab_size < GPT2_VOCAB {
             bail!(
                 "{}: vocab_size {} is smaller than GPT-2's {GPT2_VOCAB}: not a GPT-2 BPE model",
@@ -300,35 +471,31 @@ impl Model {
         Ok(m)
     }
 
-    /// Export as an HF GPT-2 directory (see the module docs).
-    ///
-    /// A model with a corpus vocabulary is refused: its rows are not GPT-2's
-    /// ids, and padding the missing ids would give them logits the afm
-    /// model never has (a different model in transformers).
+    /// Export exactly (see the module docs): as plain GPT-2 when
+    /// [`Model::is_plain_gpt2`], else as afm's own transformers class.
     pub fn export_hf(&self, dir: &Path) -> anyhow::Result<()> {
-        if let Some(c) = self.tokenizer.corpus() {
-            anyhow::bail!(
-                "export-hf: this model has a corpus vocabulary ({} of GPT-2's {} BPE tokens): its rows are not GPT-2 ids, so transformers would read a different model. Train with the full GPT-2 vocabulary (`corpus_vocab = false` in the pipeline config, or prepare without --corpus-vocab) to export",
-                c.n_bpe(),
-                afm_tokenizer::EOT
-            );
-        }
-        if self.config.smear_keys || self.config.smear_tokens {
-            let what = match (self.config.smear_keys, self.config.smear_tokens) {
-                (true, true) => "smeared keys and token embeddings (`smear_keys`, `smear_tokens`)",
-                (true, false) => "smeared keys (`smear_keys`)",
-                _ => "smeared token embeddings (`smear_tokens`)",
-            };
-            anyhow::bail!(
-                "export-hf: this model has {what}, which GPT-2 in transformers does not have; it would read a different model. Train with them off (`[shape]` of the train config) to export"
-            );
-        }
+        let kind = if self.is_plain_gpt2() {
+            ExportKind::Gpt2
+        } else {
+            ExportKind::Afm
+        };
         export(
             &self.named_parameters(),
             &self.config,
             Some(&self.tokenizer),
+            kind,
             dir,
         )
+    }
+
+    /// True when transformers' own GPT-2 computes exactly this model: the
+    /// full GPT-2 vocabulary, no smeared keys or tokens, no role table or
+    /// an all-zero one.
+    pub fn is_plain_gpt2(&self) -> bool {
+        self.tokenizer.corpus().is_none()
+            && !self.config.smear_keys
+            && !self.config.smear_tokens
+            && !self.uses_role_embeddings()
     }
 
     /// True when the role table has any non-zero entry (HF would ignore it).

@@ -57,12 +57,12 @@ fn export_import_round_trip_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let a = hf::import_gpt(&fixture(), Device::Cpu).unwrap();
     let out1 = dir.path().join("e1");
-    hf::export(&params(&a.vs), &a.config, None, &out1).unwrap();
+    hf::export(&params(&a.vs), &a.config, None, hf::ExportKind::Gpt2, &out1).unwrap();
     let b = hf::import_gpt(&out1, Device::Cpu).unwrap();
     assert!(same(&params(&a.vs), &params(&b.vs)));
     assert_eq!(a.config, b.config);
     let out2 = dir.path().join("e2");
-    hf::export(&params(&b.vs), &b.config, None, &out2).unwrap();
+    hf::export(&params(&b.vs), &b.config, None, hf::ExportKind::Gpt2, &out2).unwrap();
     for f in ["model.safetensors", "config.json"] {
         assert_eq!(
             std::fs::read(out1.join(f)).unwrap(),
@@ -88,7 +88,9 @@ fn afm_model_export_import_keeps_roles_and_vocab() {
     assert!(m.uses_role_embeddings());
     let out = dir.path().join("hf");
     m.export_hf(&out).unwrap();
-    assert!(out.join(AFM_ROLE_EMB).exists() && out.join(AFM_VOCAB).exists());
+    // Trained role embeddings: afm's own class, every weight in one file.
+    assert!(out.join("modeling_afm.py").exists() && out.join(AFM_VOCAB).exists());
+    assert!(!out.join(AFM_ROLE_EMB).exists());
     let back = Model::import_hf(&out, &[], Device::Cpu).unwrap();
     assert_eq!(back.config, m.config);
     assert_eq!(
@@ -148,7 +150,7 @@ fn plain_gpt2_import_behaves_identically_then_extends_vocab() {
         })
         .collect();
     let out = dir.path().join("gpt2");
-    hf::export(&params, &cfg, None, &out).unwrap();
+    hf::export(&params, &cfg, None, hf::ExportKind::Gpt2, &out).unwrap();
     let plain = hf::import_gpt(&out, Device::Cpu).unwrap();
     let m = Model::import_hf(&out, &["Coder".to_string()], Device::Cpu).unwrap();
     assert_eq!(m.config.vocab_size, m.tokenizer.n_vocab());
@@ -198,19 +200,46 @@ fn unsupported_or_broken_hf_dirs_are_errors() {
     assert!(e.contains("model.safetensors"), "{e}");
 }
 
-/// GPT-2 in transformers has no smeared keys or token embeddings: exporting
-/// such a model would give a different model, so it is refused with a
-/// message naming the field.
+/// The export's kind follows the model: plain GPT-2 (a zero role table
+/// beside it) when transformers' GPT-2 computes it exactly, else afm's own
+/// class (smeared keys, smeared tokens, trained roles, a corpus
+/// vocabulary), whose directory re-imports bit for bit.
 #[test]
-fn a_model_with_smeared_keys_or_tokens_is_not_exported() {
-    for (keys, tokens, field) in [(true, false, "smear_keys"), (false, true, "smear_tokens")] {
+fn export_kind_follows_the_model() {
+    let kind = |m: &Model| {
         let dir = tempfile::tempdir().unwrap();
-        let tok = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
-        let mut cfg = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+        let out = dir.path().join("hf");
+        m.export_hf(&out).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let back = Model::import_hf(&out, &[], Device::Cpu).unwrap();
+        assert_eq!(back.config, m.config);
+        assert_eq!(back.tokenizer.to_json(), m.tokenizer.to_json());
+        assert!(same(&back.named_parameters(), &m.named_parameters()));
+        assert_eq!(
+            out.join("modeling_afm.py").exists(),
+            cfg["model_type"] == "afm_gpt"
+        );
+        cfg["model_type"].as_str().unwrap().to_string()
+    };
+    let tok = Tokenizer::new(RoleVocab::from_agents(["Planner"]).unwrap());
+    let plain = GptConfig::preset("tiny", tok.n_vocab(), tok.roles().n_roles()).unwrap();
+    let m = Model::new(plain.clone(), tok.clone(), Device::Cpu, 5).unwrap();
+    assert!(m.is_plain_gpt2());
+    assert_eq!(kind(&m), "gpt2");
+    for (keys, tokens) in [(true, false), (false, true)] {
+        let mut cfg = plain.clone();
         (cfg.smear_keys, cfg.smear_tokens) = (keys, tokens);
-        let m = Model::new(cfg, tok, Device::Cpu, 5).unwrap();
-        let err = m.export_hf(&dir.path().join("hf")).unwrap_err().to_string();
-        assert!(err.contains(field), "{err}");
-        assert!(!dir.path().join("hf").join("model.safetensors").exists());
+        let m = Model::new(cfg, tok.clone(), Device::Cpu, 5).unwrap();
+        assert!(!m.is_plain_gpt2());
+        assert_eq!(kind(&m), "afm_gpt");
     }
+    assert_eq!(kind(&tiny_afm(&["Planner"])), "afm_gpt");
+    let corpus = tok
+        .clone()
+        .with_corpus(afm_tokenizer::CorpusVocab::from_ids([995, 15496]));
+    let cfg = GptConfig::preset("tiny", corpus.n_vocab(), corpus.roles().n_roles()).unwrap();
+    let m = Model::new(cfg, corpus, Device::Cpu, 5).unwrap();
+    assert_eq!(kind(&m), "afm_gpt");
 }

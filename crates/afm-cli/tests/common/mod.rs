@@ -14,3 +14,23 @@ pub fn afm(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The venv python `cargo xtask test` passes as `AFM_TEST_PYTHON`; without
+/// it, the venv `cargo xtask setup` makes (xtask/src/setup.rs, `venv_python`).
+#[allow(dead_code)]
+pub fn python() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("AFM_TEST_PYTHON") {
+        return p.into();
+    }
+    let cache = if let Some(d) = std::env::var_os("AFM_TORCH_HOME") {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(d).join("afm")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache")
+            .join("afm")
+    };
+    cache.join("torch-2.13.0").join("bin").join("python")
+}
