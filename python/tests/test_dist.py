@@ -48,7 +48,7 @@ def logits(a):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(a.export, trust_remote_code=True, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.export, trust_remote_code=True, dtype=torch.float32)
     model.eval()
     check(type(model).__name__ == "AfmForCausalLM", f"loaded {type(model).__name__}, not afm's class")
     cfg = model.config

@@ -55,7 +55,8 @@ pub struct PipelineConfig {
     pub augment: bool,
     /// Corpus vocabulary: the models get embedding and LM-head rows only for
     /// the BPE tokens the data uses (text outside it is encoded as bytes).
-    /// Off: the full GPT-2 table (needed for `export-hf`).
+    /// Off: the full GPT-2 table (with smearing and role embeddings off
+    /// too, `export-hf` then writes plain GPT-2, which vLLM serves).
     pub corpus_vocab: bool,
     /// A BPE token gets a row only if it occurs this often in the training
     /// records; rarer ones are written as bytes. Held-out answers are full of

@@ -294,7 +294,7 @@ class AfmForCausalLM(AfmPreTrainedModel, GenerationMixin):
                 labels[:, 1:].reshape(-1),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def to_ids(self, rows):
         """Row logits `[..., n_rows]` -> id logits `[..., vocab_size]`."""

@@ -111,7 +111,7 @@ def load(path, device):
             f"{path}/config.json: model_type {cfg.get('model_type')!r}: afm_dist trains afm_gpt exports "
             "(afm export-hf writes plain GPT-2 only for models that are exactly GPT-2)"
         )
-    model = AfmForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    model = AfmForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to(device)
 
 
@@ -193,6 +193,10 @@ def main(argv=None):
         raise SystemExit(f"{a.config}: field max_steps: afm_dist needs a step count (--max-steps), got {steps}")
     log_interval = a.log_interval or int(cfg["log_interval"])
     rank, world, device = init_distributed()
+    if rank == 0:
+        for key, what in (("bf16", "trains in f32"), ("time_budget", "counts steps, not seconds")):
+            if cfg.get(key):
+                print(f"afm_dist: {a.config}: {key} = {cfg[key]!r} is not used: afm_dist {what}", file=sys.stderr)
     torch.manual_seed(int(cfg["seed"]))
 
     # Data, student, teachers.
