@@ -11,7 +11,8 @@
 - `--model` is an `afm export-hf` directory (the starting weights),
   `--data` an `afm export-sft --format trl` directory, each `--teacher` the
   `afm export-hf` of that agent's teacher.
-- One process or many (`torchrun`, `accelerate launch`): DDP by default,
+- One process or many (`torchrun`, or any launcher that sets `RANK`, `WORLD_SIZE`,
+  `LOCAL_RANK` and `MASTER_ADDR`): DDP by default,
   FSDP (`fully_shard`, one unit per block) with `--fsdp`. gloo on the CPU,
   NCCL on GPUs. Every rank reads the whole export and takes its contiguous
   share of each micro-batch's rows; the loss is normalised by the global
