@@ -94,13 +94,19 @@ pub fn setup() -> Result<PathBuf, String> {
 
 /// Python packages the tests need in the venv (import name, pip name):
 /// `python/tests/test_trl_export.py` loads afm's TRL export with `datasets`,
-/// reads the shards with `numpy` and runs TRL's padding-free collator.
+/// reads the shards with `numpy` and runs TRL's padding-free collator;
+/// `python/tests/test_serve.py` uses `openai`.
 /// Pinned to the versions the test was written against (trl brings
 /// transformers and accelerate).
-pub const PY_PACKAGES: [(&str, &str); 3] = [
+pub const PY_PACKAGES: [(&str, &str); 5] = [
+    // Builds python/afm_dist's editable install (`ensure_afm_dist`).
+    ("setuptools", "setuptools"),
     ("numpy", "numpy"),
     ("datasets", "datasets==5.2.0"),
     ("trl", "trl==1.16.0"),
+    // `python/tests/test_serve.py` drives `afm serve` with the official
+    // client (it brings httpx).
+    ("openai", "openai==3.57.0"),
 ];
 
 /// Make every [`PY_PACKAGES`] importable by [`venv_python`]: the missing

@@ -9,6 +9,7 @@ mod cmd_data;
 mod cmd_export;
 mod cmd_model;
 mod cmd_pipeline;
+mod cmd_serve;
 mod cmd_tasks;
 mod cmd_train;
 mod progress;
@@ -47,6 +48,8 @@ enum Cmd {
     /// Convert logs of any input format (or a prepared dataset) to native JSONL or a
     /// trainer's format: LLaMA-Factory ShareGPT, axolotl chat_template, Chain-of-Agents tags.
     Convert(cmd_convert::ConvertArgs),
+    /// Serve models behind an OpenAI-compatible HTTP API (completions, chat, streaming, metrics).
+    Serve(cmd_serve::ServeArgs),
     /// Speed probes and benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Agents(c) => cmd_agents::run(c),
         Cmd::Pipeline(c) => cmd_pipeline::run(c),
         Cmd::Convert(a) => cmd_convert::run(a),
+        Cmd::Serve(a) => cmd_serve::run(a),
         Cmd::Bench(BenchCmd::Model(a)) => cmd_model::bench_model(a),
     };
     match result {

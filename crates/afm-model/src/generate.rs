@@ -305,6 +305,29 @@ impl<'m> Decoder<'m> {
     }
 }
 
+/// One sequence's sampler, for callers that decode rows of different
+/// requests with different settings in one batch (a server): greedy, or
+/// temperature / top-k / top-p from its own stream of `cfg.seed`.
+pub struct RowSampler {
+    cfg: SamplingConfig,
+    rng: SplitMix64,
+}
+
+impl RowSampler {
+    /// A sampler for `cfg` (checked).
+    pub fn new(cfg: SamplingConfig) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let rng = crate::rng::seeded(cfg.seed);
+        Ok(RowSampler { cfg, rng })
+    }
+
+    /// `(model row, log p)` of one row of logits (over the model's rows, as
+    /// [`Decoder::feed`] returns them); `log p` as in [`Decoder::sample`].
+    pub fn pick(&mut self, row: &[f32]) -> anyhow::Result<(u32, f32)> {
+        sample_row(row, &self.cfg, Some(&mut self.rng))
+    }
+}
+
 fn sample_row(
     row: &[f32],
     cfg: &SamplingConfig,

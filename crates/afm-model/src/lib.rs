@@ -25,7 +25,7 @@ mod xent;
 
 pub use config::GptConfig;
 pub use device::{parse_device, test_device};
-pub use generate::{generate, Decoder, Generation, SamplingConfig};
+pub use generate::{generate, Decoder, Generation, RowSampler, SamplingConfig};
 pub use gpt::{
     decode_kernels, positions_from_docs, set_decode_kernels, CachedStep, DecodeKernels,
     ForwardArgs, Gpt, KvCache, LmDistill, LmLoss, Precision, Weights,
