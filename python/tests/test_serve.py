@@ -15,6 +15,8 @@ Checks, in order (the last one stops the server):
   (afm_cancelled_total in /metrics) and the server keeps serving;
 - 8 concurrent greedy requests give the tokens of the same requests one
   by one;
+- /v1/afm/tasks runs a whole task (the server runs the tool), /v1/afm/tool
+  the interpreter alone;
 - SIGTERM while a stream is running: the stream still finishes, then the
   server exits.
 
@@ -146,6 +148,17 @@ def main():
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         par = list(ex.map(one, prompts))
     check(par == seq, f"concurrent != sequential:\n{par}\n{seq}")
+
+    # A whole task in one call (the server runs the tool), and the tool alone.
+    status, text = raw(base, "/v1/afm/tasks", {"model": "afm", "task": "What is 3 + 2?", "max_tokens": 40})
+    check(status == 200, f"/v1/afm/tasks: {status} {text}")
+    t = json.loads(text)
+    check(t["object"] == "afm.task" and t["run"]["runtime"] == "afm", f"task: {t}")
+    check(isinstance(t["run"]["trajectory"], list) and t["usage"]["completion_tokens"] >= 1, f"task run: {t}")
+    status, text = raw(base, "/v1/afm/tasks", {"model": "afm"})
+    check(status == 400 and json.loads(text)["error"]["param"] == "task", f"task without task: {status} {text}")
+    status, text = raw(base, "/v1/afm/tool", {"program": "sum([3, 1, 4])"})
+    check(status == 200 and json.loads(text) == {"observation": "8", "ok": True}, f"/v1/afm/tool: {status} {text}")
 
     # SIGTERM drains: the running stream finishes, then the server exits.
     got, finish = [], None

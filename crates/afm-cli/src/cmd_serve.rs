@@ -50,12 +50,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let mut models = Vec::new();
     if let Some(c) = &a.checkpoint {
-        let model =
-            Model::load(c, device).with_context(|| format!("--checkpoint {}", c.display()))?;
+        let load =
+            || Model::load(c, device).with_context(|| format!("--checkpoint {}", c.display()));
         models.push(Served {
             id: "afm".into(),
             agent: None,
-            model,
+            model: load()?,
+            // The whole-task worker (/v1/afm/tasks) decodes with its own copy.
+            task_model: Some(load()?),
         });
     }
     if let Some(spec) = &a.mas {
@@ -66,6 +68,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 id: agent.clone(),
                 agent: Some(agent),
                 model,
+                task_model: None,
             });
         }
     }

@@ -12,15 +12,10 @@ mod common;
 
 use afm_model::{ForwardArgs, Model, Precision};
 use afm_tokenizer::{RoleTracker, Tokenizer, END, EOT, OBS, TASK};
-use common::afm;
-use std::io::Write;
+use common::{afm, ok, s, write_agent_logs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Tensor};
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -50,30 +45,6 @@ fn test_dist(dir: &Path, args: &[&str]) -> String {
     let mut a = vec![script.to_str().unwrap()];
     a.extend_from_slice(args);
     py(dir, &a)
-}
-
-fn write_logs(path: &Path, n: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for i in 0..n {
-        let (a, b) = (i % 17 + 2, i % 5 + 1);
-        let r = serde_json::json!({
-            "id": format!("r{i}"),
-            "task": format!("Task {i}: what is {a} times {b}?"),
-            "trajectory": [
-                {"agent": "Planner", "output": format!("Multiply {a} by {b}.")},
-                {"agent": "Coder", "output": format!("print({a} * {b})")},
-                {"agent": "python", "observation": format!("{}", a * b)},
-                {"agent": "Reviewer", "output": format!("ANSWER: {}", a * b)},
-            ],
-            "success": true,
-        });
-        writeln!(f, "{r}").unwrap();
-    }
-}
-
-fn ok(args: &[&str]) {
-    let (ok, out, err) = afm(args);
-    assert!(ok, "afm {args:?} failed:\n{out}\n{err}");
 }
 
 /// `afm train` a tiny student with everything GPT-2 lacks.
@@ -137,7 +108,7 @@ struct Fixture {
 
 fn fixture(d: &Path) -> Fixture {
     let logs = d.join("logs.jsonl");
-    write_logs(&logs, 48);
+    write_agent_logs(&logs, 48);
     let prep = d.join("prep");
     ok(&[
         "prepare",

@@ -4,40 +4,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use common::{ok, s};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn ok(args: &[&str]) {
-    let (ok, out, err) = common::afm(args);
-    assert!(ok, "afm {args:?} failed:\n{out}\n{err}");
-}
 
 #[test]
 fn openai_client_against_a_live_server() {
     let d = tempfile::tempdir().unwrap();
     let logs = d.path().join("logs.jsonl");
-    let mut f = std::fs::File::create(&logs).unwrap();
-    for i in 0..24 {
-        let r = serde_json::json!({
-            "id": format!("r{i}"),
-            "task": format!("What is {i} + 2?"),
-            "trajectory": [
-                {"agent": "Planner", "output": format!("Add {i} and 2.")},
-                {"agent": "Coder", "output": format!("print({i} + 2)")},
-                {"agent": "python", "observation": format!("{}", i + 2)},
-                {"agent": "Reviewer", "output": format!("ANSWER: {}", i + 2)},
-            ],
-            "success": true,
-        });
-        writeln!(f, "{r}").unwrap();
-    }
-    drop(f);
+    common::write_agent_logs(&logs, 24);
     let prep = d.path().join("prep");
     ok(&[
         "prepare",

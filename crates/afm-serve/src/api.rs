@@ -3,6 +3,7 @@
 //! the HTTP status). Pure functions of the body: no panics on any input
 //! (`parse_*` are what a fuzzer would call).
 
+use crate::engine::GenRequest;
 use afm_format::layout::{encode_agent_turn, encode_observation, encode_task};
 use afm_model::SamplingConfig;
 use afm_tokenizer::{Tokenizer, END, EOT, FIRST_ROLE_TOKEN, OBS};
@@ -71,17 +72,11 @@ impl Default for Limits {
     }
 }
 
-/// What the engine is asked to do, from either endpoint.
+/// A parsed request: what the engine is asked to do, and how to answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     pub model: String,
-    pub prompt: Vec<u32>,
-    pub max_tokens: usize,
-    pub sampling: SamplingConfig,
-    pub stop_tokens: Vec<u32>,
-    pub stop_strings: Vec<String>,
-    pub may_open_with: Vec<u32>,
-    pub strip_leading_space: bool,
+    pub req: GenRequest,
     pub stream: bool,
     /// Chat: the agent whose turn is generated (None: the model picks).
     pub agent: Option<String>,
@@ -287,13 +282,15 @@ pub fn parse_completion(
     let (max_tokens, sampling, stop_strings) = common(&c, limits, n_ctx, prompt.len())?;
     Ok(Prepared {
         model: c.model,
-        prompt,
-        max_tokens,
-        sampling,
-        stop_tokens: vec![END, EOT],
-        stop_strings,
-        may_open_with: Vec::new(),
-        strip_leading_space: false,
+        req: GenRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop_tokens: vec![END, EOT],
+            stop_strings,
+            may_open_with: Vec::new(),
+            strip_leading_space: false,
+        },
         stream: c.stream.unwrap_or(false),
         agent: None,
     })
@@ -426,13 +423,15 @@ pub fn parse_chat(
     stop_tokens.extend((0..tok.roles().len() as u32).map(|i| FIRST_ROLE_TOKEN + i));
     Ok(Prepared {
         model: c.model,
-        prompt,
-        max_tokens,
-        sampling,
-        stop_tokens,
-        stop_strings,
-        may_open_with,
-        strip_leading_space: true,
+        req: GenRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop_tokens,
+            stop_strings,
+            may_open_with,
+            strip_leading_space: true,
+        },
         stream: c.stream.unwrap_or(false),
         agent,
     })
@@ -456,9 +455,9 @@ mod tests {
         let mut want = encode_task(&t, "sum of [1, 2]");
         want.extend(encode_agent_turn(&t, "Planner", "Add them.").unwrap());
         want.push(t.role_token("Coder").unwrap());
-        assert_eq!(p.prompt, want);
+        assert_eq!(p.req.prompt, want);
         assert_eq!(p.agent.as_deref(), Some("Coder"));
-        assert!(p.stop_tokens.contains(&OBS) && p.sampling.temperature == 0.0);
+        assert!(p.req.stop_tokens.contains(&OBS) && p.req.sampling.temperature == 0.0);
     }
 
     /// Mutated and random bodies (bytes flipped, cut, spliced, fields

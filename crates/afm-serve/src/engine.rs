@@ -45,8 +45,9 @@ pub enum Event {
     Failed { message: String, timeout: bool },
 }
 
-/// One request for the engine.
-pub struct Job {
+/// What to generate: the prompt, how to sample and when to stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenRequest {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingConfig,
@@ -59,6 +60,11 @@ pub struct Job {
     pub may_open_with: Vec<u32>,
     /// Drop the text's first leading space (afm segments start with one).
     pub strip_leading_space: bool,
+}
+
+/// One request for the engine.
+pub struct Job {
+    pub req: GenRequest,
     pub deadline: Instant,
     pub out: UnboundedSender<Event>,
 }
@@ -190,7 +196,7 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
             };
             stats.queued.fetch_sub(1, Ordering::Relaxed);
             admitted = true;
-            let sampler = match RowSampler::new(job.sampling.clone()) {
+            let sampler = match RowSampler::new(job.req.sampling.clone()) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = job.out.send(Event::Failed {
@@ -209,9 +215,9 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
             }
             stats
                 .prompt_tokens
-                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
             rows[slot] = Some(Active {
-                pending: job.prompt.clone(),
+                pending: job.req.prompt.clone(),
                 job,
                 sampler,
                 generated: 0,
@@ -278,7 +284,7 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
                         let text = flush(&a, &finish);
                         Event::Done {
                             finish,
-                            prompt_tokens: a.job.prompt.len(),
+                            prompt_tokens: a.job.req.prompt.len(),
                             completion_tokens: a.generated,
                             text,
                         }
@@ -320,9 +326,9 @@ fn step_row(
     let id = tok
         .id_of_row(row)
         .ok_or_else(|| anyhow::anyhow!("sampled row {row} has no token id"))?;
-    let opening = a.generated == 0 && a.job.may_open_with.contains(&id);
+    let opening = a.generated == 0 && a.job.req.may_open_with.contains(&id);
     a.generated += 1;
-    if !opening && a.job.stop_tokens.contains(&id) {
+    if !opening && a.job.req.stop_tokens.contains(&id) {
         return Ok(Some(Ok(Finish::Stop(Some(id)))));
     }
     let mut text = String::new();
@@ -330,19 +336,19 @@ fn step_row(
         a.bytes.extend(tok.token_bytes(id)?);
         if !a.stripped && !a.bytes.is_empty() {
             a.stripped = true;
-            if a.job.strip_leading_space && a.bytes[0] == b' ' {
+            if a.job.req.strip_leading_space && a.bytes[0] == b' ' {
                 a.bytes.remove(0);
             }
         }
         // A stop string ends the text before it.
-        if let Some(cut) = find_stop(&a.bytes, &a.job.stop_strings) {
+        if let Some(cut) = find_stop(&a.bytes, &a.job.req.stop_strings) {
             a.bytes.truncate(cut);
             return Ok(Some(Ok(Finish::Stop(None))));
         }
         text = take_text(a);
     }
     let _ = a.job.out.send(Event::Token { id, logprob, text });
-    if a.generated >= a.job.max_tokens || row_len + 1 > n_ctx {
+    if a.generated >= a.job.req.max_tokens || row_len + 1 > n_ctx {
         return Ok(Some(Ok(Finish::Length)));
     }
     a.pending = vec![id];
@@ -362,6 +368,7 @@ fn find_stop(bytes: &[u8], stops: &[String]) -> Option<usize> {
 fn take_text(a: &mut Active) -> String {
     let hold = a
         .job
+        .req
         .stop_strings
         .iter()
         .map(|s| s.len().saturating_sub(1))

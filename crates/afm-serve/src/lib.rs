@@ -17,9 +17,10 @@
 
 mod api;
 pub mod engine;
+pub mod tasks;
 
 pub use api::{parse_chat, parse_completion, ApiError, Limits, Prepared};
-pub use engine::{EngineConfig, EngineHandle, Event, Finish};
+pub use engine::{EngineConfig, EngineHandle, Event, Finish, GenRequest};
 
 use afm_model::Model;
 use afm_tokenizer::Tokenizer;
@@ -59,11 +60,15 @@ pub struct Served {
     /// The agent it plays, for a multi-agent system's model.
     pub agent: Option<String>,
     pub model: Model,
+    /// A second copy of an AFM for `/v1/afm/tasks` (whole tasks, tool
+    /// calls run by the server); None: that endpoint refuses this model.
+    pub task_model: Option<Model>,
 }
 
 struct Entry {
     handle: EngineHandle,
     agent: Option<String>,
+    tasks: Option<tasks::TaskHandle>,
 }
 
 #[derive(Default)]
@@ -101,11 +106,22 @@ pub async fn serve(
         );
         let (handle, thread) = engine::start(s.model, cfg.engine.clone());
         threads.push(thread);
+        let task_handle = s.task_model.map(|m| {
+            let (h, t) = tasks::start(
+                m,
+                cfg.engine.max_batch,
+                cfg.engine.max_queue,
+                cfg.engine.threads,
+            );
+            threads.push(t);
+            h
+        });
         table.insert(
             s.id,
             Entry {
                 handle,
                 agent: s.agent,
+                tasks: task_handle,
             },
         );
     }
@@ -118,6 +134,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/afm/tasks", post(task))
+        .route("/v1/afm/tool", post(tool))
         .route("/v1/models", get(models_list))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -231,13 +249,7 @@ async fn handle(s: Shared, body: Bytes, kind: Kind) -> Response {
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let job = engine::Job {
-        prompt: p.prompt.clone(),
-        max_tokens: p.max_tokens,
-        sampling: p.sampling.clone(),
-        stop_tokens: p.stop_tokens.clone(),
-        stop_strings: p.stop_strings.clone(),
-        may_open_with: p.may_open_with.clone(),
-        strip_leading_space: p.strip_leading_space,
+        req: p.req.clone(),
         deadline: started + s.cfg.timeout,
         out: tx,
     };
@@ -446,6 +458,104 @@ fn stream(
     });
     let done = tokio_stream::once(Ok(SseEvent::default().data("[DONE]")));
     Sse::new(events.chain(done)).keep_alive(KeepAlive::default())
+}
+
+/// `POST /v1/afm/tasks`: one whole task, the server running the tool.
+async fn task(State(s): State<Shared>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let endpoint = "/v1/afm/tasks";
+    let r = (|| {
+        let model = model_of(&body)?;
+        let entry = s.models.get(&model).ok_or_else(|| ApiError {
+            status: 404,
+            message: format!("model {model:?} is not served here"),
+            param: Some("model".into()),
+            kind: "invalid_request_error",
+        })?;
+        let tasks = entry.tasks.as_ref().ok_or_else(|| {
+            ApiError::bad(
+                "model",
+                format!("{model:?} is not an AFM: whole tasks need --checkpoint"),
+            )
+        })?;
+        let req = tasks::TaskRequest::parse(&body, s.cfg.limits.max_tokens)?;
+        Ok::<_, ApiError>((tasks.clone(), req))
+    })();
+    let (handle, req) = match r {
+        Ok(x) => x,
+        Err(e) => {
+            count(&s, endpoint, e.status, started);
+            return error_response(&e);
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let id = request_id("task");
+    let model = req.model.clone();
+    let job = tasks::TaskJob {
+        id: id.clone(),
+        req,
+        deadline: started + s.cfg.timeout,
+        out: tx,
+    };
+    if let Err(e) = handle.submit(job) {
+        count(&s, endpoint, e.status, started);
+        return error_response(&e);
+    }
+    match rx.await {
+        Ok(Ok(run)) => {
+            count(&s, endpoint, 200, started);
+            let usage = usage(run.stats.tokens_prefill, run.stats.tokens_decode);
+            axum::Json(json!({
+                "id": id, "object": "afm.task", "created": now_secs(), "model": model,
+                "run": run, "usage": usage,
+            }))
+            .into_response()
+        }
+        Ok(Err(message)) => {
+            let e = if message.contains("time limit") {
+                ApiError::new(504, "timeout_error", message)
+            } else {
+                ApiError::new(500, "server_error", message)
+            };
+            count(&s, endpoint, e.status, started);
+            error_response(&e)
+        }
+        Err(_) => {
+            let e = ApiError::new(500, "server_error", "the task worker stopped");
+            count(&s, endpoint, e.status, started);
+            error_response(&e)
+        }
+    }
+}
+
+/// `POST /v1/afm/tool`: the bounded interpreter alone (`{"program"}` ->
+/// `{"observation", "ok"}`), for clients that orchestrate the agents.
+async fn tool(State(s): State<Shared>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let req: tasks::ToolRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let field = msg.split('`').nth(1).unwrap_or("body").to_string();
+            let e = ApiError::bad(&field, msg);
+            count(&s, "/v1/afm/tool", 400, started);
+            return error_response(&e);
+        }
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        afm_agents::run_tool(&req.program, &afm_tasks::Limits::default())
+    })
+    .await;
+    match r {
+        Ok(t) => {
+            count(&s, "/v1/afm/tool", 200, started);
+            axum::Json(json!({"observation": t.text, "ok": t.ok})).into_response()
+        }
+        Err(_) => {
+            count(&s, "/v1/afm/tool", 500, started);
+            error_response(&ApiError::new(500, "server_error", "the tool failed"))
+        }
+    }
 }
 
 async fn models_list(State(s): State<Shared>) -> Response {

@@ -34,3 +34,39 @@ pub fn python() -> std::path::PathBuf {
     };
     cache.join("torch-2.13.0").join("bin").join("python")
 }
+
+/// A path as the `&str` an argument list takes.
+#[allow(dead_code)]
+pub fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Run `afm args`, panicking with its output when it fails.
+#[allow(dead_code)]
+pub fn ok(args: &[&str]) {
+    let (ok, out, err) = afm(args);
+    assert!(ok, "afm {args:?} failed:\n{out}\n{err}");
+}
+
+/// `n` native-JSONL records of a three-agent system with a tool: Planner,
+/// Coder, an interpreter observation, Reviewer.
+#[allow(dead_code)]
+pub fn write_agent_logs(path: &std::path::Path, n: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..n {
+        let (a, b) = (i % 17 + 2, i % 5 + 1);
+        let r = serde_json::json!({
+            "id": format!("r{i}"),
+            "task": format!("Task {i}: what is {a} times {b}?"),
+            "trajectory": [
+                {"agent": "Planner", "output": format!("Multiply {a} by {b}.")},
+                {"agent": "Coder", "output": format!("print({a} * {b})")},
+                {"agent": "python", "observation": format!("{}", a * b)},
+                {"agent": "Reviewer", "output": format!("ANSWER: {}", a * b)},
+            ],
+            "success": true,
+        });
+        writeln!(f, "{r}").unwrap();
+    }
+}
