@@ -38,6 +38,14 @@ impl ApiError {
         }
     }
 
+    /// A serde error as a 400 naming the field serde names (`unknown field
+    /// \`bogus\``, `missing field \`task\``), else `body`.
+    pub fn from_serde(e: serde_json::Error) -> Self {
+        let msg = e.to_string();
+        let field = msg.split('`').nth(1).unwrap_or("body").to_string();
+        ApiError::bad(&field, msg)
+    }
+
     /// `{"error": {...}}`.
     pub fn body(&self) -> Value {
         serde_json::json!({"error": {
@@ -129,11 +137,7 @@ fn object(body: &[u8]) -> Result<Common, ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad("body", "the body must be a JSON object"));
     }
-    serde_json::from_value(v).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg.split('`').nth(1).unwrap_or("body").to_string();
-        ApiError::bad(&field, msg)
-    })
+    serde_json::from_value(v).map_err(ApiError::from_serde)
 }
 
 fn common(

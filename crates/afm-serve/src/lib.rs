@@ -535,9 +535,7 @@ async fn tool(State(s): State<Shared>, body: Bytes) -> Response {
     let req: tasks::ToolRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            let msg = e.to_string();
-            let field = msg.split('`').nth(1).unwrap_or("body").to_string();
-            let e = ApiError::bad(&field, msg);
+            let e = ApiError::from_serde(e);
             count(&s, "/v1/afm/tool", 400, started);
             return error_response(&e);
         }

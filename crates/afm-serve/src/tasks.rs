@@ -60,11 +60,7 @@ pub struct ToolRequest {
 impl TaskRequest {
     /// Parse and check a body against the server's token limit.
     pub fn parse(body: &[u8], max_tokens: usize) -> Result<Self, ApiError> {
-        let r: TaskRequest = serde_json::from_slice(body).map_err(|e| {
-            let msg = e.to_string();
-            let field = msg.split('`').nth(1).unwrap_or("body").to_string();
-            ApiError::bad(&field, msg)
-        })?;
+        let r: TaskRequest = serde_json::from_slice(body).map_err(ApiError::from_serde)?;
         if r.task.trim().is_empty() {
             return Err(ApiError::bad("task", "task must be a non-empty string"));
         }
