@@ -358,6 +358,18 @@ pub fn export(
     res.with_context(|| format!("exporting to {}", dir.display()))
 }
 
+/// `base` with `extra_agents` added to its role vocabulary (the
+/// vocabulary an import extends the model to).
+fn with_agents(base: &Tokenizer, extra_agents: &[String]) -> anyhow::Result<Tokenizer> {
+    let mut t = base.clone();
+    for a in extra_agents {
+        t.roles_mut()
+            .insert(a)
+            .with_context(|| format!("agent role {a:?}"))?;
+    }
+    Ok(t)
+}
+
 /// True when `dir`'s `config.json` names afm's own class.
 fn is_afm_export(dir: &Path) -> anyhow::Result<bool> {
     let path = dir.join(HF_CONFIG);
@@ -394,13 +406,7 @@ fn import_afm(
             config.vocab_size
         );
     }
-    let mut tokenizer = base.clone();
-    for a in extra_agents {
-        tokenizer
-            .roles_mut()
-            .insert(a)
-            .with_context(|| format!("agent role {a:?}"))?;
-    }
+    let tokenizer = with_agents(&base, extra_agents)?;
     crate::model::check_size(&config, &dir.join(HF_WEIGHTS))?;
     let tensors = read_hf_tensors(dir)?;
     let mut m = Model::build(config, base, device, None);
@@ -436,12 +442,7 @@ impl Model {
             Tokenizer::new(RoleVocab::new())
         };
         let base = tokenizer.clone();
-        for a in extra_agents {
-            tokenizer
-                .roles_mut()
-                .insert(a)
-                .with_context(|| format!("agent role {a:?}"))?;
-        }
+        tokenizer = with_agents(&base, extra_agents)?;
         crate::model::check_size(&config, &dir.join(HF_WEIGHTS))?;
         let mut tensors = read_hf_tensors(dir)?;
         let roles_path = dir.join(AFM_ROLE_EMB);

@@ -255,7 +255,7 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
             .enumerate()
             .filter_map(|(i, r)| r.as_mut().map(|a| (i, std::mem::take(&mut a.pending))))
             .collect();
-        let logits = match dec.feed(&feeds).and_then(|l| host_rows(&l, &feeds)) {
+        let (logits, width) = match dec.feed(&feeds).and_then(|l| host_rows(&l, &feeds)) {
             Ok(l) => l,
             Err(e) => {
                 for (i, _) in &feeds {
@@ -270,7 +270,7 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
             }
         };
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        for ((i, _), row_logits) in feeds.iter().zip(&logits) {
+        for ((i, _), row_logits) in feeds.iter().zip(logits.chunks(width)) {
             let a = rows[*i].as_mut().expect("fed rows are active");
             let done = match step_row(a, row_logits, tok, dec.row_len(*i), model.config.n_ctx) {
                 Ok(d) => d,
@@ -281,7 +281,7 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
                 let a = rows[*i].take().expect("active");
                 let event = match end {
                     Ok(finish) => {
-                        let text = flush(&a, &finish);
+                        let text = flush(&a);
                         Event::Done {
                             finish,
                             prompt_tokens: a.job.req.prompt.len(),
@@ -301,8 +301,12 @@ fn run(model: &Model, cfg: &EngineConfig, rx: Receiver<Job>, stats: &Stats) {
     }
 }
 
-/// The fed rows' logits, on the host, in feed order.
-fn host_rows(logits: &tch::Tensor, feeds: &[(usize, Vec<u32>)]) -> anyhow::Result<Vec<Vec<f32>>> {
+/// The fed rows' logits, on the host, in feed order: one flat buffer and
+/// the row width (one copy per step, no per-row allocation).
+fn host_rows(
+    logits: &tch::Tensor,
+    feeds: &[(usize, Vec<u32>)],
+) -> anyhow::Result<(Vec<f32>, usize)> {
     let idx: Vec<i64> = feeds.iter().map(|f| f.0 as i64).collect();
     let sel = logits
         .index_select(0, &tch::Tensor::from_slice(&idx).to_device(logits.device()))
@@ -310,8 +314,7 @@ fn host_rows(logits: &tch::Tensor, feeds: &[(usize, Vec<u32>)]) -> anyhow::Resul
         .to_kind(tch::Kind::Float)
         .contiguous();
     let v = sel.size()[1] as usize;
-    let flat = Vec::<f32>::try_from(sel.view([-1]))?;
-    Ok(flat.chunks(v).map(<[f32]>::to_vec).collect())
+    Ok((Vec::<f32>::try_from(sel.view([-1]))?, v))
 }
 
 /// Sample one token for row `a`; `Some` when the row is finished.
@@ -386,7 +389,7 @@ fn take_text(a: &mut Active) -> String {
 }
 
 /// What was held back, at the end (invalid UTF-8 replaced).
-fn flush(a: &Active, _finish: &Finish) -> String {
+fn flush(a: &Active) -> String {
     String::from_utf8_lossy(&a.bytes[a.sent.min(a.bytes.len())..]).into_owned()
 }
 

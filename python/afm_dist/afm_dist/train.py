@@ -253,7 +253,10 @@ def main(argv=None):
         share = bsz // world
         batches = [make_batch(train, rows, lcfg, device) for rows in micro]
         weight_total = sum(b.weight_sum for b in batches)
-        mine = [make_batch(train, rows[rank * share : (rank + 1) * share], lcfg, device) for rows in micro]
+        # This rank's share (the whole batch for one process: built once).
+        mine = batches if world == 1 else [
+            make_batch(train, rows[rank * share : (rank + 1) * share], lcfg, device) for rows in micro
+        ]
         lr = lr_at(o, step, steps)
         for g in opt.param_groups:
             g["lr"] = lr
